@@ -1,0 +1,45 @@
+# Everything a fresh clone needs: `make test` and `make demo` install what they use.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO_SRC := $(wildcard protos/*.proto)
+PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
+
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE :=
+# glibc returns every large temporary to the OS by default (page faults on each RPC): keep them.
+export MALLOC_MMAP_THRESHOLD_ := 67108864
+export MALLOC_TRIM_THRESHOLD_ := 268435456
+
+.PHONY: setup protos test demo bench lint clean
+
+setup: $(STAMP) protos
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==26.3"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+protos: $(STAMP) $(PROTO_OUT)
+
+protos/%_pb2.py: protos/%.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $<
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	$(BIN)/python -m worker.demo.movielens_demo
+
+bench: setup
+	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .cache protos/*_pb2*.py protos/*_pb2*.pyi

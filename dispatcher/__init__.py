@@ -1,0 +1,1 @@
+"""Dispatcher role: the tf.data service dispatcher and its data workers."""

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules (`make protos`); only the .proto sources are tracked."""

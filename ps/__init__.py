@@ -1,0 +1,1 @@
+"""Parameter-server role: the embedding store and the gRPC service over it."""

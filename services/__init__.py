@@ -1,0 +1,1 @@
+"""What several roles share: discovery, metrics, config, launch, the PS client."""

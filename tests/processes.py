@@ -1,0 +1,72 @@
+"""Child processes for multi-process tests: started with a deadline, always stopped.
+
+Every process a test starts goes through `ProcessGroup`, whose `close()` sends SIGTERM, waits, then
+SIGKILLs the whole process group, so no test leaves an orphan behind even when it fails.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ProcessGroup:
+    def __init__(self) -> None:
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen:
+        """Start `python <args>` in its own session, output captured to a temp log file."""
+        full_env = dict(os.environ)
+        full_env.setdefault("PYTHONPATH", str(REPO))
+        full_env.update(env or {})
+        log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.procs.append((proc, log))
+        return proc
+
+    def log_of(self, proc: subprocess.Popen) -> str:
+        for p, log in self.procs:
+            if p is proc:
+                return log.read_text(errors="replace")
+        raise KeyError(proc)
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc, _log in self.procs:
+            self.stop(proc)
+        for _proc, log in self.procs:
+            log.unlink(missing_ok=True)
+        self.procs.clear()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,1 @@
+"""Worker role: the Monolith-style model API and the training loop."""
