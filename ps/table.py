@@ -115,7 +115,8 @@ class EmbeddingTable:
             raise TypeError(f"{what} must be a float array, got dtype {a.dtype}")
         if a.shape != (n, self.dim):
             raise ValueError(f"{what} must have shape ({n}, {self.dim}) for {n} ids, got {a.shape}")
-        a = np.ascontiguousarray(a, np.float32)
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(a, np.float32)
         if a.size and not H.all_finite(a):
             raise ValueError(f"{what} contain NaN or Inf (or values beyond float32 range)")
         return a
