@@ -88,7 +88,13 @@ def _pairwise_comparison(sorted_labels, sorted_logits, sorted_weights, lambda_we
     pair_weights = pairwise_labels * tf.cast(valid_pairs, sorted_logits.dtype)
     pair_weights *= tf.expand_dims(sorted_weights, 2)
     if lambda_weight is not None:
-        pair_weights *= lambda_weight.pair_weights(sorted_labels)
+        lambda_pairs = tf.convert_to_tensor(lambda_weight.pair_weights(sorted_labels), pair_weights.dtype)
+        if lambda_pairs.shape.rank not in (None, 0, 3):
+            raise ValueError(
+                f"{type(lambda_weight).__name__}.pair_weights gave shape {lambda_pairs.shape}, not pair weights "
+                "[batch, list, list]; it cannot be used with a pairwise loss"
+            )
+        pair_weights *= lambda_pairs
     else:
         pair_weights *= tf.abs(label_diff)
     return pairwise_labels, logit_diff, tf.stop_gradient(pair_weights)
