@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import ZerosInitializer
+from worker.entry import SgdOptimizer, ZerosInitializer
 from worker.estimator_spec import EstimatorSpec, ModeKeys
 from worker.native_model import MonolithModel
 
@@ -41,9 +41,9 @@ def dense_layers():
 class TinyDNN(MonolithModel):
     """Three ragged features -> zero-initialised embeddings (optimizer given) -> MLP -> sigmoid loss."""
 
-    def __init__(self, emb_optimizer, dense_lr: float = 0.05, repeat: bool = True, shuffle_files: bool = False):
+    def __init__(self, emb_optimizer=None, dense_lr: float = 0.05, repeat: bool = True, shuffle_files: bool = False):
         super().__init__()
-        self.emb_optimizer = emb_optimizer
+        self.emb_optimizer = emb_optimizer or SgdOptimizer(0.3)
         self.dense_lr = dense_lr
         self.repeat = repeat
         self.batch_size = BATCH

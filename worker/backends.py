@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,12 @@ class LocalBackend:
         self._global_step = int(state["global_step"])
         return self._global_step
 
+    def mark_ready(self) -> None:
+        pass
+
+    def wait_ready(self, timeout_s: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -193,32 +200,33 @@ class RemoteBackend:
 
     distributed = True
 
-    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0) -> None:
+    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0, keep_checkpoints: int = 5) -> None:
         from services.ps_client import PSClient
 
-        self.client = PSClient(addresses)
+        self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
         self.client.wait_until_ready(ready_timeout_s)
         self._dense: DenseVariables | None = None
-        self._sizes: dict[str, int] = {}
+        health = self.client.health()[0]
+        # identifies this launch of the PS processes: the same for every worker, new after a PS restart
+        self.cluster_id = f"{health.get('pid', 0)}"
 
     def create_tables(self, configs: dict[str, dict]) -> None:
         if configs:
             self.client.create_tables(configs)
 
     def lookup(self, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.client.lookup_many(ids)
+        return self.client.lookup_many(ids) if ids else {}
 
     def apply_gradients(self, updates, global_step: int = 0, learning_rates=None) -> None:
         if updates:
             self.client.apply_gradients_many(updates, global_step=global_step, learning_rates=learning_rates)
 
     def table_sizes(self) -> dict[str, int]:
-        sizes = getattr(self.client, "table_sizes", None)
-        return dict(sizes()) if callable(sizes) else {}
+        return {name: int(t["rows"]) for name, t in self.client.stats()["tables"].items()}
 
     def create_dense(self, dense: DenseVariables, optimizer) -> None:
         self._dense = dense
-        if not dense.variables:
+        if not dense.variables or optimizer is None:
             return
         opt_cfg = keras_optimizer_config(optimizer)
         self.client.create_dense({n: {"shape": list(v.shape), "optimizer": opt_cfg, "initial_value": v.numpy()}
@@ -244,10 +252,29 @@ class RemoteBackend:
         return self.client.save(model_dir, step)
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:
-        if self.client.latest_checkpoint(model_dir) is None:
+        if step is None and self.client.latest_checkpoint(model_dir) is None:
             return None
         self.client.restore(model_dir, step)
         return self.global_step()
+
+    def _marker(self) -> str:
+        return f"__chief_ready_{self.cluster_id}__"
+
+    def mark_ready(self) -> None:
+        """The chief has restored (or found nothing to restore): other workers may start."""
+        self.client.create_dense({self._marker(): {"shape": [1], "optimizer": {"type": "sgd", "learning_rate": 0.0},
+                                                   "initial_value": np.zeros(1, np.float32)}})
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.client.dense_pull([self._marker()])
+                return
+            except (LookupError, ValueError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the chief did not get the PS ready within {timeout_s}s") from None
+                time.sleep(0.2)
 
     def close(self) -> None:
         self.client.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -64,33 +65,43 @@ class Estimator:
         self._dense: DenseVariables | None = None
         self._restored: int | None = None
         self._restore_checked = False
-        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s) if config.distributed
-                        else LocalBackend())
+        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
+                        if config.distributed else LocalBackend())
+        self._jobs = 0
         self.model.ctx.feature_factory.backend = self.backend
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
                                           model_name=type(model).__name__, sync_backend=None, server_type="worker")
         self.last_train_stats: dict[str, Any] = {}
+        self.last_checkpoint: str | None = None
 
     # --- building ----------------------------------------------------------------------------------
-    def _dataset(self, mode: str, shard: bool) -> tf.data.Dataset:
+    def _dataset(self, mode: str) -> tf.data.Dataset:
         with with_ctx(self.task_ctx):
             ds = self.model.create_input_fn(mode)()
         if not isinstance(ds, tf.data.Dataset):
             raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset, got {type(ds).__name__}")
         if not isinstance(ds.element_spec, dict):
             raise ValueError(f"input_fn({mode!r}) must yield dicts of features, got {ds.element_spec!r}")
-        if shard and self.config.dispatcher:
+        return ds
+
+    def _distribute(self, ds: tf.data.Dataset, mode: str) -> tf.data.Dataset:
+        """This worker's share of the input: from the tf.data service, or every num_workers-th batch."""
+        if self.config.dispatcher:
+            self._jobs += 1
             job = self.config.job_name or self._job_name(mode)
-            ds = ds.apply(tf.data.experimental.service.distribute(
+            log.info("reading %s input from the tf.data service %s, job %s", mode, self.config.dispatcher, job)
+            return ds.apply(tf.data.experimental.service.distribute(
                 processing_mode="distributed_epoch", service=self.config.dispatcher, job_name=job))
-        elif shard and self.config.num_workers > 1:
-            ds = ds.shard(self.config.num_workers, self.config.worker_index)
+        if self.config.num_workers > 1:
+            return ds.shard(self.config.num_workers, self.config.worker_index)
         return ds
 
     def _job_name(self, mode: str) -> str:
+        """The same on every worker of this run, new for every run (a finished job name yields nothing)."""
         digest = hashlib.md5(self.config.model_dir.encode()).hexdigest()[:10]
-        return f"{type(self.model).__name__}-{mode}-{digest}-{self._restored or 0}"
+        run = getattr(self.backend, "cluster_id", None) or f"{os.getpid()}"
+        return f"{type(self.model).__name__}-{digest}-{run}-{mode}-{self._jobs}"
 
     def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
         if mode in self._compiled:
@@ -183,12 +194,18 @@ class Estimator:
                              f"first traced mode {len(self._dense.variables)}: create every layer in every mode")
 
     def _maybe_restore(self) -> int:
+        """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""
         if not self._restore_checked:
             self._restore_checked = True
-            if self.config.is_chief or not self.config.distributed:
-                self._restored = self.backend.restore(self.config.model_dir)
-                if self._restored is not None:
-                    log.info("restored checkpoint at global step %d from %s", self._restored, self.config.model_dir)
+            if self.config.is_chief:
+                if self.backend.global_step() == 0:
+                    self._restored = self.backend.restore(self.config.model_dir)
+                    if self._restored is not None:
+                        log.info("restored checkpoint at global step %d from %s", self._restored,
+                                 self.config.model_dir)
+                self.backend.mark_ready()
+            else:
+                self.backend.wait_ready(max(self.config.ready_timeout_s, 300.0))
         return self.backend.global_step()
 
     # --- running -----------------------------------------------------------------------------------
@@ -215,12 +232,13 @@ class Estimator:
     def train(self, max_steps: int) -> dict[str, Any]:
         if not isinstance(max_steps, int) or max_steps < 0:
             raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
-        dataset = self._dataset(ModeKeys.TRAIN, shard=True)
+        dataset = self._dataset(ModeKeys.TRAIN)
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
         if step >= max_steps:
             return {"global_step": step, "steps": 0, "examples": 0}
-        skip = step // self.config.num_workers if self.config.distributed else step
+        dataset = self._distribute(dataset, ModeKeys.TRAIN)
+        skip = step // self.config.num_workers
         if skip and not self.config.dispatcher:
             dataset = dataset.skip(skip)
         hooks = self.hooks + list(self.model._training_hooks)
@@ -320,7 +338,7 @@ class Estimator:
 
     def evaluate(self, steps: int | None = None) -> dict[str, Any]:
         """AUC (classification heads) / MSE (regression heads) and mean loss over the eval input."""
-        dataset = self._dataset(ModeKeys.EVAL, shard=False)
+        dataset = self._dataset(ModeKeys.EVAL)
         if steps is not None:
             dataset = dataset.take(steps)
         compiled = self._compile(ModeKeys.EVAL, dataset)
@@ -354,9 +372,10 @@ class Estimator:
 
     def predict(self):
         """Yield one {head: value} dict per example; with `output_path`, also write part-<worker> files."""
-        dataset = self._dataset(ModeKeys.PREDICT, shard=True)
+        dataset = self._dataset(ModeKeys.PREDICT)
         compiled = self._compile(ModeKeys.PREDICT, dataset)
         self._maybe_restore()
+        dataset = self._distribute(dataset, ModeKeys.PREDICT)
         writer = None
         if self.model.output_path:
             writer = PredictionWriter(self.model.output_path, self.config.worker_index, self.model.output_fields,
