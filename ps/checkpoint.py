@@ -1,0 +1,185 @@
+"""Coordinated checkpoint layout: `D/ckpt-<step>/shard-<i>-of-<n>/` per shard, then `MANIFEST.json` last.
+
+A checkpoint exists only once its manifest does: every shard first publishes its own directory with
+an atomic rename, then the coordinator (the client) checks every shard's `SHARD.json`, and writes the
+manifest atomically. A crash at any point leaves either the previous state or an incomplete directory
+that `latest_checkpoint` never returns. Ids are filtered by owner at restore time, so a checkpoint
+written by n shards restores onto any m.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.json"
+SHARD_META = "SHARD.json"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupt (the message names the file)."""
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    return Path(directory) / f"ckpt-{int(step)}"
+
+
+def shard_dir_name(index: int, num_shards: int) -> str:
+    return f"shard-{index}-of-{num_shards}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write, fsync, rename, fsync the directory: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            payload = json.load(fh)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{what} missing: {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{what} unreadable or corrupt: {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{what} has an unknown format: {path}")
+    return payload
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by the fully written `tmp` with renames (a re-save of the same step included)."""
+    for root, _dirs, files in os.walk(tmp):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def staging_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
+    tmp.mkdir()
+    return tmp
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path, bool]]:
+    """(step, path, complete) for every `ckpt-<step>` under `directory`, oldest first."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        m = _CKPT_RE.match(entry.name)
+        if m and entry.is_dir():
+            found.append((int(m.group(1)), entry, (entry / MANIFEST).is_file()))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint whose manifest exists and parses; None when there is none."""
+    for _step, path, complete in reversed(list_checkpoints(directory)):
+        if not complete:
+            continue
+        try:
+            read_json(path / MANIFEST, "manifest")
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+            continue
+        return path
+    return None
+
+
+def resolve(directory: str | os.PathLike, step: int | None) -> Path:
+    if step is None:
+        path = latest_checkpoint(directory)
+        if path is None:
+            raise CheckpointError(f"no complete checkpoint (with {MANIFEST}) under {directory}")
+        return path
+    path = checkpoint_path(directory, step)
+    if not (path / MANIFEST).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete or missing (no {MANIFEST})")
+    return path
+
+
+def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
+    """Check every shard's published part, merge them, write the manifest last."""
+    metas = [read_json(ckpt / shard_dir_name(i, num_shards) / SHARD_META, f"shard {i} metadata")
+             for i in range(num_shards)]
+    tables: dict[str, Any] = {}
+    dense: dict[str, Any] = {}
+    for i, meta in enumerate(metas):
+        if meta["step"] != step or meta["num_shards"] != num_shards or meta["shard_index"] != i:
+            raise CheckpointError(
+                f"{ckpt / shard_dir_name(i, num_shards)} belongs to step {meta['step']} shard "
+                f"{meta['shard_index']} of {meta['num_shards']}, expected step {step} shard {i} of {num_shards}"
+            )
+        for name, entry in meta["tables"].items():
+            if name in tables and tables[name] != entry["config"]:
+                raise CheckpointError(f"table {name!r} has different configs on different shards")
+            tables[name] = entry["config"]
+        for name, entry in meta["dense"].items():
+            dense[name] = {"shape": entry["shape"], "config": entry["config"], "shard": i}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "num_shards": num_shards,
+        "global_step": metas[0]["global_step"],
+        "tables": tables,
+        "dense": dense,
+        "rows": {name: sum(m["tables"].get(name, {}).get("rows", 0) for m in metas) for name in tables},
+    }
+    write_json_atomic(ckpt / MANIFEST, manifest)
+    return manifest
+
+
+def invalidate(ckpt: Path) -> None:
+    """Make an existing checkpoint incomplete before it is rewritten (re-save of the same step)."""
+    try:
+        os.remove(ckpt / MANIFEST)
+        _fsync_dir(ckpt)
+    except FileNotFoundError:
+        pass
+
+
+def prune(directory: str | os.PathLike, keep: int) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints; drop older ones and older incomplete leftovers."""
+    entries = list_checkpoints(directory)
+    complete = [(s, p) for s, p, ok in entries if ok]
+    if keep <= 0 or not complete:
+        return []
+    kept = complete[-keep:]
+    oldest_kept = kept[0][0]
+    removed = []
+    for step, path, _ok in entries:
+        if step < oldest_kept:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
