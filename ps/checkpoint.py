@@ -103,18 +103,24 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path, bool
     return sorted(found)
 
 
+def _valid(path: Path) -> bool:
+    try:
+        read_json(path / MANIFEST, "manifest")
+        return True
+    except CheckpointError as exc:
+        log.warning("skipping checkpoint %s: %s", path, exc)
+        return False
+
+
+def complete_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of checkpoints whose manifest exists and parses, oldest first."""
+    return [(s, p) for s, p, has_manifest in list_checkpoints(directory) if has_manifest and _valid(p)]
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest checkpoint whose manifest exists and parses; None when there is none."""
-    for _step, path, complete in reversed(list_checkpoints(directory)):
-        if not complete:
-            continue
-        try:
-            read_json(path / MANIFEST, "manifest")
-        except CheckpointError as exc:
-            log.warning("skipping checkpoint %s: %s", path, exc)
-            continue
-        return path
-    return None
+    """The newest complete checkpoint; None when there is none."""
+    complete = complete_checkpoints(directory)
+    return complete[-1][1] if complete else None
 
 
 def resolve(directory: str | os.PathLike, step: int | None) -> Path:
@@ -172,7 +178,7 @@ def invalidate(ckpt: Path) -> None:
 def prune(directory: str | os.PathLike, keep: int) -> list[Path]:
     """Keep the newest `keep` complete checkpoints; drop older ones and older incomplete leftovers."""
     entries = list_checkpoints(directory)
-    complete = [(s, p) for s, p, ok in entries if ok]
+    complete = complete_checkpoints(directory)
     if keep <= 0 or not complete:
         return []
     kept = complete[-keep:]
