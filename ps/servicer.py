@@ -217,7 +217,7 @@ class ParameterServerServicer:
             result = self.state.restore(request.checkpoint_path)
         except ckpt.CheckpointError:
             raise
-        except (ValueError, OSError) as exc:  # the store refusing a corrupt or truncated file
+        except Exception as exc:  # whatever the store raised on a corrupt or truncated file
             raise ckpt.CheckpointError(f"cannot restore {request.checkpoint_path}: {exc}") from exc
         return ps_pb2.RestoreResponse(rows=result["rows"], dense=result["dense"], global_step=result["global_step"])
 
