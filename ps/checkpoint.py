@@ -1,27 +1,27 @@
 """Coordinated checkpoint layout: `D/ckpt-<step>/shard-<i>-of-<n>/` per shard, then `MANIFEST.json` last.
 
 A checkpoint exists only once its manifest does: every shard first publishes its own directory with
-an atomic rename, then the coordinator (the client) checks every shard's `SHARD.json`, and writes the
-manifest atomically. A crash at any point leaves either the previous state or an incomplete directory
-that `latest_checkpoint` never returns. Ids are filtered by owner at restore time, so a checkpoint
+an atomic rename (its own checksummed `MANIFEST.json` inside, via `ps.atomic_files`), then the
+coordinator (the client) checks every shard's manifest and writes the checkpoint's manifest atomically.
+A crash at any point leaves either the previous state or an incomplete directory that
+`latest_checkpoint` never returns. Ids are filtered by owner at restore time, so a checkpoint
 written by n shards restores onto any m.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
+
+from ps import atomic_files
+from ps.atomic_files import MANIFEST_NAME as MANIFEST
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST = "MANIFEST.json"
-SHARD_META = "SHARD.json"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -37,57 +37,19 @@ def shard_dir_name(index: int, num_shards: int) -> str:
     return f"shard-{index}-of-{num_shards}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def write_meta(directory: Path, payload: dict[str, Any]) -> None:
+    """The directory's checksummed manifest (store format), written last and atomically."""
+    atomic_files.write_manifest(directory, {"format": FORMAT_VERSION, **payload})
+
+
+def read_meta(directory: Path, what: str) -> dict[str, Any]:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write, fsync, rename, fsync the directory: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        with open(path) as fh:
-            payload = json.load(fh)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{what} missing: {path}") from exc
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what} unreadable or corrupt: {path}: {exc}") from exc
+        payload = atomic_files.read_manifest(directory, verify_files=False)
+    except ValueError as exc:
+        raise CheckpointError(f"{what}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{what} has an unknown format: {path}")
+        raise CheckpointError(f"{what}: unknown format in {directory / MANIFEST}")
     return payload
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by the fully written `tmp` with renames (a re-save of the same step included)."""
-    for root, _dirs, files in os.walk(tmp):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as fh:
-                os.fsync(fh.fileno())
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def staging_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
-    tmp.mkdir()
-    return tmp
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path, bool]]:
@@ -105,7 +67,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path, bool
 
 def _valid(path: Path) -> bool:
     try:
-        read_json(path / MANIFEST, "manifest")
+        read_meta(path, "checkpoint manifest")
         return True
     except CheckpointError as exc:
         log.warning("skipping checkpoint %s: %s", path, exc)
@@ -137,8 +99,7 @@ def resolve(directory: str | os.PathLike, step: int | None) -> Path:
 
 def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
     """Check every shard's published part, merge them, write the manifest last."""
-    metas = [read_json(ckpt / shard_dir_name(i, num_shards) / SHARD_META, f"shard {i} metadata")
-             for i in range(num_shards)]
+    metas = [read_meta(ckpt / shard_dir_name(i, num_shards), f"shard {i} of {ckpt}") for i in range(num_shards)]
     tables: dict[str, Any] = {}
     dense: dict[str, Any] = {}
     for i, meta in enumerate(metas):
@@ -154,7 +115,6 @@ def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
         for name, entry in meta["dense"].items():
             dense[name] = {"shape": entry["shape"], "config": entry["config"], "shard": i}
     manifest = {
-        "format": FORMAT_VERSION,
         "step": step,
         "num_shards": num_shards,
         "global_step": metas[0]["global_step"],
@@ -162,7 +122,7 @@ def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
         "dense": dense,
         "rows": {name: sum(m["tables"].get(name, {}).get("rows", 0) for m in metas) for name in tables},
     }
-    write_json_atomic(ckpt / MANIFEST, manifest)
+    write_meta(ckpt, manifest)
     return manifest
 
 
@@ -170,7 +130,7 @@ def invalidate(ckpt: Path) -> None:
     """Make an existing checkpoint incomplete before it is rewritten (re-save of the same step)."""
     try:
         os.remove(ckpt / MANIFEST)
-        _fsync_dir(ckpt)
+        atomic_files.fsync_dir(ckpt)
     except FileNotFoundError:
         pass
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ps import atomic_files
 from ps import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
 from ps.table import EmbeddingTable
@@ -192,44 +192,37 @@ class ShardState:
     def save(self, checkpoint_path: str, step: int) -> tuple[Path, dict[str, int]]:
         """Write this shard's part under `<checkpoint_path>/shard-i-of-n/`, published by one rename."""
         final = Path(checkpoint_path) / ckpt.shard_dir_name(self.shard_index, self.num_shards)
-        tmp = ckpt.staging_dir(final)
         with self._lock:
             tables = dict(self.tables)
             dense = dict(self.dense)
             global_step = self._global_step
-        meta: dict[str, Any] = {
-            "format": ckpt.FORMAT_VERSION, "step": int(step), "shard_index": self.shard_index,
-            "num_shards": self.num_shards, "global_step": global_step, "tables": {}, "dense": {},
-        }
+        meta: dict[str, Any] = {"step": int(step), "shard_index": self.shard_index, "num_shards": self.num_shards,
+                                "global_step": global_step, "tables": {}, "dense": {}}
         rows = {}
-        try:
+        with atomic_files.staged_directory(final) as tmp:
             for i, (name, table) in enumerate(sorted(tables.items())):
                 sub = f"t{i:05d}"
-                table.save(str(tmp / sub))
+                table.save(tmp / sub)
                 rows[name] = int(table.size)
                 meta["tables"][name] = {"dir": sub, "config": table.config, "rows": rows[name]}
             for i, (name, var) in enumerate(sorted(dense.items())):
                 sub = f"d{i:05d}"
-                var.table.save(str(tmp / sub))
+                var.table.save(tmp / sub)
                 meta["dense"][name] = {"dir": sub, "shape": list(var.shape), "config": var.table.config}
-            ckpt.write_json_atomic(tmp / ckpt.SHARD_META, meta)
-            ckpt.publish_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            ckpt.write_meta(tmp, meta)
         log.info("saved step %d: %d tables, %d dense -> %s", step, len(tables), len(dense), final)
         return final, rows
 
     def restore(self, checkpoint_path: str) -> dict[str, Any]:
         """Load exactly the ids (and dense variables) this shard owns from a checkpoint of any shard count."""
         path = Path(checkpoint_path)
-        manifest = ckpt.read_json(path / ckpt.MANIFEST, "manifest")
+        manifest = ckpt.read_meta(path, "checkpoint manifest")
         n, m, k = manifest["num_shards"], self.num_shards, self.shard_index
         metas: dict[int, dict[str, Any]] = {}
 
         def meta(j: int) -> dict[str, Any]:
             if j not in metas:
-                metas[j] = ckpt.read_json(path / ckpt.shard_dir_name(j, n) / ckpt.SHARD_META, f"shard {j} metadata")
+                metas[j] = ckpt.read_meta(path / ckpt.shard_dir_name(j, n), f"shard {j} of {path}")
             return metas[j]
 
         # Old shard j holds ids ≡ j (mod n); some of them are ≡ k (mod m) only if j ≡ k (mod gcd(n, m)).

@@ -102,7 +102,7 @@ def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     with grpc.insecure_channel(two[0].address) as ch:  # shard 0 saved, then the coordinator "crashed"
         ch.unary_unary("/monolith.ps.ParameterServer/Save")(
             ps_pb2.SaveRequest(checkpoint_path=str(crashed), step=999).SerializeToString(), timeout=30)
-    assert (crashed / "shard-0-of-2" / ckpt.SHARD_META).exists()
+    assert (crashed / "shard-0-of-2" / ckpt.MANIFEST).exists()
     assert c2.latest_checkpoint(str(d)) == str(ckpt.checkpoint_path(d, 102))
     with pytest.raises(ValueError, match="incomplete"):
         c2.restore(str(d), step=999)
@@ -110,7 +110,7 @@ def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     # a corrupt checkpoint is refused with a clear error and the shards keep their state
     before = state_of(c1)
     shard_dir = d3 / "ckpt-200" / "shard-0-of-3"
-    victim = max((p for p in shard_dir.rglob("*") if p.is_file() and p.name != ckpt.SHARD_META),
+    victim = max((p for p in shard_dir.rglob("*") if p.is_file() and p.name != ckpt.MANIFEST),
                  key=lambda p: p.stat().st_size)
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])

@@ -248,7 +248,7 @@ BAD_REQUESTS = [
     ("ApplyGradients", _apply(_update("item", np.arange(0, 2 * 200_000, 2), np.ones((200_000, 4)))),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
     ("Restore", ps_pb2.RestoreRequest(checkpoint_path="/nonexistent/ckpt-1").SerializeToString(),
-     grpc.StatusCode.FAILED_PRECONDITION, "manifest missing"),
+     grpc.StatusCode.FAILED_PRECONDITION, "does not exist"),
     ("DenseCreate", ps_pb2.DenseCreateRequest(variables=[ps_pb2.DenseVariable(
         name="x", shape=[2], optimizer=ps_pb2.Optimizer(type="no-such-optimizer"))]).SerializeToString(),
      None, "x"),

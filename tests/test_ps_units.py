@@ -92,11 +92,11 @@ def test_latest_checkpoint_needs_a_manifest_and_prune_keeps_k(tmp_path):
         path = ckpt.checkpoint_path(tmp_path, step)
         path.mkdir()
         if step != 4:  # step 4 is a crashed save: no manifest
-            ckpt.write_json_atomic(path / ckpt.MANIFEST, {"format": ckpt.FORMAT_VERSION, "step": step})
+            ckpt.write_meta(path, {"step": step})
     assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-3"
     (ckpt.checkpoint_path(tmp_path, 3) / ckpt.MANIFEST).write_text("{truncated")
     assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-2"
-    with pytest.raises(ckpt.CheckpointError, match="no MANIFEST"):
+    with pytest.raises(ckpt.CheckpointError, match="incomplete or missing"):
         ckpt.resolve(tmp_path, 4)
     removed = ckpt.prune(tmp_path, keep=1)
     assert [p.name for p in removed] == ["ckpt-1"]
@@ -107,9 +107,8 @@ def test_latest_checkpoint_needs_a_manifest_and_prune_keeps_k(tmp_path):
 def test_manifest_refuses_a_missing_shard(tmp_path):
     path = ckpt.checkpoint_path(tmp_path, 5)
     (path / ckpt.shard_dir_name(0, 2)).mkdir(parents=True)
-    ckpt.write_json_atomic(path / ckpt.shard_dir_name(0, 2) / ckpt.SHARD_META, {
-        "format": ckpt.FORMAT_VERSION, "step": 5, "shard_index": 0, "num_shards": 2, "global_step": 0,
-        "tables": {}, "dense": {}})
-    with pytest.raises(ckpt.CheckpointError, match="shard 1 metadata missing"):
+    ckpt.write_meta(path / ckpt.shard_dir_name(0, 2), {
+        "step": 5, "shard_index": 0, "num_shards": 2, "global_step": 0, "tables": {}, "dense": {}})
+    with pytest.raises(ckpt.CheckpointError, match="shard 1 of .*does not exist"):
         ckpt.write_manifest(path, 5, 2)
     assert not (path / ckpt.MANIFEST).exists()
