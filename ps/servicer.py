@@ -145,7 +145,8 @@ class ParameterServerServicer:
         n = 0
         for name, table, ids in work:
             rows = table.lookup(ids, dtype=np_dtype)
-            out.tables.append(ps_pb2.TableRows(table=name, values=rows.tobytes(), dtype=request.dtype, dim=table.dim))
+            # `add` writes into the response in place; `append(TableRows(...))` would copy the rows again
+            out.tables.add(table=name, values=rows.tobytes(), dtype=request.dtype, dim=table.dim)
             n += ids.size
         metrics.IDS.labels(self._shard, "Lookup").inc(n)
         return out
@@ -238,7 +239,7 @@ class ParameterServerServicer:
     def dense_pull(self, request: ps_pb2.DensePullRequest) -> ps_pb2.DensePullResponse:
         out = ps_pb2.DensePullResponse()
         for name, shape, values in self.state.dense_pull(list(request.names)):
-            out.values.append(ps_pb2.DenseValue(name=name, shape=shape, values=values.astype(F32).tobytes()))
+            out.values.add(name=name, shape=shape, values=values.astype(F32).tobytes())
         return out
 
     def dense_push(self, request: ps_pb2.DensePushRequest) -> ps_pb2.DensePushResponse:

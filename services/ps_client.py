@@ -260,29 +260,32 @@ class PSClient:
             for table, (meta, routed) in plans.items():
                 ids = routed.shard_ids(s)
                 if ids.size:
-                    req.tables.append(ps_pb2.TableIds(table=table, ids=ids.tobytes()))
+                    req.tables.add(table=table, ids=ids.tobytes())
                     reply_bytes += ids.size * meta.dim * wire.itemsize
             if req.tables:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
         responses = self._call_shards("Lookup", requests) if requests else {}
+        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
         out = {}
         for table, (meta, routed) in plans.items():
-            rows = np.empty((routed.unique.size, meta.dim), dtype=np.float32)
-            for s, resp in responses.items():
-                for item in resp.tables:
-                    if item.table == table:
-                        pos = routed.positions(s)
-                        got = rows_from_bytes(item.values, routed.shard_ids(s).size, meta.dim,
-                                              f"Lookup reply from shard {s} for {table!r}", wire)
-                        rows[pos] = got
-            out[table] = routed.expand(rows)
+            parts = []
+            for s in range(self.num_shards):
+                n = routed.count(s)
+                if n:
+                    item = replies[s].get(table)
+                    if item is None:
+                        raise PSError(f"PS shard {s} ({self.addresses[s]}) returned no rows for {table!r}",
+                                      s, self.addresses[s])
+                    parts.append((s, rows_from_bytes(item.values, n, meta.dim,
+                                                     f"Lookup reply from shard {s} for {table!r}", wire)))
+            out[table] = routed.assemble(parts, meta.dim)
         return out
 
-    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool,
-                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, list[ps_pb2.TableUpdate]]:
-        """Validate and split {table: (ids, values)} into per-shard TableUpdates (nothing is sent here)."""
-        per_shard: dict[int, list[ps_pb2.TableUpdate]] = {}
+    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, make_request,
+                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, Any]:
+        """Validate {table: (ids, values)} and split it into one request per shard (nothing is sent here)."""
+        per_shard: dict[int, Any] = {}
         learning_rates = learning_rates or {}
         unknown = set(learning_rates) - set(updates)
         if unknown:
@@ -309,8 +312,10 @@ class PSClient:
                 if shard_ids.size:
                     vals = values[pos]
                     self._check_size(f"{method} request", s, shard_ids.nbytes + vals.nbytes)
-                    per_shard.setdefault(s, []).append(ps_pb2.TableUpdate(
-                        table=table, ids=shard_ids.tobytes(), values=vals.tobytes(), learning_rates=lrs or []))
+                    if s not in per_shard:
+                        per_shard[s] = make_request()
+                    per_shard[s].tables.add(table=table, ids=shard_ids.tobytes(), values=vals.tobytes(),
+                                            learning_rates=lrs or [])
         return per_shard
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
@@ -321,15 +326,16 @@ class PSClient:
 
     def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
                              learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
-        per_shard = self._updates("ApplyGradients", grads_by_table, True, learning_rates)
-        requests = {s: ps_pb2.ApplyGradientsRequest(tables=u, global_step=int(global_step),
-                                                    update_time=int(update_time)) for s, u in per_shard.items()}
+        requests = self._updates(
+            "ApplyGradients", grads_by_table, True,
+            lambda: ps_pb2.ApplyGradientsRequest(global_step=int(global_step), update_time=int(update_time)),
+            learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
-        per_shard = self._updates(method, {table: (ids, values)}, dedupe=False)
-        requests = {s: ps_pb2.UpdateRequest(tables=u, update_time=int(update_time)) for s, u in per_shard.items()}
+        requests = self._updates(method, {table: (ids, values)}, False,
+                                 lambda: ps_pb2.UpdateRequest(update_time=int(update_time)))
         if requests:
             self._call_shards(method, requests)
 
@@ -347,8 +353,8 @@ class PSClient:
         for s in range(self.num_shards):
             shard_ids = routed.shard_ids(s)
             if shard_ids.size:
-                requests[s] = ps_pb2.ReinitializeRequest(
-                    tables=[ps_pb2.TableIds(table=table, ids=shard_ids.tobytes())], update_time=int(update_time))
+                requests[s] = ps_pb2.ReinitializeRequest(update_time=int(update_time))
+                requests[s].tables.add(table=table, ids=shard_ids.tobytes())
         if requests:
             self._call_shards("Reinitialize", requests)
 
@@ -428,7 +434,7 @@ class PSClient:
                                        ps_pb2.DensePushRequest(global_step=int(global_step)))
             if learning_rate is not None:
                 req.learning_rate = float(learning_rate)
-            req.grads.append(ps_pb2.DenseGrad(name=name, values=g.tobytes()))
+            req.grads.add(name=name, values=g.tobytes())
         if per_shard:
             self._call_shards("DensePush", per_shard)
 

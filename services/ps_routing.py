@@ -85,11 +85,22 @@ class Routed:
         lo, hi = int(self.bounds[shard]), int(self.bounds[shard + 1])
         return slice(lo, hi) if self.order is None else self.order[lo:hi]
 
+    def count(self, shard: int) -> int:
+        return int(self.bounds[shard + 1] - self.bounds[shard])
+
     def shard_ids(self, shard: int) -> np.ndarray:
         return self.unique[self.positions(shard)]
 
-    def expand(self, rows: np.ndarray) -> np.ndarray:
-        """Rows in `unique` order back to the caller's order (duplicates re-expanded)."""
+    def assemble(self, parts: list[tuple[int, np.ndarray]], dim: int) -> np.ndarray:
+        """float32 rows in the caller's order from each shard's rows (in `shard_ids` order)."""
+        if self.order is None:  # one shard: its rows are already in `unique` order
+            rows = parts[0][1] if parts else np.zeros((0, dim), np.float32)
+            if self.inverse is None:
+                return rows.astype(np.float32, copy=True)  # a writable copy of the reply buffer
+            return rows.astype(np.float32, copy=False).take(self.inverse, axis=0)
+        rows = np.empty((self.unique.size, dim), np.float32)
+        for shard, got in parts:
+            rows[self.positions(shard)] = got
         return rows if self.inverse is None else rows.take(self.inverse, axis=0)
 
 

@@ -56,8 +56,10 @@ def test_route_dedupes_partitions_and_reexpands():
         for s in range(n):
             assert (np.mod(r.shard_ids(s), n) == s).all()
         assert sum(r.shard_ids(s).size for s in range(n)) == r.unique.size
-        rows = r.unique.astype(np.float32)[:, None] * np.ones((1, 3), np.float32)
-        np.testing.assert_array_equal(r.expand(rows)[:, 0], ids.astype(np.float32))
+        parts = [(s, r.shard_ids(s).astype(np.float32)[:, None] * np.ones((1, 3), np.float32)) for s in range(n)]
+        out = r.assemble([p for p in parts if p[1].size], 3)
+        assert out.dtype == np.float32 and out.flags.writeable
+        np.testing.assert_array_equal(out, ids.astype(np.float32)[:, None] * np.ones((1, 3)))
     grads = rng.normal(size=(ids.size, 3)).astype(np.float32)
     r = route(ids, 3)
     summed = sum_duplicates(r, grads)
