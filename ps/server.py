@@ -5,11 +5,12 @@
 - `aio`: `grpc.aio` on a uvloop event loop, the same synchronous handlers run in a migration thread
   pool (the store is synchronous; the loop only does the I/O).
 
-Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same workload in one run.
-On this 2-core machine they were within noise of each other (as in performance.md, ≤20% with no
-consistent winner), and the sync server has one thread model instead of two, with simpler shutdown
-and no event-loop/thread-pool handoff per request. Scaling past one core's worth of gRPC framing is
-done with more shard processes per host, not with a different server model.
+Why `sync` is the default (measured by `benchmarks/ps_bench.py`, both models in one run, 2 shared
+cores): the bare transport is the same (gRPC echo of a Lookup's bytes: 2,220 calls/s sync vs 1,710
+aio), but as soon as a handler does real work the aio server falls far behind: Lookup of 65,536 Zipf
+ids 706 vs 95 calls/s, ApplyGradients 270 vs 62 (most likely the event-loop thread and the handler
+thread trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without
+it). More throughput per host comes from more shard processes, not from another server model.
 """
 from __future__ import annotations
 
