@@ -12,7 +12,6 @@ from tests.tiny_models import FEATURES, VOCAB, TinyDNN
 from worker.model import Estimator, RunConfig, SgdOptimizer
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("services.ps_client", reason="TEMPORARY until the psservice branch is merged into main")
 
 
 def start_ps(processes, num_shards: int) -> list[str]:
