@@ -125,3 +125,35 @@ def test_hooks_protocol_and_unknown_fetch(tmp_path):
     with pytest.raises(KeyError, match="nope"):
         est.train(5)
     assert calls[-1] == "bad-end"
+
+
+def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
+    from worker.entry import ZerosInitializer
+    from worker.estimator_spec import EstimatorSpec
+    from worker.learning_rate_functions import PolynomialDecay
+    from worker.native_model import MonolithModel
+
+    class LinearModel(MonolithModel):
+        def input_fn(self, mode):
+            return tf.data.Dataset.from_tensors({"x": tf.ragged.constant([[1], [1, 2]], tf.int64),
+                                                 "label": tf.constant([0.0, 1.0])}).repeat()
+
+        def model_fn(self, features, mode):
+            self.create_embedding_feature_column("x")
+            (a,) = self.lookup_embedding_slice([("x", 2)], "a", initializer=ZerosInitializer(),
+                                               optimizer=SgdOptimizer(9.0),
+                                               learning_rate_fn=PolynomialDecay(0.5, 4, end_learning_rate=0.1))
+            (b,) = self.lookup_embedding_slice(["x"], "b", slice_dim=1, initializer=ZerosInitializer(),
+                                               optimizer=SgdOptimizer(0.25))
+            loss = tf.reduce_sum(a) + tf.reduce_sum(b)
+            return EstimatorSpec(label=features["label"], pred=tf.reduce_sum(a, 1), loss=loss,
+                                 optimizer=tf.keras.optimizers.SGD(0.1))
+
+    est = Estimator(LinearModel(), RunConfig(model_dir=str(tmp_path)))
+    est.train(6)
+    schedule = tf.keras.optimizers.schedules.PolynomialDecay(0.5, 4, end_learning_rate=0.1)
+    lr_sum = sum(float(schedule(s)) for s in range(6))
+    rows = est.backend.lookup({"x": np.array([1, 2], np.int64)})["x"]
+    counts = np.array([2.0, 1.0])  # occurrences per batch: each adds 1 to d(loss)/d(row)
+    np.testing.assert_allclose(rows[:, :2], -np.outer(counts, [lr_sum, lr_sum]), rtol=1e-6)
+    np.testing.assert_allclose(rows[:, 2], -counts * 0.25 * 6, rtol=1e-6)  # the other slice keeps its own rate
