@@ -157,8 +157,19 @@ class Estimator:
             result["emb_grads"] = dict(zip(used, grads[len(dense):]))
             return result
 
-        fn = tf.function(step, input_signature=[feature_sig, rows_sig, index_sig], autograph=False)
-        fn.get_concrete_function()
+        # A flat signature: binding ~30 nested (ragged) arguments per call cost more than the step's compute.
+        structure = (feature_sig, rows_sig, index_sig)
+
+        def flat_step(*flat):
+            return step(*tf.nest.pack_sequence_as(structure, list(flat), expand_composites=True))
+
+        traced = tf.function(flat_step, input_signature=tf.nest.flatten(structure, expand_composites=True),
+                             autograph=False)
+        concrete = traced.get_concrete_function()
+
+        def fn(features, rows, index):
+            return concrete(*tf.nest.flatten((features, rows, index), expand_composites=True))
+
         out = meta["out"]
         self._create_tables()
         fc_dict = self.model.fc_dict
