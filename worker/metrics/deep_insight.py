@@ -194,7 +194,7 @@ def write_deep_insight(features: Mapping, sample_ratio: float, model_name: str, 
     targets = list(targets)
     label_rows = [_vector("labels_list", x, batch) for x in (labels_list or []) if x is not None]
     pred_rows = [_vector("preds_list", x, batch) for x in (preds_list or []) if x is not None]
-    if not sample_rates_list:
+    if sample_rates_list is None or (isinstance(sample_rates_list, list | tuple) and not sample_rates_list):
         rate_rows = [_vector("sample_rate", _feature(features, "sample_rate"), batch)] * len(targets)
     elif isinstance(sample_rates_list, list | tuple):
         rate_rows = [_vector("sample_rates_list", x, batch) for x in sample_rates_list if x is not None]
