@@ -9,6 +9,7 @@ from services.metrics import (
     format_tags,
     get_cli,
     get_metric_prefix,
+    metrics_url,
     parse_tags,
     sanitize_name,
     start_metrics_server,
@@ -127,4 +128,13 @@ def test_servers_can_be_stopped():
     with pytest.raises(OSError):
         scrape(port)
     with pytest.raises(KeyError, match=str(port)):
+        stop_metrics_server(port)
+
+
+def test_ipv6_loopback_is_served():
+    port = start_metrics_server(0, addr="::1")
+    try:
+        assert metrics_url("::1", port) == f"http://[::1]:{port}/metrics"
+        assert "python_info" in scrape(port, host="[::1]").text
+    finally:
         stop_metrics_server(port)
