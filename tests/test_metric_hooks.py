@@ -3,11 +3,13 @@ import datetime
 import json
 import os
 import random
+import time
 
 import numpy as np
 import pytest
 
 from services.metrics import start_metrics_server, stop_metrics_server
+from tests.processes import wait_for
 from tests.scrape import scrape
 from worker.hooks.base import StepContext, StepResult
 from worker.hooks.custom_metric import CustomMetricHook
@@ -226,3 +228,19 @@ def test_partitioned_file_rolls_exactly_and_never_overwrites(tmp_path):
     stale = WriteOnlyFileAndStat(key, clock=lambda: 0.0)
     stale._clock = lambda: 24 * 3600.0
     assert not stale.is_available()
+
+
+def test_idle_files_are_closed_and_flushed(tmp_path, monkeypatch):
+    from worker.hooks import file_metric
+
+    monkeypatch.setattr(file_metric, "CLEANUP_SECS", 0)
+    hook = FileMetricHook(base_name=str(tmp_path), batch_size=100)
+    msg = json.dumps({"model_name": "idle", "req_time": "20260101", "uid": 5})
+    hook.put(msg)
+    key = str(tmp_path / "idle" / "20260101" / "worker_0")
+    sink = wait_for(lambda: hook.files.get(key), timeout=10, what="the file sink")
+    assert not (tmp_path / "idle" / "20260101" / "worker_0" / "part_000000.txt").exists()
+    sink._clock = lambda: time.time() + 25 * 3600
+    wait_for(lambda: key not in hook.files, timeout=10, what="the idle file to be closed")
+    assert (tmp_path / "idle" / "20260101" / "worker_0" / "part_000000.txt").read_text() == msg + "\n"
+    hook.end()
