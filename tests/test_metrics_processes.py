@@ -35,16 +35,17 @@ def _start_target(group, *args, env=None):
     return proc, _port_of(group, proc)
 
 
-def test_sigterm_is_counted_at_exit(processes, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_is_counted_at_exit(processes, tmp_path, sig):
     textfile = tmp_path / "ps1.prom"
     proc, port = _start_target(processes, "--role", "ps", "--index", "1", "--exit-hook",
                                env={"MONOLITH_METRICS_TEXTFILE": str(textfile)})
     live = scrape(port)
     assert live.value("monolith_training_target_requests_total", role="ps", index="1") == 3
-    assert live.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig="15") is None
-    assert processes.stop(proc, signal.SIGTERM) == 128 + signal.SIGTERM
+    assert live.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig=int(sig)) is None
+    assert processes.stop(proc, sig) == 128 + sig
     exported = Scrape(textfile.read_text())
-    assert exported.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig="15") == 1
+    assert exported.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig=int(sig)) == 1
     assert exported.value("monolith_training_target_requests_total", role="ps", index="1") == 3
     assert "exit_hook emitted" in processes.log_of(proc)
 
