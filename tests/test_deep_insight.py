@@ -97,7 +97,7 @@ def test_unsampled_examples_give_empty_strings():
 def test_multi_target_messages_with_extra_fields():
     f = _features(n=4)
     f["item_id"] = np.array([7, 8, 9, 10], dtype=np.int64)
-    f["score"] = np.array([0.5, 1.5, 2.5, 3.5], dtype=np.float32)
+    f["score"] = np.array([0.5, 1.5, 2.5, np.nan], dtype=np.float32)
     f["channel"] = np.array([b"feed", b"search", b"feed", b"ads"], dtype=object)
     keys = ["item_id", "score", "channel"]
     out = write_deep_insight(
@@ -116,6 +116,7 @@ def test_multi_target_messages_with_extra_fields():
     assert m["extra_float"] == {"score": 2.5}
     assert m["extra_str"] == {"channel": "feed"}
     assert m["uid"] == 102
+    assert json.loads(out[3])["extra_float"] == {"score": None}
 
 
 def test_multi_target_defaults_and_errors():

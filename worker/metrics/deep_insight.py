@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -85,11 +86,13 @@ def _extra_kind(arr: np.ndarray) -> str:
 def _py(value):
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", "replace")
-    return value.item() if hasattr(value, "item") else value
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class DeepInsightClient:
-    """Builds, counts and optionally dumps messages (TFRecord at `dump_filename`) for one process."""
+    """Builds and counts messages for one process; returns them if `is_fake` (they go to Kafka or files
+    through the hooks) and appends them to the TFRecord file `dump_filename` if set."""
 
     def __init__(self, enable_metrics_counter: bool = True, is_fake: bool = False, dump_filename: str | None = None,
                  container: str | None = None) -> None:
@@ -99,7 +102,7 @@ class DeepInsightClient:
         self._lock = threading.Lock()
 
     def write(self, *, uids, req_times, labels, preds, sample_rates, model_name: str, targets: Sequence[str],
-              sample_ratio: float, extra: Mapping[str, np.ndarray] | None = None, return_msgs: bool = False,
+              sample_ratio: float, extra: Mapping[str, np.ndarray] | None = None,
               use_zero_train_time: bool = False) -> np.ndarray:
         """`labels`/`preds`/`sample_rates` are [num_targets, batch]; returns a [batch] object array of bytes."""
         batch = uids.shape[0]
@@ -109,7 +112,7 @@ class DeepInsightClient:
             cli = get_cli()
             cli.emit_counter("deep_insight.examples", batch, {"model_name": model_name})
             cli.emit_counter("deep_insight.sampled", int(keep.sum()), {"model_name": model_name})
-        if not return_msgs and not self.dump_filename:
+        if not self.is_fake and not self.dump_filename:
             return out
         train_time = 0 if use_zero_train_time else int(time.time())
         extra = extra or {}
@@ -129,7 +132,7 @@ class DeepInsightClient:
             out[i] = json.dumps(msg, separators=(",", ":")).encode("utf-8")
         if self.dump_filename:
             self._dump([m for m in out if m])
-        return out if return_msgs else np.full(batch, b"", dtype=object)
+        return out if self.is_fake else np.full(batch, b"", dtype=object)
 
     def _dump(self, msgs: list[bytes]) -> None:
         with self._lock:
@@ -183,7 +186,7 @@ def write_deep_insight(features: Mapping, sample_ratio: float, model_name: str, 
     req_times = _vector("req_time", features["req_time"]).astype(np.int64)
     batch = req_times.shape[0]
     common = {"req_times": req_times, "model_name": model_name, "sample_ratio": sample_ratio,
-              "return_msgs": is_fake, "use_zero_train_time": use_zero_train_time}
+              "use_zero_train_time": use_zero_train_time}
     if not targets:
         uids = _vector("uid", _feature(features, "uid"), batch).astype(np.int64)
         rates = _finite("sample_rate", _vector("sample_rate", _feature(features, "sample_rate"), batch))
