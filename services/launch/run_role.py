@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import time
 
 from services import role_logging
@@ -106,7 +107,8 @@ def _run_service(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) 
         return EXIT_BAD_CONFIG
     watcher = JobWatcher(spec.addresses("worker"))
     child = spawn(cmd)
-    log.info("started %s (pid %d); it stops when every worker has finished", spec.name, child.pid)
+    log.info("started %s (pid %d): %s; it stops when every worker has finished", spec.name, child.pid,
+             shlex.join(cmd))
     while True:
         code = child.poll()
         if code is not None:
@@ -170,7 +172,8 @@ def _run_worker(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) -
             return 128 + (flag.received or 15)
         status.state = "running"
         child = spawn(cmd)
-        log.info("started training%s (pid %d)", " as the chief" if spec.is_chief else "", child.pid)
+        log.info("started training%s (pid %d): %s", " as the chief" if spec.is_chief else "", child.pid,
+                 shlex.join(cmd))
         while child.poll() is None:
             if flag.sleep(args.poll_interval):
                 log.info("received signal %d: stopping training", flag.received)
