@@ -1,0 +1,179 @@
+"""Validated table configuration: segments (dim + initializer + optimizer), admission, expiry, sizing.
+
+`TableConfig.from_dict` accepts the user-facing dict (either one "dim" with top-level initializer and
+optimizer, or a "segments" list) and `to_dict` returns the normalized form with every default filled
+in, so two configs that behave identically compare equal and `from_dict(to_dict())` round-trips.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ps.optimizers import OPTIMIZERS
+
+INITIALIZERS: dict[str, dict[str, object]] = {
+    "zeros": {},
+    "ones": {},
+    "constant": {"value": 0.0},
+    "random_uniform": {"minval": -0.05, "maxval": 0.05, "seed": 0},
+}
+_TABLE_KEYS = {"dim", "segments", "initializer", "optimizer", "occurrence_threshold", "expire_time_days",
+               "initial_capacity", "filter_capacity"}
+_SEGMENT_KEYS = {"dim", "initializer", "optimizer"}
+MAX_OCCURRENCE_THRESHOLD = 65534
+"""Admission counters are 16-bit saturating, so thresholds up to 65534 are reachable."""
+
+
+def _fail(field: str, value: object, why: str) -> ValueError:
+    return ValueError(f"table config: {field}={value!r}: {why}")
+
+
+def _coerce(field: str, value: object, default: object) -> object:
+    """Coerce `value` to the type of `default`, rejecting anything lossy, non-finite or of the wrong kind."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _fail(field, value, "must be a bool")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise _fail(field, value, "must be an integer")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(field, value, "must be a finite number")
+    return float(value)
+
+
+def _typed_params(field: str, spec: object, known: dict[str, dict[str, object]]) -> tuple[str, dict]:
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise _fail(field, spec, "must be a dict with a 'type'")
+    kind = spec["type"]
+    if kind not in known:
+        raise _fail(f"{field}.type", kind, f"unknown; expected one of {sorted(known)}")
+    defaults = known[kind]
+    params = {}
+    for key, value in spec.items():
+        if key == "type":
+            continue
+        if key not in defaults:
+            raise _fail(f"{field}.{key}", value, f"unknown key for {field} type {kind!r}; expected {sorted(defaults)}")
+        params[key] = _coerce(f"{field}.{key}", value, defaults[key])
+    return kind, {**defaults, **params}
+
+
+@dataclass(frozen=True)
+class InitializerConfig:
+    type: str
+    params: dict
+
+    @classmethod
+    def from_dict(cls, spec: object, field: str = "initializer") -> InitializerConfig:
+        kind, params = _typed_params(field, spec, INITIALIZERS)
+        if kind == "random_uniform" and not params["minval"] <= params["maxval"]:
+            raise _fail(f"{field}.minval", params["minval"], f"must be <= maxval={params['maxval']}")
+        if kind == "random_uniform" and params["seed"] < 0:
+            raise _fail(f"{field}.seed", params["seed"], "must be >= 0")
+        return cls(kind, params)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **self.params}
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    type: str
+    params: dict
+
+    @classmethod
+    def from_dict(cls, spec: object, field: str = "optimizer") -> OptimizerConfig:
+        defaults = {name: opt.defaults for name, opt in OPTIMIZERS.items()}
+        kind, params = _typed_params(field, spec, defaults)
+        OPTIMIZERS[kind].validate(params, field)
+        return cls(kind, params)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **self.params}
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    dim: int
+    initializer: InitializerConfig
+    optimizer: OptimizerConfig
+
+    def to_dict(self) -> dict:
+        return {"dim": self.dim, "initializer": self.initializer.to_dict(), "optimizer": self.optimizer.to_dict()}
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    segments: tuple[SegmentConfig, ...]
+    occurrence_threshold: int = 0
+    expire_time_days: int = 36500
+    initial_capacity: int = 1024
+    filter_capacity: int = 1 << 20
+
+    @property
+    def dim(self) -> int:
+        return sum(s.dim for s in self.segments)
+
+    @classmethod
+    def from_dict(cls, cfg: object) -> TableConfig:
+        if not isinstance(cfg, dict):
+            raise TypeError(f"table config must be a dict, got {type(cfg).__name__}")
+        for key in cfg:
+            if key not in _TABLE_KEYS:
+                raise _fail(key, cfg[key], f"unknown key; expected one of {sorted(_TABLE_KEYS)}")
+        top_init, top_opt = cfg.get("initializer"), cfg.get("optimizer")
+        if "segments" in cfg:
+            raw = cfg["segments"]
+            if not isinstance(raw, list | tuple) or not raw:
+                raise _fail("segments", raw, "must be a non-empty list")
+        elif "dim" in cfg:
+            raw = [{"dim": cfg["dim"]}]
+        else:
+            raise _fail("dim", None, "one of 'dim' or 'segments' is required")
+        segments = []
+        for i, seg in enumerate(raw):
+            field = f"segments[{i}]"
+            if not isinstance(seg, dict):
+                raise _fail(field, seg, "must be a dict")
+            for key in seg:
+                if key not in _SEGMENT_KEYS:
+                    raise _fail(f"{field}.{key}", seg[key], f"unknown key; expected one of {sorted(_SEGMENT_KEYS)}")
+            dim = _coerce(f"{field}.dim", seg.get("dim"), 0) if "dim" in seg else None
+            if dim is None or dim <= 0:
+                raise _fail(f"{field}.dim", seg.get("dim"), "must be a positive integer")
+            init_spec = seg.get("initializer", top_init if top_init is not None else {"type": "zeros"})
+            if "optimizer" not in seg and top_opt is None:
+                raise _fail(f"{field}.optimizer", None, "an optimizer is required")
+            opt = OptimizerConfig.from_dict(seg.get("optimizer", top_opt), f"{field}.optimizer")
+            if OPTIMIZERS[opt.type].row_dim is not None and dim != OPTIMIZERS[opt.type].row_dim:
+                raise _fail(f"{field}.dim", dim, f"optimizer {opt.type!r} needs dim {OPTIMIZERS[opt.type].row_dim}")
+            segments.append(SegmentConfig(dim, InitializerConfig.from_dict(init_spec, f"{field}.initializer"), opt))
+        out = cls(
+            segments=tuple(segments),
+            occurrence_threshold=_coerce("occurrence_threshold", cfg.get("occurrence_threshold", 0), 0),
+            expire_time_days=_coerce("expire_time_days", cfg.get("expire_time_days", 36500), 0),
+            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 1024), 0),
+            filter_capacity=_coerce("filter_capacity", cfg.get("filter_capacity", 1 << 20), 0),
+        )
+        if "segments" in cfg and "dim" in cfg and cfg["dim"] != out.dim:
+            raise _fail("dim", cfg["dim"], f"does not equal the sum of segment dims {out.dim}")
+        if not 0 <= out.occurrence_threshold <= MAX_OCCURRENCE_THRESHOLD:
+            raise _fail("occurrence_threshold", out.occurrence_threshold, f"must be in [0, {MAX_OCCURRENCE_THRESHOLD}]")
+        if out.expire_time_days < 0:
+            raise _fail("expire_time_days", out.expire_time_days, "must be >= 0")
+        if out.initial_capacity < 1:
+            raise _fail("initial_capacity", out.initial_capacity, "must be >= 1")
+        if out.filter_capacity < 64:
+            raise _fail("filter_capacity", out.filter_capacity, "must be >= 64")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "segments": [s.to_dict() for s in self.segments],
+            "occurrence_threshold": self.occurrence_threshold,
+            "expire_time_days": self.expire_time_days,
+            "initial_capacity": self.initial_capacity,
+            "filter_capacity": self.filter_capacity,
+        }

@@ -1,0 +1,148 @@
+"""Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
+
+The index is two parallel arrays of power-of-two length: `keys` (int64 ids, any value) and `slots`
+(int32 row number, -1 = empty), kept at most half full. Rows live in separate dense arrays; the index
+only maps ids to row numbers, so growing the index never moves row data.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_SERIAL = dict(nogil=True, cache=True, error_model="numpy")
+_PARALLEL = dict(_SERIAL, parallel=True)
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def mix64(k):
+    """MurmurHash3's 64-bit finalizer: spreads sequential or slot-prefixed ids over all bits."""
+    x = np.uint64(k)
+    x ^= x >> _S33
+    x *= _M1
+    x ^= x >> _S33
+    x *= _M2
+    x ^= x >> _S33
+    return x
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _find(keys, slots, key):
+    mask = np.uint64(slots.shape[0] - 1)
+    h = mix64(key) & mask
+    while True:
+        s = slots[h]
+        if s < 0:
+            return -1
+        if keys[h] == key:
+            return s
+        h = (h + np.uint64(1)) & mask
+
+
+@njit(**_PARALLEL)
+def probe(keys, slots, ids, rows):
+    """rows[i] = row of ids[i], or -1 when absent."""
+    for i in prange(ids.shape[0]):
+        rows[i] = _find(keys, slots, ids[i])
+
+
+@njit(**_SERIAL)
+def insert(keys, slots, ids, first_row):
+    """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""
+    mask = np.uint64(slots.shape[0] - 1)
+    for i in range(ids.shape[0]):
+        key = ids[i]
+        h = mix64(key) & mask
+        while slots[h] >= 0:
+            h = (h + np.uint64(1)) & mask
+        keys[h] = key
+        slots[h] = first_row + i
+
+
+@njit(**_SERIAL)
+def rebuild(keys, slots, row_ids, n):
+    """Reset the index to map row_ids[r] → r for r < n."""
+    slots[:] = -1
+    insert(keys, slots, row_ids[:n], 0)
+
+
+@njit(**_SERIAL)
+def dedup(ids):
+    """Return (unique ids in first-seen order, inverse index per input, occurrences per unique id)."""
+    n = ids.shape[0]
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    mask = np.uint64(cap - 1)
+    tkeys = np.empty(cap, np.int64)
+    tvals = np.full(cap, -1, np.int32)
+    inv = np.empty(n, np.int32)
+    counts = np.zeros(n, np.int32)
+    uniq = np.empty(n, np.int64)
+    u = 0
+    for i in range(n):
+        key = ids[i]
+        h = mix64(key) & mask
+        while True:
+            s = tvals[h]
+            if s < 0:
+                tkeys[h] = key
+                tvals[h] = u
+                uniq[u] = key
+                s = u
+                u += 1
+                break
+            if tkeys[h] == key:
+                break
+            h = (h + np.uint64(1)) & mask
+        inv[i] = s
+        counts[s] += 1
+    return uniq[:u], inv, counts[:u]
+
+
+@njit(**_PARALLEL)
+def combine_by_inverse(src, inv, u, last_wins, nthreads):
+    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k.
+
+    Thread t owns the outputs k with k % T == t and scans the inputs in order, so the result needs no
+    locks and is deterministic.
+    """
+    dim = src.shape[1]
+    out = np.zeros((u, dim), np.float32)
+    for t in prange(nthreads):
+        for i in range(inv.shape[0]):
+            k = inv[i]
+            if k % nthreads == t:
+                if last_wins:
+                    for j in range(dim):
+                        out[k, j] = src[i, j]
+                else:
+                    for j in range(dim):
+                        out[k, j] += src[i, j]
+    return out
+
+
+@njit(**_PARALLEL)
+def gather(values, rows, out):
+    """out[i] = values[rows[i]] (zeros where rows[i] < 0)."""
+    dim = values.shape[1]
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            for j in range(dim):
+                out[i, j] = values[r, j]
+        else:
+            for j in range(dim):
+                out[i, j] = 0.0
+
+
+@njit(**_PARALLEL)
+def all_finite(a):
+    flat = a.reshape(-1)
+    bad = 0
+    for i in prange(flat.shape[0]):
+        if not np.isfinite(flat[i]):
+            bad += 1
+    return bad == 0

@@ -1,0 +1,354 @@
+"""EmbeddingTable: a collisionless int64 id → float32 row table with server-side optimizers.
+
+Concurrency: lookups and saves hold the read side of a readers/writer lock; every mutation (updates,
+inserts, growth, eviction, restore) holds the write side. Input checking, dedup and gradient summing
+happen before the lock, so they overlap with other threads' work and a rejected call changes nothing.
+Kernels release the GIL and run `parallel=True`, so one call already uses every core.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import numba
+import numpy as np
+
+from ps import hash_index as H
+from ps.admission import AdmissionFilter
+from ps.atomic_files import CorruptCheckpointError
+from ps.config import TableConfig
+from ps.expiry import expired_mask
+from ps.initializers import initialize_rows
+from ps.optimizers import OPTIMIZERS, check_step
+from ps.row_store import RowStore
+from ps.rwlock import RWLock
+from ps.table_io import load_arrays, save_arrays
+
+log = logging.getLogger(__name__)
+_RESTORE_IGNORED_KEYS = ("initial_capacity",)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(4, int(n - 1).bit_length())
+
+
+def _as_ids(ids) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        return np.empty(0, np.int64)
+    if a.dtype.kind not in "iu" or (a.dtype.kind == "u" and a.dtype.itemsize == 8):
+        raise TypeError(f"ids must be a signed integer array (int64), got dtype {a.dtype}")
+    return np.ascontiguousarray(a, np.int64)
+
+
+def _as_int(value, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _as_shard(shard) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    if not isinstance(shard, tuple | list) or len(shard) != 2:
+        raise ValueError(f"shard must be (k, K), got {shard!r}")
+    k, num = _as_int(shard[0], "shard k", 0), _as_int(shard[1], "shard K", 1)
+    if k >= num:
+        raise ValueError(f"shard k={k} must be < K={num}")
+    return k, num
+
+
+class EmbeddingTable:
+    def __init__(self, config: TableConfig) -> None:
+        self._cfg = config
+        self._config_dict = config.to_dict()
+        self._opts = [OPTIMIZERS[s.optimizer.type] for s in config.segments]
+        self._store = RowStore(config, config.initial_capacity)
+        cap = _pow2_at_least(2 * config.initial_capacity)
+        self._keys = np.empty(cap, np.int64)
+        self._slots = np.full(cap, -1, np.int32)
+        self._filter = AdmissionFilter(config.occurrence_threshold, config.filter_capacity)
+        self._lock = RWLock()
+        self._max_update_time = 0
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> EmbeddingTable:
+        return cls(TableConfig.from_dict(cfg))
+
+    # ---- introspection
+    @property
+    def config(self) -> dict:
+        return copy.deepcopy(self._config_dict)
+
+    @property
+    def dim(self) -> int:
+        return self._store.dim
+
+    @property
+    def segment_dims(self) -> list[int]:
+        return [s.dim for s in self._cfg.segments]
+
+    @property
+    def size(self) -> int:
+        return self._store.size
+
+    @property
+    def max_update_time(self) -> int:
+        return self._max_update_time
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._store.nbytes + self._keys.nbytes + self._slots.nbytes + self._filter.nbytes
+
+    def __repr__(self) -> str:
+        return f"EmbeddingTable(dim={self.dim}, size={self.size}, optimizers={[o.name for o in self._opts]})"
+
+    # ---- input checks (before any lock; a rejected call changes nothing)
+    def _as_rows(self, values, n: int, what: str) -> np.ndarray:
+        a = np.asarray(values)
+        if a.dtype.kind != "f":
+            raise TypeError(f"{what} must be a float array, got dtype {a.dtype}")
+        if a.shape != (n, self.dim):
+            raise ValueError(f"{what} must have shape ({n}, {self.dim}) for {n} ids, got {a.shape}")
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(a, np.float32)
+        if a.size and not H.all_finite(a):
+            raise ValueError(f"{what} contain NaN or Inf (or values beyond float32 range)")
+        return a
+
+    def _learning_rates(self, learning_rates, global_step: int) -> list[float]:
+        if learning_rates is None:
+            lrs = [s.optimizer.params.get("learning_rate", 0.0) for s in self._cfg.segments]
+        else:
+            lrs = [float(x) for x in np.asarray(learning_rates, np.float64).reshape(-1)]
+            if len(lrs) != len(self._cfg.segments):
+                raise ValueError(f"learning_rates has {len(lrs)} values, the table has {len(self._cfg.segments)} "
+                                 "segments")
+        for k, (opt, lr) in enumerate(zip(self._opts, lrs)):
+            check_step(opt.name, lr, global_step, f"segments[{k}] ({opt.name})")
+        return lrs
+
+    def _dedup(self, ids: np.ndarray, values: np.ndarray, last_wins: bool):
+        uniq, inv, counts = H.dedup(ids)
+        if len(uniq) == len(ids):
+            return uniq, values, counts
+        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins, numba.get_num_threads())
+        if not last_wins and not H.all_finite(combined):
+            raise ValueError("summing duplicate ids overflowed float32")
+        return uniq, combined, counts
+
+    # ---- internals (caller holds the write lock)
+    def _reserve(self, needed: int) -> None:
+        self._store.reserve(needed)
+        if 2 * needed > len(self._slots):
+            cap = _pow2_at_least(max(2 * needed, 2 * len(self._slots)))
+            self._keys = np.empty(cap, np.int64)
+            self._slots = np.full(cap, -1, np.int32)
+            H.rebuild(self._keys, self._slots, self._store.ids, self._store.size)
+
+    def _insert(self, new_ids: np.ndarray) -> np.ndarray:
+        """Append absent, distinct ids as freshly initialised rows; returns their row numbers."""
+        st = self._store
+        r0, r1 = st.size, st.size + len(new_ids)
+        self._reserve(r1)
+        H.insert(self._keys, self._slots, new_ids, r0)
+        st.ids[r0:r1] = new_ids
+        for seg, c0 in zip(self._cfg.segments, st.offsets):
+            initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
+        st.init_state(r0, r1)
+        st.size = r1
+        return np.arange(r0, r1, dtype=np.int64)
+
+    def _probe(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.empty(len(ids), np.int64)
+        H.probe(self._keys, self._slots, ids, rows)
+        return rows
+
+    def _upsert(self, uniq: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
+        rows = self._probe(uniq)
+        absent = np.flatnonzero(rows < 0)
+        created = absent[:0]
+        if len(absent):
+            created = absent[self._filter.admit(uniq[absent], counts[absent])]
+            if len(created):
+                rows[created] = self._insert(uniq[created])
+        return rows, created
+
+    def _touch(self, rows: np.ndarray, update_time: int) -> None:
+        self._store.update_time[rows[rows >= 0]] = update_time
+        self._max_update_time = max(self._max_update_time, update_time)
+
+    # ---- public operations
+    def lookup(self, ids, dtype=np.float32) -> np.ndarray:
+        """Rows for `ids` ([n, dim]); absent ids read as zeros. Never inserts and never counts occurrences."""
+        ids = _as_ids(ids)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise TypeError(f"lookup dtype must be float32 or float16, got {dtype}")
+        out = np.empty((len(ids), self.dim), np.float32)
+        rows = np.empty(len(ids), np.int64)
+        with self._lock.read():
+            H.probe(self._keys, self._slots, ids, rows)
+            H.gather(self._store.values, rows, out)
+        return out if dtype == np.float32 else out.astype(np.float16)
+
+    def contains(self, ids) -> np.ndarray:
+        ids = _as_ids(ids)
+        with self._lock.read():
+            return self._probe(ids) >= 0
+
+    def apply_gradients(self, ids, grads, global_step: int = 0, update_time: int = 0, learning_rates=None) -> None:
+        """One optimizer step per distinct id with its summed gradient; admitted absent ids are created first."""
+        ids = _as_ids(ids)
+        grads = self._as_rows(grads, len(ids), "grads")
+        global_step = _as_int(global_step, "global_step")
+        update_time = _as_int(update_time, "update_time", 0)
+        lrs = self._learning_rates(learning_rates, global_step)
+        if not len(ids):
+            return
+        uniq, g, counts = self._dedup(ids, grads, last_wins=False)
+        st = self._store
+        with self._lock.write():
+            rows, _ = self._upsert(uniq, counts)
+            for k, (seg, opt, c0) in enumerate(zip(self._cfg.segments, self._opts, st.offsets)):
+                p = seg.optimizer.params
+                opt.step(st.values, c0, seg.dim, rows, g, lrs[k], p.get("weight_decay_factor", 0.0), global_step, p,
+                         st.elem_states[k], st.row_states[k])
+            self._touch(rows, update_time)
+
+    def _write(self, ids, values, update_time: int, add: bool) -> None:
+        ids = _as_ids(ids)
+        values = self._as_rows(values, len(ids), "values")
+        update_time = _as_int(update_time, "update_time", 0)
+        if not len(ids):
+            return
+        uniq, vals, counts = self._dedup(ids, values, last_wins=not add)
+        with self._lock.write():
+            rows, _ = self._upsert(uniq, counts)
+            ok = rows >= 0
+            if add:
+                self._store.values[rows[ok]] += vals[ok]
+            else:
+                self._store.values[rows[ok]] = vals[ok]
+            self._touch(rows, update_time)
+
+    def assign(self, ids, values, update_time: int = 0) -> None:
+        """Set rows (the last value wins for repeated ids); absent ids are created if admitted."""
+        self._write(ids, values, update_time, add=False)
+
+    def assign_add(self, ids, values, update_time: int = 0) -> None:
+        """Add to rows (repeated ids add up); a created row adds onto its initialised value."""
+        self._write(ids, values, update_time, add=True)
+
+    def reinitialize(self, ids, update_time: int = 0) -> np.ndarray:
+        """Re-run initializer and optimizer-state init. Status per id: 1 existed, 0 created, -1 not admitted."""
+        ids = _as_ids(ids)
+        update_time = _as_int(update_time, "update_time", 0)
+        uniq, inv, counts = H.dedup(ids)
+        st = self._store
+        with self._lock.write():
+            before = self._probe(uniq)
+            rows, _ = self._upsert(uniq, counts)
+            existed = np.flatnonzero(before >= 0)
+            if len(existed):
+                er = before[existed]
+                for seg, c0 in zip(self._cfg.segments, st.offsets):
+                    initialize_rows(st.values, c0, seg.dim, er, uniq[existed], seg.initializer)
+                st.init_state_rows(er)
+            self._touch(rows, update_time)
+        status = np.where(before >= 0, 1, np.where(rows >= 0, 0, -1)).astype(np.int32)
+        return status[inv]
+
+    def evict_expired(self) -> int:
+        """Remove rows whose update time is expire_time_days or more behind the newest update seen."""
+        with self._lock.write():
+            st = self._store
+            expired = expired_mask(st.update_time[:st.size], self._max_update_time, self._cfg.expire_time_days)
+            removed = int(expired.sum())
+            if removed:
+                st.keep(np.flatnonzero(~expired))
+                H.rebuild(self._keys, self._slots, st.ids, st.size)
+            return removed
+
+    # ---- checkpoints
+    def save(self, directory: str | os.PathLike, shard=None) -> int:
+        """Write a verified checkpoint of the unexpired rows (only ids with floormod(id, K) == k for shard=(k, K)).
+
+        Returns the number of rows written.
+        """
+        shard = _as_shard(shard)
+        with self._lock.read():
+            st = self._store
+            keep = ~expired_mask(st.update_time[:st.size], self._max_update_time, self._cfg.expire_time_days)
+            if shard is not None:
+                keep &= np.mod(st.ids[:st.size], shard[1]) == shard[0]
+            idx = np.flatnonzero(keep)
+            arrays = {name: arr[idx] for name, arr in st.arrays().items()}
+            sketch = self._filter.sketch.copy()
+            meta = {"config": self.config, "max_update_time": self._max_update_time,
+                    "shard": list(shard) if shard else None}
+        save_arrays(directory, arrays, sketch, meta)
+        log.info("saved %d rows to %s", len(idx), directory)
+        return len(idx)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> EmbeddingTable:
+        payload, arrays, sketch = load_arrays(directory)
+        cfg = dict(payload["config"])
+        try:
+            table = cls(TableConfig.from_dict(cfg))
+        except (ValueError, TypeError) as exc:
+            raise CorruptCheckpointError(f"{directory}: invalid table config in the manifest: {exc}") from exc
+        table._ingest(directory, payload, arrays, sketch, None, clear=True)
+        return table
+
+    def restore(self, directory: str | os.PathLike, shard=None, clear: bool = False) -> int:
+        """Upsert rows, state, timestamps and admission counts saved in `directory` into this table.
+
+        With shard=(k, K) only ids with floormod(id, K) == k are taken (re-sharding: restore every old
+        shard's directory into each new shard). `clear` empties this table first. Returns rows restored.
+        """
+        shard = _as_shard(shard)
+        payload, arrays, sketch = load_arrays(directory)
+        mine = {k: v for k, v in self._config_dict.items() if k not in _RESTORE_IGNORED_KEYS}
+        theirs = {k: v for k, v in payload["config"].items() if k not in _RESTORE_IGNORED_KEYS}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"cannot restore {directory}: its table config differs in {diff}: "
+                             f"saved {[theirs.get(k) for k in diff]} vs this table {[mine.get(k) for k in diff]}")
+        return self._ingest(directory, payload, arrays, sketch, shard, clear)
+
+    def _ingest(self, directory, payload: dict, arrays: dict, sketch: np.ndarray, shard, clear: bool) -> int:
+        st = self._store
+        expected = {name: (a.dtype, a.shape[1:]) for name, a in st.arrays().items()}
+        found = {name: (a.dtype, a.shape[1:]) for name, a in arrays.items()}
+        if expected != found:
+            raise CorruptCheckpointError(f"{directory}: row arrays {sorted(found)} do not match the config's "
+                                         f"{sorted(expected)}")
+        ids = arrays["ids"]
+        if shard is not None:
+            sel = np.flatnonzero(np.mod(ids, shard[1]) == shard[0])
+            arrays = {name: a[sel] for name, a in arrays.items()}
+            ids = arrays["ids"]
+        if len(H.dedup(ids)[0]) != len(ids):
+            raise CorruptCheckpointError(f"{directory}: repeated ids in the checkpoint")
+        with self._lock.write():
+            if clear:
+                st.size = 0
+                self._slots[:] = -1
+                self._max_update_time = 0
+            rows = self._probe(ids)
+            absent = np.flatnonzero(rows < 0)
+            if len(absent):
+                rows[absent] = self._insert(ids[absent])
+            for name, arr in st.arrays().items():
+                arr[rows] = arrays[name]
+            self._filter.merge(sketch, replace=clear)
+            self._max_update_time = max(self._max_update_time, int(payload["max_update_time"]))
+        return len(ids)
