@@ -9,12 +9,10 @@ import time
 
 import pytest
 
+from tests import cluster_parts
 from tests.processes import wait_for
 
-pytest.importorskip("ps.server_main", reason="needs the PS server (ps/server_main.py, PS service issue)")
-pytest.importorskip("services.ps_client", reason="needs the PS client (services/ps_client.py, PS service issue)")
-pytest.importorskip("worker.train_main", reason="needs `monolith train` (worker/train_main.py, worker issue)")
-pytest.importorskip("worker.models.ffm", reason="needs the FFM test model (worker/models/ffm.py, worker issue)")
+cluster_parts.require()
 
 pytestmark = pytest.mark.slow
 

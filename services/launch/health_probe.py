@@ -19,13 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     client = PSClient([args.ps])
     try:
         client.wait_until_ready(timeout_s=args.timeout)
-        status = client.health()
+        (status,) = client.health()
     except Exception as exc:  # any failure means "not ready"; the message goes to the probe's event log
         print(f"ps {args.ps} is not healthy: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
-    print(f"ps {args.ps} healthy: {status}")
+    if not status.get("serving"):
+        print(f"ps {args.ps} is not serving: {status}", file=sys.stderr)
+        return 1
+    print(f"ps {args.ps} is serving: {status}")
     return 0
 
 

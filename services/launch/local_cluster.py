@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from services import role_logging
 from services.cluster_spec import mlp_environment
+from services.launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.ports import free_port
 
@@ -29,31 +30,14 @@ SHUTDOWN_GRACE_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-ps", type=int, default=1, help="parameter-server shards (0 = local embeddings)")
-    parser.add_argument("--num-workers", type=int, default=1, help="training workers")
-    parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
-    parser.add_argument("--model-dir", default=None, help="model/checkpoint directory (default: a temp dir)")
-    parser.add_argument("--max-steps", type=int, default=None, help="steps each worker trains")
-    parser.add_argument("--dataservice", action="store_true", help="feed workers through a tf.data service")
-    parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
+    add_job_arguments(parser)
     parser.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with the role")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after `--`: extra `monolith train` arguments")
 
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("local", 0)
-    model_dir = args.model_dir
-    if model_dir is None:
-        import tempfile
-
-        model_dir = tempfile.mkdtemp(prefix="monolith-local-")
-        log.info("model dir: %s", model_dir)
-    extra = list(args.train_args or [])
-    train_args = (["--max-steps", str(args.max_steps)] if args.max_steps is not None else []) + (
-        extra[1:] if extra[:1] == ["--"] else extra
-    )
-    return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir, train_args,
-                             dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
+    return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-local-"),
+                             train_args_of(args), dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
                              log_prefix=not args.no_prefix)
 
 
@@ -67,18 +51,6 @@ class _Member:
     @property
     def name(self) -> str:
         return f"{self.role}:{self.index}"
-
-
-def role_counts(num_ps: int, num_workers: int, dataservice: bool, num_dsworkers: int) -> dict[str, int]:
-    """How many processes of each role a job needs, validated."""
-    if num_ps < 0 or num_workers < 1:
-        raise ValueError(f"need num_ps >= 0 and num_workers >= 1, got num_ps={num_ps} num_workers={num_workers}")
-    if dataservice and num_dsworkers < 1:
-        raise ValueError(f"num_dsworkers={num_dsworkers}: the tf.data service needs at least one data worker")
-    counts = {"ps": num_ps, "worker": num_workers}
-    if dataservice:
-        counts.update(dispatcher=1, dsworker=num_dsworkers)
-    return {r: n for r, n in counts.items() if n}
 
 
 def cluster_layout(num_ps: int, num_workers: int, dataservice: bool, num_dsworkers: int) -> dict[str, list]:

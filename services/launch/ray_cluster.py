@@ -20,7 +20,7 @@ from pathlib import Path
 
 from services import role_logging
 from services.cluster_spec import mlp_environment
-from services.launch.local_cluster import role_counts
+from services.launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.ports import free_port
 
@@ -31,35 +31,19 @@ SHUTDOWN_GRACE_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-ps", type=int, default=1, help="parameter-server actors (0 = local embeddings)")
-    parser.add_argument("--num-workers", type=int, default=1, help="training-worker actors")
-    parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
-    parser.add_argument("--model-dir", default=None, help="model/checkpoint directory (shared storage on a cluster)")
-    parser.add_argument("--max-steps", type=int, default=None, help="steps each worker trains")
+    add_job_arguments(parser)
     parser.add_argument("--address", default="local",
                         help="Ray cluster address ('local' starts a private one; 'auto' joins a running one)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     parser.add_argument("--cpus-per-role", type=float, default=0.0, help="CPUs each actor reserves in Ray")
-    parser.add_argument("--dataservice", action="store_true", help="add a tf.data service dispatcher and dsworkers")
-    parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after `--`: extra `monolith train` arguments")
 
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("ray-driver", 0)
-    model_dir = args.model_dir
-    if model_dir is None:
-        import tempfile
-
-        model_dir = tempfile.mkdtemp(prefix="monolith-ray-")
-        log.info("model dir: %s", model_dir)
-    extra = list(args.train_args or [])
-    train_args = (["--max-steps", str(args.max_steps)] if args.max_steps is not None else []) + (
-        extra[1:] if extra[:1] == ["--"] else extra
-    )
-    return run_ray_cluster(args.num_ps, args.num_workers, args.model, model_dir, train_args,
-                           address=args.address, num_cpus=args.num_cpus, cpus_per_role=args.cpus_per_role,
-                           dataservice=args.dataservice, num_dsworkers=args.num_dsworkers)
+    return run_ray_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-ray-"),
+                           train_args_of(args), address=args.address, num_cpus=args.num_cpus,
+                           cpus_per_role=args.cpus_per_role, dataservice=args.dataservice,
+                           num_dsworkers=args.num_dsworkers)
 
 
 class RoleProcess:

@@ -57,13 +57,18 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     role_logging.configure(f"run/{spec.task_type}", spec.task_index)
     log.info("%s (%s) with %s", spec.name, spec.source, {r: len(a) for r, a in spec.roles.items()})
+    if spec.task_type not in ("ps", "worker", "dispatcher", "dsworker"):
+        log.error("unknown role %r (expected ps, worker, dispatcher or dsworker)", spec.task_type)
+        return EXIT_BAD_CONFIG
+    try:
+        cmd = train_command(spec, args) if spec.task_type == "worker" else service_command(spec, args)
+    except MLPEnvError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BAD_CONFIG
     flag = SignalFlag()
     if spec.task_type == "worker":
-        return _run_worker(spec, args, flag)
-    if spec.task_type in ("ps", "dispatcher", "dsworker"):
-        return _run_service(spec, args, flag)
-    log.error("unknown role %r (expected ps, worker, dispatcher or dsworker)", spec.task_type)
-    return EXIT_BAD_CONFIG
+        return _run_worker(spec, cmd, args, flag)
+    return _run_service(spec, cmd, args, flag)
 
 
 def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
@@ -99,12 +104,7 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     return cmd + (extra[1:] if extra[:1] == ["--"] else extra)
 
 
-def _run_service(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) -> int:
-    try:
-        cmd = service_command(spec, args)
-    except MLPEnvError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_BAD_CONFIG
+def _run_service(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, flag: SignalFlag) -> int:
     watcher = JobWatcher(spec.addresses("worker"))
     child = spawn(cmd)
     log.info("started %s (pid %d): %s; it stops when every worker has finished", spec.name, child.pid,
@@ -153,12 +153,7 @@ def _wait_for_peers(spec: ClusterSpec, timeout: float, flag: SignalFlag) -> None
             client.close()
 
 
-def _run_worker(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) -> int:
-    try:
-        cmd = train_command(spec, args)
-    except MLPEnvError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_BAD_CONFIG
+def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, flag: SignalFlag) -> int:
     status = StatusServer(spec.bind_port, args.bind_host)
     try:
         try:
