@@ -83,3 +83,19 @@ def test_run_local_cluster_api_with_the_data_service(tmp_path):
     assert re.search(r"\[worker:0\] .*started training as the chief .* --dispatcher grpc://127\.0\.0\.1:\d+", log)
     leftovers = [p for p in pids_in(log) if alive(p)]
     assert not leftovers, f"orphans left behind: {leftovers}"
+
+
+def test_a_killed_launcher_leaves_no_orphans(processes, tmp_path):
+    """SIGKILL gives `monolith local` no chance to clean up: the kernel's parent-death signal does it."""
+    local = start_local(processes, tmp_path, num_workers=1, steps=1_000_000)
+    wait_for(lambda: "started training" in processes.log_of(local), 120, what="training start")
+    pids = pids_in(processes.log_of(local))
+    assert len(pids) >= 4  # two launchers (ps, worker) and their ps / trainer children
+    os.kill(local.pid, signal.SIGKILL)
+    local.wait(10)
+    try:
+        wait_for(lambda: not [p for p in pids if alive(p)], 60, what="every child of the killed launcher to exit")
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ def test_full_job_from_mlp_environments_trains_and_every_process_exits_0(process
     for role in ("ps", "dispatcher", "dsworker", "worker"):
         for i in range(len(roles[role])):
             args = RUN + ["--model", MODEL, "--model-dir", str(model_dir), "--max-steps", str(STEPS),
-                          "--checkpoint-dir", str(model_dir), "--wait-timeout", "120"]
+                          "--wait-timeout", "120"]
             if role == "worker":
                 args += ["--", "--summary-file", str(tmp_path / f"summary-{i}.json")]
             procs[(role, i)] = processes.start(args, env=hand_made_env(roles, role, i), name=f"{role}{i}")

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="worker role: the model class as pkg.module:Class")
     parser.add_argument("--model-dir", help="worker role: model/checkpoint directory")
     parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
-    parser.add_argument("--checkpoint-dir", help="ps role: restore the latest complete checkpoint from here")
+    parser.add_argument("--checkpoint-dir",
+                        help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
     parser.add_argument("--bind-host", default="0.0.0.0", help="interface the PS and status port listen on")
     parser.add_argument("--wait-timeout", type=float, default=300.0,
                         help="seconds a worker waits for the PS shards, dispatcher and data workers")
@@ -77,7 +78,8 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     if spec.task_type == "ps":
         cmd = monolith_command("ps", "--port", port, "--shard-index", str(spec.task_index),
                                "--num-shards", str(spec.num("ps")), "--host", args.bind_host)
-        return cmd + (["--checkpoint-dir", args.checkpoint_dir] if args.checkpoint_dir else [])
+        checkpoint_dir = args.checkpoint_dir or args.model_dir
+        return cmd + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)
     if not spec.num("dispatcher"):
