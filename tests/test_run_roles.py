@@ -2,6 +2,9 @@
 a separate `monolith run` process, train the FFM test model to completion and all exit 0."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from services.ports import free_port
@@ -20,21 +23,23 @@ def test_full_job_from_mlp_environments_trains_and_every_process_exits_0(process
     roles = {"ps": [free_port(), free_port()], "worker": [free_port(), free_port()],
              "dispatcher": [free_port()], "dsworker": [free_port(), free_port()]}
     model_dir = tmp_path / "model"
+    summary = tmp_path / "summary.json"
     procs = {}
     for role in ("ps", "dispatcher", "dsworker", "worker"):
         for i in range(len(roles[role])):
             args = RUN + ["--model", MODEL, "--model-dir", str(model_dir), "--max-steps", str(STEPS),
                           "--wait-timeout", "120"]
-            if role == "worker":
-                args += ["--", "--summary-file", str(tmp_path / f"summary-{i}.json")]
+            if (role, i) == ("worker", 0):
+                args += ["--", "--summary-file", str(summary)]
             procs[(role, i)] = processes.start(args, env=hand_made_env(roles, role, i), name=f"{role}{i}")
     for key in sorted(procs, key=lambda k: k[0] != "worker"):  # workers first, then the services they end
         code = procs[key].wait(240)
         assert code == 0, f"{key} exited {code}:\n{processes.log_of(procs[key])}"
     for i in range(2):
-        log = processes.log_of(procs[("worker", i)])
-        assert "training finished" in log
-        assert (tmp_path / f"summary-{i}.json").exists(), log
+        assert "training finished" in processes.log_of(procs[("worker", i)])
+    result = json.loads(summary.read_text())  # written by the chief
+    assert result["global_step"] >= STEPS and result["num_ps"] == 2 and result["num_workers"] == 2, result
+    assert result["checkpoint"] and Path(result["checkpoint"]).exists(), result
     for key in [k for k in procs if k[0] != "worker"]:
         assert "every worker finished" in processes.log_of(procs[key]), processes.log_of(procs[key])
     assert "started training as the chief" in processes.log_of(procs[("worker", 0)])
