@@ -115,3 +115,20 @@ def test_cli_rejects_bad_arguments(tmp_path):
         main(["train", "--model", "tests.tiny_models:TinyDNN", "--model-dir", str(tmp_path), "--max-steps", "1",
               "--ps", "nohostport"])
     assert sys.modules.get("tests.tiny_models") is not None
+
+
+def test_workers_read_through_the_tf_data_service(tmp_path):
+    import io
+
+    from services.launch.local_cluster import run_local_cluster
+
+    summary = tmp_path / "summary.json"
+    out = io.StringIO()
+    code = run_local_cluster(1, 2, "tests.tiny_models:TinyDNN", str(tmp_path / "m"), dataservice=True,
+                             num_dsworkers=1, out=out,
+                             train_args=["--max-steps", "30", "--eval", "--summary-file", str(summary)])
+    log = out.getvalue()
+    assert code == 0, log[-4000:]
+    assert log.count("from the tf.data service") == 2, log[-4000:]
+    result = json.loads(summary.read_text())
+    assert result["global_step"] >= 30 and result["auc"]["ctr"] > 0.5

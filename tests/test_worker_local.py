@@ -157,3 +157,29 @@ def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
     counts = np.array([2.0, 1.0])  # occurrences per batch: each adds 1 to d(loss)/d(row)
     np.testing.assert_allclose(rows[:, :2], -np.outer(counts, [lr_sum, lr_sum]), rtol=1e-6)
     np.testing.assert_allclose(rows[:, 2], -counts * 0.25 * 6, rtol=1e-6)  # the other slice keeps its own rate
+
+
+def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
+    import json
+
+    from services.cli import main
+    from services.metrics import stop_metrics_server
+    from services.ports import free_port
+    from tests.scrape import scrape
+
+    port = free_port()
+    summary = tmp_path / "summary.json"
+    code = main(["train", "--model", "worker.models.ffm:TestFFMModel", "--model-dir", str(tmp_path / "m"),
+                 "--max-steps", "12", "--eval", "--summary-file", str(summary), "--metrics-port", str(port),
+                 "--save-checkpoints-steps", "6", "--progress"])
+    try:
+        assert code == 0
+        result = json.loads(summary.read_text())
+        assert result["mode"] == "local" and result["global_step"] == 12 and result["steps"] == 12
+        assert result["examples"] == 12 * NUM_EXAMPLES and result["examples_per_sec"] > 0
+        assert 0.5 < result["auc"]["ctr"] <= 1.0 and result["checkpoint"].endswith("ckpt-12")
+        assert result["table_sizes"] == {f"slot_{i}": 5 for i in range(NUM_SLOTS)}
+        loss = scrape(port).value("monolith_training_step_loss")
+        assert loss == pytest.approx(result["loss"], rel=1e-6)
+    finally:
+        stop_metrics_server(port)
