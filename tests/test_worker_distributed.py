@@ -28,6 +28,7 @@ def test_distributed_one_ps_one_worker_matches_pure_tensorflow(processes, tmp_pa
     store_opt, keras_opt = CASES["adagrad"]
     model = TinyDNN(store_opt)
     model.clip_norm = 2.0
+    model.dense_weight_decay = 0.01
     est = Estimator(model, RunConfig(model_dir=str(tmp_path), ps_addresses=start_ps(processes, 1), staleness=0))
     initial, ref_losses, ref_dense, ref_tables = reference_run(keras_opt(), model.dense_weight_decay, model.clip_norm)
     losses = []

@@ -89,8 +89,9 @@ class LocalBackend:
 
     # dense
     def create_dense(self, dense: DenseVariables, optimizer) -> None:
+        """`optimizer` None: variables only (eval/predict); later called again with the train optimizer."""
         self._dense, self._optimizer = dense, optimizer
-        if dense.variables:
+        if dense.variables and optimizer is not None:
             optimizer.build(dense.variables)
 
             @tf.function(input_signature=[tf.TensorSpec(v.shape, v.dtype) for v in dense.variables])

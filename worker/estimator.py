@@ -195,14 +195,16 @@ class Estimator:
         self._tables_created = True
 
     def _attach_dense(self, compiled: _Compiled) -> None:
+        """Hand the dense variables to the backend; the dense optimizer comes with the first TRAIN trace."""
+        trainable = self._reuse.trainable
         if self._dense is None:
-            self._dense = DenseVariables(self._reuse.trainable)
-            self.backend.create_dense(self._dense, compiled.optimizer if compiled.mode == ModeKeys.TRAIN else None)
-        elif compiled.mode == ModeKeys.TRAIN and getattr(self.backend, "_optimizer", True) is None:
+            self._dense = DenseVariables(trainable)
+            self.backend.create_dense(self._dense, None)
+        elif len(trainable) != len(self._dense.variables):
+            raise ValueError(f"mode {compiled.mode!r} created {len(trainable)} dense variables, the first traced "
+                             f"mode {len(self._dense.variables)}: create every layer in every mode")
+        if compiled.mode == ModeKeys.TRAIN:
             self.backend.create_dense(self._dense, compiled.optimizer)
-        if len(self._reuse.trainable) != len(self._dense.variables):
-            raise ValueError(f"mode {compiled.mode!r} created {len(self._reuse.trainable)} dense variables, the "
-                             f"first traced mode {len(self._dense.variables)}: create every layer in every mode")
 
     def _maybe_restore(self) -> int:
         """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""

@@ -79,7 +79,7 @@ class MonolithBaseModel(NativeTask, abc.ABC):
         p.define("delimiter", "\t", "field delimiter of the output files")
         p.define("file_name", "", "output file name")
         p.define("enable_grads_and_vars_summary", False)
-        p.define("dense_weight_decay", 0.001, "L2 added to dense gradients: g + wd * w")
+        p.define("dense_weight_decay", 0.0, "L2 added to dense gradients: g + wd * w")
         p.define("clip_norm", 1000.0, "global-norm clip over dense and embedding gradients")
         p.define("sparse_norm_warmup_steps", None)
         p.define("default_occurrence_threshold", 0)
