@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from worker.lookup_inputs import LookupInputs, lookup_inputs
 from worker.native_task_context import NativeTaskContext, with_ctx
 from worker.prediction_writer import PredictionWriter
 from worker.prefetch import Prefetcher
+from worker.pusher import GradientPusher
 from worker.run_config import RunConfig
 from worker.variable_reuse import VariableReuse
 
@@ -68,6 +70,7 @@ class Estimator:
         self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
                         if config.distributed else LocalBackend())
         self._jobs = 0
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
         self.model.ctx.feature_factory.backend = self.backend
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
@@ -255,9 +258,10 @@ class Estimator:
         if skip and not self.config.dispatcher:
             dataset = dataset.skip(skip)
         hooks = self.hooks + list(self.model._training_hooks)
-        factory = self.model.ctx.feature_factory
         cfg = self.config
         prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
+        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at), prefetcher.done,
+                                asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
         progress = self._progress(max_steps, step) if cfg.progress else None
         window: deque = deque(maxlen=50)
         last_save_step, last_save_time = step, time.monotonic()
@@ -274,14 +278,11 @@ class Estimator:
                     log.info("input exhausted at global step %d", step)
                     break
                 out = self._run_step(compiled, batch)
-                self.backend.push_dense(out["dense_grads"], step)
-                grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
-                factory.apply_gradients(compiled.prep.table_gradients(batch, grads), global_step=step)
-                prefetcher.done()
-                step = self.backend.increment_global_step()
                 loss = float(out["loss"])
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss} at global step {step}")
+                pusher.submit(batch, out, step)
+                step = pusher.step_estimate
                 examples += batch.batch_size
                 steps_run += 1
                 fetches = self._fetch(out, wanted)
@@ -294,9 +295,12 @@ class Estimator:
                 if steps_run % cfg.log_step_count_steps == 0 or progress is not None and steps_run % 10 == 0:
                     self._report(progress, step, loss, examples, started, compiled, window)
                 if cfg.is_chief and self._save_due(step, last_save_step, last_save_time):
+                    step = pusher.drain()
                     self.save(step)
                     last_save_step, last_save_time = step, time.monotonic()
+            step = pusher.drain()
         finally:
+            pusher.close()
             prefetcher.close()
             if progress is not None:
                 progress.close()
@@ -309,6 +313,20 @@ class Estimator:
                                  "seconds": elapsed, "examples_per_sec": examples / elapsed if elapsed else 0.0,
                                  "loss": loss}
         return self.last_train_stats
+
+    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int) -> int:
+        """Dense and sparse gradients of one step (concurrently when remote), then the global step."""
+        grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
+        updates = compiled.prep.table_gradients(batch, grads)
+        factory = self.model.ctx.feature_factory
+        if self.config.distributed:
+            dense = self._side.submit(self.backend.push_dense, out["dense_grads"], step)
+            factory.apply_gradients(updates, global_step=step)
+            dense.result()
+        else:
+            self.backend.push_dense(out["dense_grads"], step)
+            factory.apply_gradients(updates, global_step=step)
+        return self.backend.increment_global_step()
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -416,4 +434,5 @@ class Estimator:
         return self.backend.table_sizes()
 
     def close(self) -> None:
+        self._side.shutdown(wait=True)
         self.backend.close()
