@@ -49,6 +49,10 @@ def test_distributed_one_ps_one_worker_matches_pure_tensorflow(processes, tmp_pa
     rows = est.backend.lookup({f: ids for f in FEATURES})
     for f in FEATURES:
         np.testing.assert_allclose(rows[f], ref_tables[f], rtol=1e-5, atol=1e-5)
+    metrics = est.evaluate()
+    preds = np.array([p["ctr"] for p in est.predict()])
+    assert metrics["examples"] == preds.size == 30 * 32 and 0.5 < metrics["ctr_auc"] <= 1
+    assert np.all((preds > 0) & (preds < 1))
     est.close()
 
 

@@ -346,3 +346,22 @@ def test_auc_and_mse_against_pairwise_definition():
     assert mse([1.0, 2.0], [0.0, 4.0]) == pytest.approx(2.5)
     with pytest.raises(ValueError, match="labels"):
         auc(np.ones(3), np.ones(4))
+
+
+def test_share_slot_reads_a_feature_again_through_the_same_table():
+    m = _Model()
+    feats = {"a": [[1, 2], [3]]}
+    out = m.share_slot({"a": "A"}, share_meta={"a": (False, 7)})
+    assert out == {"a": "A", "a_share": "A"}
+    m.create_embedding_feature_column("a")
+    fc = m.create_embedding_feature_column("a_share")
+    assert fc.slot is m.fc_dict["a"].slot and fc.slot.name == "a"
+    inputs = _inputs({"a": feats["a"], "a_share": feats["a"]})
+    with lookup_inputs(inputs):
+        x, y = m.lookup_embedding_slice(["a", "a_share"], "vec", slice_dim=2)
+        np.testing.assert_allclose(x, y)
+    assert [s.name for s in fc.slot.slices] == ["vec"]
+    with pytest.raises(KeyError, match="zz"):
+        m.share_slot({"a": 1}, share_meta={"zz": (True, 1)})
+    mapper = m.share_slot(share_meta={"a": (False, 7)})
+    assert mapper({"a": 5}) == {"a": 5, "a_share": 5}
