@@ -183,3 +183,28 @@ def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
         assert loss == pytest.approx(result["loss"], rel=1e-6)
     finally:
         stop_metrics_server(port)
+
+
+def test_two_heads_auc_and_mse_over_the_whole_eval_set_and_occurrence_threshold(tmp_path):
+    from tests.tiny_models import TwoHeadModel, make_batches
+    from worker.metrics_eval import mse
+
+    model = TwoHeadModel(SgdOptimizer(0.2))
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
+    est.train(1)
+    batches = make_batches()
+    # threshold 2: an id gets a row on its 3rd occurrence (counted per step in which it appears)
+    assert est.table_sizes()["f0"] == 0 and est.table_sizes()["f1"] > 0
+    est.train(3)
+    assert 0 < est.table_sizes()["f0"] < VOCAB
+    metrics = est.evaluate()
+    preds = list(est.predict())
+    labels = np.concatenate([b["label"] for b in batches])
+    ctr = np.array([p["ctr"] for p in preds])
+    score = np.array([p["score"] for p in preds])
+    pos, neg = ctr[labels == 1], ctr[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    pairwise = wins / (pos.size * neg.size)
+    assert metrics["ctr_auc"] == pytest.approx(pairwise, abs=1e-9)
+    assert metrics["score_mse"] == pytest.approx(float(np.mean((score - labels) ** 2)), rel=1e-6)
+    assert metrics["score_mse"] == pytest.approx(mse(labels, score), rel=1e-9)
