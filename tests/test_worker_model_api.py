@@ -277,19 +277,19 @@ def test_add_loss_extra_output_hooks_and_layout():
 
     assert float(trace()) == 6.5
 
-    class KafkaMetricHook:
-        pass
+    from worker.hooks.file_metric import FileMetricHook
+    from worker.hooks.kafka_metric import KafkaMetricHook
+    from worker.hooks.step_loss import StepLossMetricHook
 
-    class FileMetricHook:
-        pass
-
-    m.add_training_hook(KafkaMetricHook())
-    m.add_training_hook(FileMetricHook())
-    m.add_training_hook(object())
+    m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
+    m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
+    m.add_training_hook(StepLossMetricHook())
+    m.add_training_hook(StepLossMetricHook())
     with pytest.raises(ValueError, match="KafkaMetricHook"):
-        m.add_training_hook(KafkaMetricHook())
+        m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
     with pytest.raises(ValueError, match="FileMetricHook"):
-        m.add_training_hook(FileMetricHook())
+        m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
+    assert len(m._training_hooks) == 4
     factory = FeatureFactory()
     slot = factory.create_feature_slot(FeatureSlotConfig(name="f"))
     fs = slot.add_feature_slice(3)
