@@ -208,3 +208,17 @@ def test_two_heads_auc_and_mse_over_the_whole_eval_set_and_occurrence_threshold(
     assert metrics["ctr_auc"] == pytest.approx(pairwise, abs=1e-9)
     assert metrics["score_mse"] == pytest.approx(float(np.mean((score - labels) ** 2)), rel=1e-6)
     assert metrics["score_mse"] == pytest.approx(mse(labels, score), rel=1e-9)
+
+
+def test_ffm_examples_parse_to_the_generated_ragged_ids():
+    from worker.models.ffm import make_examples, parse_examples
+
+    data = generate_ffm_examples()
+    model = TestFFMModel()
+    specs, parse = model.create_serving_input_receiver_fn()()
+    assert specs["instances"].dtype == tf.string
+    parsed = parse({"instances": tf.constant(make_examples(data)[:5])})
+    for i in range(NUM_SLOTS):
+        assert parsed[f"slot_{i}"].to_list() == data[f"slot_{i}"][:5]
+    np.testing.assert_array_equal(parsed["label"].numpy(), data["label"][:5])
+    assert parse_examples(tf.constant(make_examples(data))).keys() == parsed.keys()
