@@ -72,6 +72,13 @@ _ERROR_TYPES = {
 class TableMeta:
     dim: int
     segment_dims: tuple[int, ...]
+    counts_occurrences: bool = False  # admission: the PS must see every occurrence, so no client dedupe
+
+    @classmethod
+    def of(cls, info: ps_pb2.TableInfo) -> TableMeta:
+        config = json.loads(info.config_json) if info.config_json else {}
+        return cls(int(info.dim), tuple(int(d) for d in info.segment_dims),
+                   int(config.get("occurrence_threshold") or 0) > 0)
 
 
 def _as_ids(ids: Any, where: str) -> np.ndarray:
@@ -229,14 +236,14 @@ class PSClient:
         request = ps_pb2.CreateTablesRequest(tables=[table_config_to_proto(n, c) for n, c in configs.items()])
         responses = self._call_shards("CreateTables", {s: request for s in range(self.num_shards)})
         for info in responses[0].tables:
-            self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+            self._tables[info.name] = TableMeta.of(info)
         return {name: self._tables[name] for name in configs}
 
     def table_meta(self, table: str) -> TableMeta:
         meta = self._tables.get(table)
         if meta is None:
             for info in self._call_with_retries(0, "Stats", ps_pb2.StatsRequest()).tables:
-                self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+                self._tables[info.name] = TableMeta.of(info)
             meta = self._tables.get(table)
         if meta is None:
             raise ValueError(f"unknown table {table!r} (known: {sorted(self._tables)}); create it with create_tables")
@@ -303,8 +310,10 @@ class PSClient:
                 if len(lrs) != len(meta.segment_dims) or not all(math.isfinite(x) and x >= 0 for x in lrs):
                     raise ValueError(f"{where}: learning_rates must be {len(meta.segment_dims)} finite non-negative "
                                      f"floats (one per segment), got {lrs}")
-            routed = route(ids, self.num_shards, dedupe=dedupe)
-            if dedupe:
+            # a table with admission counts occurrences: send every occurrence (the PS sums duplicates itself)
+            table_dedupe = dedupe and not meta.counts_occurrences
+            routed = route(ids, self.num_shards, dedupe=table_dedupe)
+            if table_dedupe:
                 values = sum_duplicates(routed, values)
             for s in range(self.num_shards):
                 pos = routed.positions(s)
@@ -320,7 +329,8 @@ class PSClient:
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
                         learning_rates: Any = None, update_time: int = 0) -> None:
-        """Duplicate ids' gradients are summed here, then the table's optimizer runs on the PS once per id."""
+        """Duplicate ids' gradients are summed (here, or on the PS for tables with admission, which must
+        count every occurrence), then the table's optimizer runs once per id."""
         lrs = None if learning_rates is None else {table: learning_rates}
         self.apply_gradients_many({table: (ids, grads)}, global_step, lrs, update_time)
 

@@ -20,6 +20,13 @@ USER = {"segments": [
      "optimizer": {"type": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 0.1}},
 ]}
 ITEM = {"dim": 4, "initializer": {"type": "ones"}, "optimizer": {"type": "sgd", "learning_rate": 0.05}}
+RANK = {"segments": [  # random init (a hash of the id), FTRL + Adam, admission on the 3rd occurrence
+    {"dim": 2, "initializer": {"type": "random_uniform", "minval": -0.1, "maxval": 0.1, "seed": 3},
+     "optimizer": {"type": "ftrl", "learning_rate": 0.1, "initial_accumulator_value": 0.1,
+                   "l1_regularization_strength": 0.01, "l2_regularization_strength": 0.1}},
+    {"dim": 3, "initializer": {"type": "zeros"},
+     "optimizer": {"type": "adam", "learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7}},
+], "occurrence_threshold": 2}
 EXPIRING = {"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 0.1}, "expire_time_days": 1}
 MAX_MB = 4
 
@@ -32,7 +39,7 @@ def cluster(module_processes):
     aio_shard = wait_ready(module_processes, aio)
     client = PSClient([s.address for s in shards], timeout_s=20, retries=2)
     client.wait_until_ready(30)
-    client.create_tables({"user": USER, "item": ITEM, "expiring": EXPIRING})
+    client.create_tables({"user": USER, "item": ITEM, "rank": RANK, "expiring": EXPIRING})
     yield {"shards": shards, "client": client, "aio": aio_shard, "group": module_processes}
     client.close()
 
@@ -72,7 +79,8 @@ def test_create_tables_is_idempotent_and_refuses_a_conflict(cluster):
 
 def test_sharded_updates_match_a_single_in_process_store(cluster):
     client = cluster["client"]
-    ref = {"user": EmbeddingTable.from_dict(USER), "item": EmbeddingTable.from_dict(ITEM)}
+    ref = {"user": EmbeddingTable.from_dict(USER), "item": EmbeddingTable.from_dict(ITEM),
+           "rank": EmbeddingTable.from_dict(RANK)}
     rng = np.random.default_rng(0)
     for step in range(6):
         batch = {}
@@ -97,6 +105,7 @@ def test_sharded_updates_match_a_single_in_process_store(cluster):
 
     probe = np.concatenate([np.arange(-2600, 2600), assign_ids, [123456789]]).astype(np.int64)
     probe = np.concatenate([probe, probe[::7]])  # duplicates come back in input order
+    assert 0 < ref["rank"].size < np.unique(probe).size  # admission really dropped some ids
     for name, t in ref.items():
         np.testing.assert_allclose(client.lookup(name, probe), t.lookup(probe), rtol=2e-6, atol=1e-7)
     per_shard = client.stats()["shards"]
