@@ -119,6 +119,10 @@ def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "ckpt-200" in str(info.value)
     assert_same_state(state_of(c1), before)
+    # a shard told to restore it at start-up refuses to start (exit 1) and names the damaged file
+    refused = start_shard(processes, 0, 1, checkpoint_dir=str(d3))
+    assert refused.wait(60) == 1
+    assert f"cannot restore {d3 / 'ckpt-200'}" in processes.log_of(refused) and victim.name in processes.log_of(refused)
     for c in (c2, c3, c1):
         c.close()
 
