@@ -65,7 +65,7 @@ def owned_counts(client, num_shards):
 
 def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     two, three, one = (start_cluster(processes, n) for n in (2, 3, 1))
-    c2, c3, c1 = (PSClient([s.address for s in cl], keep_checkpoints=2) for cl in (two, three, one))
+    c2, c3, c1 = (PSClient([s.address for s in cl], keep_checkpoints=2, timeout_s=60) for cl in (two, three, one))
     for c in (c2, c3, c1):
         c.wait_until_ready(60)
     c2.create_tables(TABLES)
@@ -131,7 +131,7 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
     d = str(tmp_path / "ckpt")
     shards = start_cluster(processes, 2, checkpoint_dir=d)
     addresses = [s.address for s in shards]
-    client = PSClient(addresses, retries=8, backoff_s=0.2, timeout_s=20)
+    client = PSClient(addresses, retries=8, backoff_s=0.2, timeout_s=60)
     client.wait_until_ready(60)
     client.create_tables(TABLES)
     client.create_dense({n: {**s, "initial_value": np.zeros(s["shape"], np.float32)} for n, s in DENSE.items()})

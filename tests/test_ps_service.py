@@ -37,7 +37,7 @@ def cluster(module_processes):
     aio = start_shard(module_processes, 0, 1, extra=["--server-model", "aio"])
     shards = [wait_ready(module_processes, p) for p in procs]
     aio_shard = wait_ready(module_processes, aio)
-    client = PSClient([s.address for s in shards], timeout_s=20, retries=2)
+    client = PSClient([s.address for s in shards], timeout_s=60, retries=2)
     client.wait_until_ready(30)
     client.create_tables({"user": USER, "item": ITEM, "rank": RANK, "expiring": EXPIRING})
     yield {"shards": shards, "client": client, "aio": aio_shard, "group": module_processes}
