@@ -144,6 +144,8 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
     os.killpg(shards[1].proc.pid, signal.SIGKILL)
     shards[1].proc.wait(10)
     impatient = PSClient(addresses, retries=1, backoff_s=0.05, timeout_s=5)
+    down = impatient.health()
+    assert down[0]["serving"] and not down[1]["serving"] and "UNAVAILABLE" in down[1]["error"]
     with pytest.raises(PSUnavailable, match=rf"PS shard 1 \({addresses[1]}\) Lookup failed after 2 attempts"):
         impatient.lookup("item", PROBE)
     impatient.close()
