@@ -185,10 +185,7 @@ class PSClient:
         return self.checkpoint_timeout_s if method in ("Save", "Restore") else self.timeout_s
 
     def _call_with_retries(self, shard: int, method: str, request, first_error: grpc.RpcError | None = None):
-        attempt = 0
-        error = first_error
-        if error is not None:
-            attempt = 1
+        error, attempt = first_error, int(first_error is not None)
         while True:
             if error is not None:
                 if attempt > self.retries or not self._retryable(method, error.code()):
