@@ -82,7 +82,10 @@ def serve(
 
 
 def _bind(server, address: str) -> int:
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise OSError(f"cannot bind {address}: port in use or address not available") from exc
     if port == 0:
-        raise OSError(f"cannot bind {address} (port in use?)")
+        raise OSError(f"cannot bind {address}: port in use or address not available")
     return port

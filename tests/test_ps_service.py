@@ -309,3 +309,15 @@ def test_sigterm_stops_gracefully(cluster):
     group, aio = cluster["group"], cluster["aio"]
     assert group.stop(aio.proc) == 0
     assert "stopped" in group.log_of(aio.proc)
+
+
+def test_a_taken_port_is_a_clear_start_up_error(processes):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start_shard(processes, 0, 1, port=port, extra=["--metrics-port", "-1"])
+        assert proc.wait(60) == 1
+    assert f"cannot bind 127.0.0.1:{port}: port in use" in processes.log_of(proc)
