@@ -5,12 +5,14 @@
 - `aio`: `grpc.aio` on a uvloop event loop, the same synchronous handlers run in a migration thread
   pool (the store is synchronous; the loop only does the I/O).
 
-Why `sync` is the default (measured by `benchmarks/ps_bench.py`, both models in one run, 2 shared
-cores): the bare transport is the same (gRPC echo of a Lookup's bytes: 2,220 calls/s sync vs 1,710
-aio), but as soon as a handler does real work the aio server falls far behind: Lookup of 65,536 Zipf
-ids 706 vs 95 calls/s, ApplyGradients 270 vs 62 (most likely the event-loop thread and the handler
-thread trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without
-it). More throughput per host comes from more shard processes, not from another server model.
+Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same workload in one run.
+The bare transport is the same (gRPC echo of a Lookup's bytes: ~2,000 calls/s either way). With real
+handlers, four runs on this shared 2-core machine (load 4–7 from other jobs) gave aio/sync ratios of
+0.53, 0.29, 0.13, 0.95 for Lookup and 0.16, 0.45, 0.23, 1.22 for ApplyGradients: aio was never
+reliably faster and sometimes far slower (plausibly the event-loop thread and the handler thread
+trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without it).
+So: the simpler model with one kind of thread and a plain shutdown. More throughput per host comes
+from more shard processes, not from another server model.
 """
 from __future__ import annotations
 

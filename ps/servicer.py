@@ -11,6 +11,7 @@ import collections
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -64,6 +65,7 @@ class ParameterServerServicer:
         self.server_model = server_model
         self.requests: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
+        self._count_lock = threading.Lock()
         self._shard = str(state.shard_index)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -100,7 +102,8 @@ class ParameterServerServicer:
 
         def call(raw: bytes, context: grpc.ServicerContext):
             start = time.perf_counter()
-            self.requests[method] += 1
+            with self._count_lock:
+                self.requests[method] += 1
             code = grpc.StatusCode.OK
             try:
                 try:
@@ -110,7 +113,8 @@ class ParameterServerServicer:
                 return fn(request)
             except Exception as exc:  # one bad request must never take the shard down
                 code = _status_of(exc)
-                self.errors[method] += 1
+                with self._count_lock:
+                    self.errors[method] += 1
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
@@ -264,8 +268,12 @@ class ParameterServerServicer:
         return ps_pb2.StatsResponse(
             shard_index=self.state.shard_index, num_shards=self.state.num_shards, tables=tables, dense=dense,
             total_rows=sum(t.rows for t in tables), total_memory_bytes=sum(t.memory_bytes for t in tables + dense),
-            rss_bytes=_rss_bytes(), requests=dict(self.requests), errors=dict(self.errors),
+            rss_bytes=_rss_bytes(), requests=self._counts(self.requests), errors=self._counts(self.errors),
         )
+
+    def _counts(self, counter: collections.Counter[str]) -> dict[str, int]:
+        with self._count_lock:
+            return dict(counter)
 
     def health(self, request: ps_pb2.HealthRequest) -> ps_pb2.HealthResponse:
         s = self.state
