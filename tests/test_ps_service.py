@@ -127,6 +127,38 @@ def test_sharded_updates_match_a_single_in_process_store(cluster):
         half.close()
 
 
+def test_concurrent_clients_lose_no_update(cluster):
+    """4 clients push overlapping SGD updates at once: the result equals the serial sum."""
+    addresses = cluster["client"].addresses
+    cluster["client"].create_tables({"concurrent": {"dim": 3, "optimizer": {"type": "sgd", "learning_rate": 1.0}}})
+    rng = np.random.default_rng(11)
+    work = [[(rng.integers(-50, 50, size=500), rng.normal(size=(500, 3)).astype(np.float32)) for _ in range(8)]
+            for _ in range(4)]
+    errors = []
+
+    def push(batches):
+        try:
+            with PSClient(addresses) as c:
+                for ids, grads in batches:
+                    c.apply_gradients("concurrent", ids, grads)
+                    c.lookup("concurrent", ids)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=push, args=(w,)) for w in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    expected = np.zeros((100, 3))
+    for batches in work:
+        for ids, grads in batches:
+            np.add.at(expected, ids + 50, -grads.astype(np.float64))
+    got = cluster["client"].lookup("concurrent", np.arange(-50, 50))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_lookup_many_is_one_call_for_all_tables(cluster):
     client = cluster["client"]
     before = {s["shard"]: s["requests"].get("Lookup", 0) for s in client.stats()["shards"]}
