@@ -27,6 +27,7 @@ import numpy as np
 from protos import ps_pb2, ps_pb2_grpc
 from ps import checkpoint as ckpt
 from ps.config_codec import optimizer_to_proto, table_config_to_proto
+from ps.fast_messages import decode_lookup_response, encode_updates
 from ps.malloc_tuning import tune_malloc
 from ps.server import DEFAULT_MAX_MESSAGE_BYTES
 from ps.sharding import dense_owner
@@ -135,9 +136,23 @@ class PSClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
-        self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
+        self._stubs = [self._stub(c) for c in self._channels]
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}
+
+    @staticmethod
+    def _stub(channel: grpc.Channel) -> ps_pb2_grpc.ParameterServerStub:
+        """The generated stub, except that row payloads skip protobuf objects (see ps.fast_messages):
+        Lookup replies are decoded in place and update requests arrive here already encoded."""
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        service = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+        stub.Lookup = channel.unary_unary(f"/{service}/Lookup",
+                                          request_serializer=ps_pb2.LookupRequest.SerializeToString,
+                                          response_deserializer=decode_lookup_response)
+        for method in ("ApplyGradients", "Assign", "AssignAdd"):
+            setattr(stub, method, channel.unary_unary(f"/{service}/{method}", request_serializer=None,
+                                                      response_deserializer=ps_pb2.UpdateResponse.FromString))
+        return stub
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -270,7 +285,7 @@ class PSClient:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
         responses = self._call_shards("Lookup", requests) if requests else {}
-        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
+        replies = {s: {item.table: item for item in resp} for s, resp in responses.items()}
         out = {}
         for table, (meta, routed) in plans.items():
             parts = []
@@ -286,10 +301,13 @@ class PSClient:
             out[table] = routed.assemble(parts, meta.dim)
         return out
 
-    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, make_request,
-                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, Any]:
-        """Validate {table: (ids, values)} and split it into one request per shard (nothing is sent here)."""
-        per_shard: dict[int, Any] = {}
+    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, scalars: dict[int, int],
+                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, bytes]:
+        """Validate {table: (ids, values)} and encode one request per shard (nothing is sent here).
+
+        `scalars` are the request's int64 fields by number (see ps.fast_messages.encode_updates)."""
+        per_shard: dict[int, list] = {}
+        sizes: dict[int, int] = {}
         learning_rates = learning_rates or {}
         unknown = set(learning_rates) - set(updates)
         if unknown:
@@ -317,12 +335,10 @@ class PSClient:
                 shard_ids = routed.unique[pos]
                 if shard_ids.size:
                     vals = values[pos]
-                    self._check_size(f"{method} request", s, shard_ids.nbytes + vals.nbytes)
-                    if s not in per_shard:
-                        per_shard[s] = make_request()
-                    per_shard[s].tables.add(table=table, ids=shard_ids.tobytes(), values=vals.tobytes(),
-                                            learning_rates=lrs or [])
-        return per_shard
+                    sizes[s] = sizes.get(s, 0) + shard_ids.nbytes + vals.nbytes
+                    self._check_size(f"{method} request", s, sizes[s])
+                    per_shard.setdefault(s, []).append((table, shard_ids, vals, lrs))
+        return {s: encode_updates(items, scalars) for s, items in per_shard.items()}
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
                         learning_rates: Any = None, update_time: int = 0) -> None:
@@ -333,16 +349,14 @@ class PSClient:
 
     def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
                              learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
-        requests = self._updates(
-            "ApplyGradients", grads_by_table, True,
-            lambda: ps_pb2.ApplyGradientsRequest(global_step=int(global_step), update_time=int(update_time)),
-            learning_rates)
+        # ApplyGradientsRequest: global_step = 2, update_time = 3
+        requests = self._updates("ApplyGradients", grads_by_table, True,
+                                 {2: int(global_step), 3: int(update_time)}, learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
-        requests = self._updates(method, {table: (ids, values)}, False,
-                                 lambda: ps_pb2.UpdateRequest(update_time=int(update_time)))
+        requests = self._updates(method, {table: (ids, values)}, False, {2: int(update_time)})  # UpdateRequest
         if requests:
             self._call_shards(method, requests)
 
