@@ -176,3 +176,36 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
         np.testing.assert_array_equal(result["rows"][t][odd], saved[t][odd])
         np.testing.assert_array_equal(result["rows"][t][~odd], newer[t][~odd])
     client.close()
+
+
+def test_sigterm_lets_an_in_flight_save_finish(processes, tmp_path):
+    shard = wait_ready(processes, start_shard(processes, 0, 1, extra=["--grace-s", "60", "--metrics-port", "-1"]))
+    client = PSClient([shard.address], timeout_s=120)
+    client.create_tables({"big": {"dim": 64, "optimizer": {"type": "sgd", "learning_rate": 0.1}}})
+    ids = np.arange(400_000, dtype=np.int64)
+    for lo in range(0, ids.size, 100_000):
+        client.assign("big", ids[lo:lo + 100_000], np.full((100_000, 64), 0.5, np.float32))
+    d = tmp_path / "ckpt"
+    result, errors = {}, []
+
+    def save():
+        try:
+            result["path"] = client.save(str(d), 1)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    ckpt_dir = ckpt.checkpoint_path(d, 1)
+    deadline = time.monotonic() + 60
+    while not list(ckpt_dir.glob(".shard-0-of-1.tmp-*")):  # the shard is inside the Save handler
+        assert time.monotonic() < deadline and saver.is_alive(), "Save never started"
+        time.sleep(0.005)
+    os.killpg(shard.proc.pid, signal.SIGTERM)
+    saver.join(120)
+    assert not errors, errors
+    assert shard.proc.wait(60) == 0
+    assert client.latest_checkpoint(str(d)) == result["path"]
+    log = processes.log_of(shard.proc)
+    assert log.index("signal 15") < log.index("saved step 1") < log.index("stopped")
+    client.close()
