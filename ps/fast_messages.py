@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protos import ps_pb2
+
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
 
@@ -146,6 +148,12 @@ class TableUpdateView:
     ids: memoryview = field(default_factory=lambda: memoryview(b""))
     values: memoryview = field(default_factory=lambda: memoryview(b""))
     learning_rates: list[float] = field(default_factory=list)
+
+
+# the int64 fields of the two update requests, by number (from the generated descriptors)
+APPLY_GLOBAL_STEP = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["global_step"].number
+APPLY_UPDATE_TIME = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["update_time"].number
+UPDATE_UPDATE_TIME = ps_pb2.UpdateRequest.DESCRIPTOR.fields_by_name["update_time"].number
 
 
 @dataclass

@@ -23,7 +23,14 @@ from protos import ps_pb2
 from ps import checkpoint as ckpt
 from ps import metrics
 from ps.config_codec import optimizer_from_proto, table_config_from_proto
-from ps.fast_messages import UpdatesView, decode_updates, encode_lookup_response
+from ps.fast_messages import (
+    APPLY_GLOBAL_STEP,
+    APPLY_UPDATE_TIME,
+    UPDATE_UPDATE_TIME,
+    UpdatesView,
+    decode_updates,
+    encode_lookup_response,
+)
 from ps.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
 from ps.wire import F32, ids_from_bytes, rows_from_bytes
 
@@ -183,7 +190,7 @@ class ParameterServerServicer:
 
     def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("ApplyGradients", request.tables, with_lr=True)
-        global_step, update_time = request.scalars.get(2, 0), request.scalars.get(3, 0)  # ApplyGradientsRequest
+        global_step, update_time = request.scalars.get(APPLY_GLOBAL_STEP, 0), request.scalars.get(APPLY_UPDATE_TIME, 0)
         for _name, table, ids, grads, lrs in work:
             table.apply_gradients(ids, grads, global_step=global_step, update_time=update_time, learning_rates=lrs)
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
@@ -191,13 +198,13 @@ class ParameterServerServicer:
     def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("Assign", request.tables, with_lr=False)
         for _name, table, ids, values, _lrs in work:
-            table.assign(ids, values, update_time=request.scalars.get(2, 0))  # UpdateRequest.update_time
+            table.assign(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
     def assign_add(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("AssignAdd", request.tables, with_lr=False)
         for _name, table, ids, values, _lrs in work:
-            table.assign_add(ids, values, update_time=request.scalars.get(2, 0))
+            table.assign_add(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
     def reinitialize(self, request: ps_pb2.ReinitializeRequest) -> ps_pb2.UpdateResponse:

@@ -27,7 +27,13 @@ import numpy as np
 from protos import ps_pb2, ps_pb2_grpc
 from ps import checkpoint as ckpt
 from ps.config_codec import optimizer_to_proto, table_config_to_proto
-from ps.fast_messages import decode_lookup_response, encode_updates
+from ps.fast_messages import (
+    APPLY_GLOBAL_STEP,
+    APPLY_UPDATE_TIME,
+    UPDATE_UPDATE_TIME,
+    decode_lookup_response,
+    encode_updates,
+)
 from ps.malloc_tuning import tune_malloc
 from ps.server import DEFAULT_MAX_MESSAGE_BYTES
 from ps.sharding import dense_owner
@@ -349,14 +355,14 @@ class PSClient:
 
     def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
                              learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
-        # ApplyGradientsRequest: global_step = 2, update_time = 3
         requests = self._updates("ApplyGradients", grads_by_table, True,
-                                 {2: int(global_step), 3: int(update_time)}, learning_rates)
+                                 {APPLY_GLOBAL_STEP: int(global_step), APPLY_UPDATE_TIME: int(update_time)},
+                                 learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
-        requests = self._updates(method, {table: (ids, values)}, False, {2: int(update_time)})  # UpdateRequest
+        requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})
         if requests:
             self._call_shards(method, requests)
 

@@ -4,7 +4,14 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from ps.fast_messages import decode_lookup_response, decode_updates, encode_lookup_response, encode_updates
+from ps.fast_messages import (
+    APPLY_GLOBAL_STEP,
+    APPLY_UPDATE_TIME,
+    decode_lookup_response,
+    decode_updates,
+    encode_lookup_response,
+    encode_updates,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -40,7 +47,7 @@ def _updates():
 @pytest.mark.parametrize("global_step", [0, 7, -3, 2**40])
 def test_update_encoding_parses_with_protobuf(global_step):
     updates = _updates()
-    data = encode_updates(updates, {2: global_step, 3: 86400})
+    data = encode_updates(updates, {APPLY_GLOBAL_STEP: global_step, APPLY_UPDATE_TIME: 86400})
     msg = ps_pb2.ApplyGradientsRequest.FromString(data)
     assert (msg.global_step, msg.update_time) == (global_step, 86400)
     for t, (name, ids, values, lrs) in zip(msg.tables, updates):
@@ -55,7 +62,7 @@ def test_update_decoding_reads_protobuf_output_and_skips_unknown_fields():
         msg.tables.add(table=name, ids=ids.tobytes(), values=values.tobytes(), learning_rates=lrs or [])
     data = msg.SerializeToString() + b"\x48\x01" + b"\x52\x02hi"  # unknown fields 9 (varint) and 10 (bytes)
     view = decode_updates(data, "ApplyGradientsRequest")
-    assert view.scalars[2] == -5 and view.scalars[3] == 12
+    assert view.scalars[APPLY_GLOBAL_STEP] == -5 and view.scalars[APPLY_UPDATE_TIME] == 12
     for got, t in zip(view.tables, msg.tables):
         assert (got.table, bytes(got.ids), bytes(got.values)) == (t.table, t.ids, t.values)
         assert got.learning_rates == pytest.approx(list(t.learning_rates))
