@@ -11,8 +11,11 @@ handlers, five runs on this shared 2-core machine (load 4–7 from other jobs) g
 0.53, 0.29, 0.13, 0.95, 0.78 for Lookup and 0.16, 0.45, 0.23, 1.22, 0.71 for ApplyGradients: aio was
 never reliably faster and sometimes far slower (plausibly the event-loop thread and the handler thread
 trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without it).
-So: the simpler model with one kind of thread and a plain shutdown. More throughput per host comes
-from more shard processes, not from another server model.
+So: the simpler model with one kind of thread and a plain shutdown.
+
+Processes per host: one shard per process. The same benchmark's 2 shards × 2 client threads reached
+0.50–0.83× the 1 shard × 1 thread rate here, because on 2 cores the client and both shards compete
+for the same CPUs; several shard processes per host pay off only where the host has cores to spare.
 """
 from __future__ import annotations
 
