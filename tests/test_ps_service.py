@@ -291,8 +291,11 @@ BAD_REQUESTS = [
     ("Restore", ps_pb2.RestoreRequest(checkpoint_path="/nonexistent/ckpt-1").SerializeToString(),
      grpc.StatusCode.FAILED_PRECONDITION, "does not exist"),
     ("DenseCreate", ps_pb2.DenseCreateRequest(variables=[ps_pb2.DenseVariable(
-        name="x", shape=[2], optimizer=ps_pb2.Optimizer(type="no-such-optimizer"))]).SerializeToString(),
-     None, "x"),
+        name="dense/x", shape=[2], optimizer=ps_pb2.Optimizer(type="no-such-optimizer"))]).SerializeToString(),
+     grpc.StatusCode.INVALID_ARGUMENT, "no-such-optimizer"),  # md5("dense/x") mod 2 = shard 0
+    ("DenseCreate", ps_pb2.DenseCreateRequest(variables=[ps_pb2.DenseVariable(
+        name="x", shape=[2], optimizer=ps_pb2.Optimizer(type="sgd"))]).SerializeToString(),
+     grpc.StatusCode.FAILED_PRECONDITION, "dense variable 'x' belongs to shard 1"),
 ]
 
 
@@ -302,10 +305,7 @@ def test_server_rejects_bad_requests_and_keeps_its_state(cluster, method, payloa
     client, shard0 = cluster["client"], cluster["shards"][0]
     before = snapshot(client)
     err = rpc_error(shard0.address, method, payload)
-    if code is not None:
-        assert err.code() is code, err.details()
-    else:  # the dense-variable owner may be shard 1 (FAILED_PRECONDITION) or the optimizer is refused
-        assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    assert err.code() is code, err.details()
     assert message in err.details()
     after = snapshot(client)
     assert after[1] == before[1]
