@@ -8,9 +8,12 @@ workers sharing a job name partition the data between them instead of each readi
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import uuid
+from typing import NoReturn
 
 import tensorflow as tf
 
@@ -58,8 +61,13 @@ def distribute(dataset: tf.data.Dataset, service: str, job_name: str,
     )
 
 
-def serve_until_signalled(server, what: str) -> int:
-    """Block until SIGTERM/SIGINT, then stop `server`; 0 on a clean stop."""
+def serve_until_signalled(server, what: str, stop_timeout: float = 5.0) -> NoReturn:
+    """Block until SIGTERM/SIGINT, stop `server`, then end the process with status 0.
+
+    A data worker's `stop()` can block for a long time once its dispatcher is gone (which is how a job
+    ends: every role stops together), so after `stop_timeout` seconds the process exits regardless; it
+    exits with `os._exit` because TensorFlow's server destructors can block the same way.
+    """
     stop = threading.Event()
     received: list[int] = []
 
@@ -72,5 +80,11 @@ def serve_until_signalled(server, what: str) -> int:
     while not stop.wait(1.0):
         pass
     log.info("%s stopping on %s", what, signal.Signals(received[0]).name)
-    server.stop()
-    return 0
+    stopper = threading.Thread(target=server.stop, name=f"{what}-stop", daemon=True)
+    stopper.start()
+    stopper.join(stop_timeout)
+    if stopper.is_alive():
+        log.warning("%s did not stop within %.0fs; exiting anyway", what, stop_timeout)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

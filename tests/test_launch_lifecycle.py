@@ -95,24 +95,24 @@ def test_vanished_worker_is_waited_for_not_counted_as_done():
 
 @pytest.mark.slow
 def test_data_service_roles_stop_when_every_worker_reports_success_or_on_sigterm(processes):
-    roles = {"worker": [free_port(), free_port()], "dispatcher": [free_port()], "dsworker": [free_port(), free_port()]}
+    roles = {"worker": [free_port(), free_port()], "dispatcher": [free_port()], "dsworker": [free_port()]}
     workers = [StatusServer(p, "127.0.0.1") for p in roles["worker"]]
     try:
         for w in workers:
             w.state = "running"
-        procs = {(r, i): processes.start(RUN, env=hand_made_env(roles, r, i), name=f"{r}{i}")
-                 for r in ("dispatcher", "dsworker") for i in range(len(roles[r]))}
-        for key, proc in procs.items():
-            wait_for(lambda p=proc: "ready" in processes.log_of(p) or p.poll() is not None, 90, what=f"{key} ready")
+        dispatcher = processes.start(RUN, env=hand_made_env(roles, "dispatcher", 0), name="dispatcher")
+        dsworker = processes.start(RUN, env=hand_made_env(roles, "dsworker", 0), name="dsworker")
+        for proc in (dispatcher, dsworker):
+            wait_for(lambda p=proc: "ready" in processes.log_of(p) or p.poll() is not None, 90, what="ready")
             assert proc.poll() is None, processes.log_of(proc)
-        assert processes.stop(procs[("dsworker", 1)], signal.SIGTERM) == 0  # SIGTERM: clean stop
+        assert processes.stop(dsworker, signal.SIGTERM) == 0  # SIGTERM: clean stop
+        assert "dsworker:0 stopped" in processes.log_of(dsworker)
         workers[0].state = "exited 0"
         time.sleep(1.0)
-        assert procs[("dispatcher", 0)].poll() is None, "stopped while worker:1 was still running"
+        assert dispatcher.poll() is None, "stopped while worker:1 was still running"
         workers[1].state = "exited 0"
-        for key in (("dispatcher", 0), ("dsworker", 0)):
-            assert procs[key].wait(30) == 0, processes.log_of(procs[key])
-            assert "every worker finished" in processes.log_of(procs[key])
+        assert dispatcher.wait(30) == 0, processes.log_of(dispatcher)
+        assert "every worker finished" in processes.log_of(dispatcher)
     finally:
         for w in workers:
             w.close()
