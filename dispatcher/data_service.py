@@ -61,12 +61,13 @@ def distribute(dataset: tf.data.Dataset, service: str, job_name: str,
     )
 
 
-def serve_until_signalled(server, what: str, stop_timeout: float = 5.0) -> NoReturn:
-    """Block until SIGTERM/SIGINT, stop `server`, then end the process with status 0.
+def serve_until_signalled(server, what: str) -> NoReturn:
+    """Block until SIGTERM/SIGINT, then end the process with status 0.
 
-    A data worker's `stop()` can block for a long time once its dispatcher is gone (which is how a job
-    ends: every role stops together), so after `stop_timeout` seconds the process exits regardless; it
-    exits with `os._exit` because TensorFlow's server destructors can block the same way.
+    The server is not `stop()`ped: a data worker's `stop()` blocks, holding the GIL, for as long as it
+    keeps retrying a dispatcher that is gone — which is how every job ends, with all roles stopping
+    together. Neither server keeps state that a clean stop would save (the dispatcher's journal, when it
+    has a work dir, is written as it goes), so the process simply exits.
     """
     stop = threading.Event()
     received: list[int] = []
@@ -79,12 +80,7 @@ def serve_until_signalled(server, what: str, stop_timeout: float = 5.0) -> NoRet
         signal.signal(sig, handler)
     while not stop.wait(1.0):
         pass
-    log.info("%s stopping on %s", what, signal.Signals(received[0]).name)
-    stopper = threading.Thread(target=server.stop, name=f"{what}-stop", daemon=True)
-    stopper.start()
-    stopper.join(stop_timeout)
-    if stopper.is_alive():
-        log.warning("%s did not stop within %.0fs; exiting anyway", what, stop_timeout)
+    log.info("%s (%s) exiting on %s", what, type(server).__name__, signal.Signals(received[0]).name)
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)

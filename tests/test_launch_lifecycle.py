@@ -5,6 +5,7 @@ driven from the test so the data-service processes' reaction to each worker stat
 """
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -55,6 +56,19 @@ def test_worker_gives_up_on_an_absent_ps_with_a_clear_error(processes):
     assert time.monotonic() - t0 < 30
     log = processes.log_of(proc)
     assert f"ps:0 at 127.0.0.1:{ps_port} did not accept connections within 1.5s" in log
+
+
+def test_tf_config_is_the_second_source(processes):
+    """No MLP_ROLE: the role comes from TF_CONFIG (a chief task is worker 0)."""
+    ps_port, chief_port = free_port(), free_port()
+    tf_config = {"cluster": {"chief": [f"127.0.0.1:{chief_port}"], "ps": [f"127.0.0.1:{ps_port}"]},
+                 "task": {"type": "chief", "index": 0}}
+    proc = processes.start(RUN + ["--model", "m:M", "--model-dir", "/tmp/x", "--wait-timeout", "0.5"],
+                           env={"TF_CONFIG": json.dumps(tf_config)}, name="tf-config")
+    assert proc.wait(60) == 3
+    log = processes.log_of(proc)
+    assert "worker:0 (TF_CONFIG)" in log
+    assert f"ps:0 at 127.0.0.1:{ps_port} did not accept connections within 0.5s (from TF_CONFIG)" in log
 
 
 def test_status_server_and_watcher():

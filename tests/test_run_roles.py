@@ -1,8 +1,10 @@
-"""A whole job from hand-made MLP_* environments: 2 PS, 2 workers, a dispatcher and 2 data workers, each
-a separate `monolith run` process, train the FFM test model to completion and all exit 0."""
+"""A whole job from hand-made MLP_* environments: 2 PS, 2 workers, a dispatcher and 2 data workers (plus
+an extra one on worker 1's host), each a separate `monolith run` process, train the FFM test model to
+completion and all exit 0."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,8 @@ def test_full_job_from_mlp_environments_trains_and_every_process_exits_0(process
         for i in range(len(roles[role])):
             args = RUN + ["--model", MODEL, "--model-dir", str(model_dir), "--max-steps", str(STEPS),
                           "--wait-timeout", "120"]
+            if (role, i) == ("worker", 1):
+                args += ["--extra-dsworkers", "1"]
             if (role, i) == ("worker", 0):
                 args += ["--", "--summary-file", str(summary)]
             procs[(role, i)] = processes.start(args, env=hand_made_env(roles, role, i), name=f"{role}{i}")
@@ -43,3 +47,4 @@ def test_full_job_from_mlp_environments_trains_and_every_process_exits_0(process
     for key in [k for k in procs if k[0] != "worker"]:
         assert "every worker finished" in processes.log_of(procs[key]), processes.log_of(procs[key])
     assert "started training as the chief" in processes.log_of(procs[("worker", 0)])
+    assert re.search(r"\[dsworker:w1-0\] .*dsworker ready on 127\.0\.0\.1:\d+", processes.log_of(procs[("worker", 1)]))

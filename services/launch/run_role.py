@@ -22,6 +22,7 @@ from services.cluster_spec import ClusterSpec
 from services.launch.job_status import JobWatcher, StatusServer
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.mlp_env import MLPEnvError, check_port, split_addr
+from services.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job-status polls")
     parser.add_argument("--linger", type=float, default=60.0,
                         help="seconds a finished worker keeps reporting success while peers are still up")
+    parser.add_argument("--extra-dsworkers", type=int, default=0,
+                        help="worker role: also run this many tf.data data workers on the worker's host")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra arguments for `monolith train`")
 
@@ -94,6 +97,8 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     missing = [f"--{n.replace('_', '-')}" for n in ("model", "model_dir") if not getattr(args, n)]
     if missing:
         raise MLPEnvError(f"the worker role needs {' and '.join(missing)}")
+    if args.extra_dsworkers and not spec.num("dispatcher"):
+        raise MLPEnvError(f"--extra-dsworkers {args.extra_dsworkers} needs a dispatcher, but the job has none")
     cmd = monolith_command("train", "--model", args.model, "--worker-index", str(spec.task_index),
                            "--num-workers", str(spec.num("worker")), "--model-dir", args.model_dir)
     if args.max_steps is not None:
@@ -167,6 +172,7 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
         except InterruptedError as exc:
             log.info("%s", exc)
             return 128 + (flag.received or 15)
+        extras = _start_extra_dsworkers(spec, args)
         status.state = "running"
         child = spawn(cmd)
         log.info("started training%s (pid %d): %s", " as the chief" if spec.is_chief else "", child.pid,
@@ -177,6 +183,8 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
                 terminate(child)
                 break
         code = child.returncode
+        for extra in extras:
+            terminate(extra)
         status.state = f"exited {code}"
         log.info("training %s", "finished" if code == 0 else f"failed ({describe_exit(code)})")
         if code == 0 and not flag:
@@ -184,6 +192,20 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
         return code if code >= 0 else 128 - code
     finally:
         status.close()
+
+
+def _start_extra_dsworkers(spec: ClusterSpec, args: argparse.Namespace) -> list:
+    """Data workers beside this training worker (the seed's extra dsworkers on GPU hosts): they register
+    with the dispatcher on free ports, so no other process needs to know about them."""
+    host, _ = split_addr(spec.own_address)
+    procs = []
+    for i in range(args.extra_dsworkers):
+        cmd = monolith_command("dsworker", "--dispatcher", spec.address("dispatcher", 0),
+                               "--port", str(free_port(args.bind_host)), "--host", host,
+                               "--index", f"w{spec.task_index}-{i}", "--wait-timeout", str(args.wait_timeout))
+        procs.append(spawn(cmd))
+        log.info("started extra dsworker %d (pid %d): %s", i, procs[-1].pid, shlex.join(cmd))
+    return procs
 
 
 def _linger(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) -> None:
