@@ -109,7 +109,8 @@ class TableConfig:
     segments: tuple[SegmentConfig, ...]
     occurrence_threshold: int = 0
     expire_time_days: int = 36500
-    initial_capacity: int = 1024
+    initial_capacity: int = 16
+    """Rows allocated (and pre-touched) up front; the table grows geometrically past it."""
     filter_capacity: int = 1 << 20
 
     @property
@@ -154,7 +155,7 @@ class TableConfig:
             segments=tuple(segments),
             occurrence_threshold=_coerce("occurrence_threshold", cfg.get("occurrence_threshold", 0), 0),
             expire_time_days=_coerce("expire_time_days", cfg.get("expire_time_days", 36500), 0),
-            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 1024), 0),
+            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 16), 0),
             filter_capacity=_coerce("filter_capacity", cfg.get("filter_capacity", 1 << 20), 0),
         )
         if "segments" in cfg and "dim" in cfg and cfg["dim"] != out.dim:

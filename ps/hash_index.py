@@ -1,8 +1,9 @@
 """Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
 
-The index is two parallel arrays of power-of-two length: `keys` (int64 ids, any value) and `slots`
-(int32 row number, -1 = empty), kept at most half full. Rows live in separate dense arrays; the index
-only maps ids to row numbers, so growing the index never moves row data.
+The index is one int64 array [capacity, 2] of (id, row) pairs (row -1 = empty; ids may take any value),
+power-of-two capacity, kept at most half full; key and row share a cache line, so a probe costs one
+miss. Rows live in separate dense arrays; the index only maps ids to row numbers, so growing the index
+never moves row data.
 """
 from __future__ import annotations
 
@@ -29,43 +30,70 @@ def mix64(k):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _find(keys, slots, key):
-    mask = np.uint64(slots.shape[0] - 1)
+def _find(index, key):
+    mask = np.uint64(index.shape[0] - 1)
     h = mix64(key) & mask
     while True:
-        s = slots[h]
+        s = index[h, 1]
         if s < 0:
             return -1
-        if keys[h] == key:
+        if index[h, 0] == key:
             return s
         h = (h + np.uint64(1)) & mask
 
 
 @njit(**_PARALLEL)
-def probe(keys, slots, ids, rows):
+def probe(index, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
     for i in prange(ids.shape[0]):
-        rows[i] = _find(keys, slots, ids[i])
+        rows[i] = _find(index, ids[i])
 
 
 @njit(**_SERIAL)
-def insert(keys, slots, ids, first_row):
+def insert(index, ids, first_row):
     """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""
-    mask = np.uint64(slots.shape[0] - 1)
+    mask = np.uint64(index.shape[0] - 1)
     for i in range(ids.shape[0]):
         key = ids[i]
         h = mix64(key) & mask
-        while slots[h] >= 0:
+        while index[h, 1] >= 0:
             h = (h + np.uint64(1)) & mask
-        keys[h] = key
-        slots[h] = first_row + i
+        index[h, 0] = key
+        index[h, 1] = first_row + i
 
 
 @njit(**_SERIAL)
-def rebuild(keys, slots, row_ids, n):
+def rebuild(index, row_ids, n):
     """Reset the index to map row_ids[r] → r for r < n."""
-    slots[:] = -1
-    insert(keys, slots, row_ids[:n], 0)
+    index[:, 1] = -1
+    insert(index, row_ids[:n], 0)
+
+
+@njit(**_PARALLEL)
+def lookup(index, values, ids, out):
+    """out[i] = row of ids[i] (zeros when absent): probe every id first, then gather rows."""
+    rows = np.empty(ids.shape[0], np.int64)
+    for i in prange(ids.shape[0]):
+        rows[i] = _find(index, ids[i])
+    zero = np.float32(0.0)
+    for i in prange(ids.shape[0]):
+        r = rows[i]
+        for j in range(values.shape[1]):
+            out[i, j] = values[r, j] if r >= 0 else zero
+
+
+@njit(**_PARALLEL)
+def scatter_rows(values, rows, src, add):
+    """values[rows[i]] = src[i] (or += when `add`), skipping rows[i] < 0; rows are distinct."""
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            if add:
+                for j in range(src.shape[1]):
+                    values[r, j] += src[i, j]
+            else:
+                for j in range(src.shape[1]):
+                    values[r, j] = src[i, j]
 
 
 @njit(**_SERIAL)
@@ -122,20 +150,6 @@ def combine_by_inverse(src, inv, u, last_wins, nthreads):
                     for j in range(dim):
                         out[k, j] += src[i, j]
     return out
-
-
-@njit(**_PARALLEL)
-def gather(values, rows, out):
-    """out[i] = values[rows[i]] (zeros where rows[i] < 0)."""
-    dim = values.shape[1]
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        if r >= 0:
-            for j in range(dim):
-                out[i, j] = values[r, j]
-        else:
-            for j in range(dim):
-                out[i, j] = 0.0
 
 
 @njit(**_PARALLEL)

@@ -2,11 +2,12 @@
 
 Common arguments: `w` the table's value array [capacity, dim]; `c0`, `d` the segment's column span;
 `rows` the row index per unique id (-1 = skip); `g` the summed gradients [n_unique, dim] (same column
-layout as `w`). Rows in one call are distinct, so parallel iterations never touch the same row: the
-work is split into (row, column-block) items, which also spreads a single wide row (a dense parameter
-stored as a 1-row table) over all threads. Scalars arrive as float32 so LLVM keeps float32 lanes.
-Formulas follow TensorFlow's ResourceSparseApply* kernels (see ps/optimizers.py for the deviations
-from Monolith that we chose).
+layout as `w`). Rows in one call are distinct, so parallel iterations never touch the same row and need
+no locks. Each optimizer is a `_*_row` function over 1-D views of one row (which LLVM vectorizes) and a
+driver that runs it over rows in parallel, or, for rows wider than BLOCK (a dense parameter stored as a
+1-row table), over (row, column-block) items so one wide row still uses every thread.
+Scalars arrive as float32 so LLVM keeps float32 lanes. Formulas follow TensorFlow's
+ResourceSparseApply* kernels (see ps/optimizers.py for the deviations from Monolith that we chose).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 _OPTS = dict(nogil=True, cache=True, error_model="numpy", parallel=True)
-BLOCK = 2048
+_ROW = dict(nogil=True, cache=True, error_model="numpy", inline="always")
+BLOCK = 4096
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -24,150 +26,265 @@ def _span(k, nb, d):
     return i, j0, min(d, j0 + BLOCK)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _blocks(d):
+    return (d + BLOCK - 1) // BLOCK
+
+
+@njit(**_ROW)
+def _sgd_row(wr, gr, lr, wd):
+    for j in range(wr.shape[0]):
+        wr[j] -= lr * (gr[j] + wd * wr[j])
+
+
 @njit(**_OPTS)
 def sgd(w, c0, d, rows, g, lr, wd):
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(c0 + j0, c0 + j1):
-            w[r, j] -= lr * (g[i, j] + wd * w[r, j])
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _sgd_row(w[r, c0:c0 + d], g[i, c0:c0 + d], lr, wd)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _sgd_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], lr, wd)
+
+
+@njit(**_ROW)
+def _adagrad_row(wr, gr, acc, lr, wd, eps):
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        a = acc[j] + gj * gj
+        acc[j] = a
+        wr[j] = x - lr * gj / (np.sqrt(a) + eps)
 
 
 @njit(**_OPTS)
 def adagrad(w, c0, d, rows, g, lr, wd, eps, acc):
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            a = acc[r, j] + gj * gj
-            acc[r, j] = a
-            w[r, c0 + j] = x - lr * gj / (np.sqrt(a) + eps)
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _adagrad_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lr, wd, eps)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _adagrad_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], acc[r, j0:j1], lr, wd, eps)
+
+
+@njit(**_ROW)
+def _ftrl_row(wr, gr, acc, lin, lr, wd, neg_power, is_sqrt, beta, l1, l2):
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        n_old = acc[j]
+        n_new = n_old + gj * gj
+        if is_sqrt:
+            p_old = np.sqrt(n_old)
+            p_new = np.sqrt(n_new)
+        else:
+            p_old = n_old ** neg_power
+            p_new = n_new ** neg_power
+        z = lin[j] + gj - (p_new - p_old) / lr * x
+        acc[j] = n_new
+        lin[j] = z
+        if abs(z) > l1:
+            wr[j] = (np.sign(z) * l1 - z) / ((beta + p_new) / lr + l2)
+        else:
+            wr[j] = 0.0
 
 
 @njit(**_OPTS)
 def ftrl(w, c0, d, rows, g, lr, wd, neg_power, is_sqrt, beta, l1, l2, acc, lin):
     """FTRL-Proximal with textbook sign(z): w = (sign(z)·l1 − z) / ((beta + n^-p)/lr + l2) if |z| > l1."""
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            n_old = acc[r, j]
-            n_new = n_old + gj * gj
-            if is_sqrt:
-                p_old = np.sqrt(n_old)
-                p_new = np.sqrt(n_new)
-            else:
-                p_old = n_old ** neg_power
-                p_new = n_new ** neg_power
-            z = lin[r, j] + gj - (p_new - p_old) / lr * x
-            acc[r, j] = n_new
-            lin[r, j] = z
-            if abs(z) > l1:
-                w[r, c0 + j] = (np.sign(z) * l1 - z) / ((beta + p_new) / lr + l2)
-            else:
-                w[r, c0 + j] = 0.0
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _ftrl_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lin[r], lr, wd, neg_power, is_sqrt, beta, l1, l2)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _ftrl_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], acc[r, j0:j1], lin[r, j0:j1], lr, wd,
+                          neg_power, is_sqrt, beta, l1, l2)
+
+
+@njit(**_ROW)
+def _momentum_row(wr, gr, acc, lr, wd, mu, nesterov):
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        a = mu * acc[j] + gj
+        acc[j] = a
+        if nesterov:
+            wr[j] = x - lr * (gj + mu * a)
+        else:
+            wr[j] = x - lr * a
 
 
 @njit(**_OPTS)
 def momentum(w, c0, d, rows, g, lr, wd, mu, nesterov, acc):
     """TensorFlow's formulation: accum = mu·accum + g; w -= lr·accum (nesterov: lr·(g + mu·accum))."""
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            a = mu * acc[r, j] + gj
-            acc[r, j] = a
-            if nesterov:
-                w[r, c0 + j] = x - lr * (gj + mu * a)
-            else:
-                w[r, c0 + j] = x - lr * a
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _momentum_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lr, wd, mu, nesterov)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _momentum_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], acc[r, j0:j1], lr, wd, mu, nesterov)
+
+
+@njit(**_ROW)
+def _rmsprop_row(wr, gr, ms, mom, mg, lr, wd, one_minus_rho, mu, eps, centered):
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        s = ms[j]
+        s += (gj * gj - s) * one_minus_rho
+        ms[j] = s
+        denom = s + eps
+        if centered:
+            m = mg[j]
+            m += (gj - m) * one_minus_rho
+            mg[j] = m
+            denom -= m * m
+        v = mu * mom[j] + lr * gj / np.sqrt(denom)
+        mom[j] = v
+        wr[j] = x - v
 
 
 @njit(**_OPTS)
 def rmsprop(w, c0, d, rows, g, lr, wd, one_minus_rho, mu, eps, centered, ms, mom, mg):
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            s = ms[r, j]
-            s += (gj * gj - s) * one_minus_rho
-            ms[r, j] = s
-            denom = s + eps
-            if centered:
-                m = mg[r, j]
-                m += (gj - m) * one_minus_rho
-                mg[r, j] = m
-                denom -= m * m
-            v = mu * mom[r, j] + lr * gj / np.sqrt(denom)
-            mom[r, j] = v
-            w[r, c0 + j] = x - v
+    """`mg` is only touched when `centered` (callers pass any same-shaped array otherwise)."""
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _rmsprop_row(w[r, c0:c0 + d], g[i, c0:c0 + d], ms[r], mom[r], mg[r], lr, wd, one_minus_rho, mu, eps,
+                             centered)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _rmsprop_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], ms[r, j0:j1], mom[r, j0:j1], mg[r, j0:j1],
+                             lr, wd, one_minus_rho, mu, eps, centered)
+
+
+@njit(**_ROW)
+def _adadelta_row(wr, gr, acc, acc_upd, lr, wd, rho, one_minus_rho, eps):
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        a = acc[j] * rho + gj * gj * one_minus_rho
+        acc[j] = a
+        u = acc_upd[j]
+        upd = np.sqrt(u + eps) / np.sqrt(a + eps) * gj
+        wr[j] = x - lr * upd
+        acc_upd[j] = u * rho + upd * upd * one_minus_rho
 
 
 @njit(**_OPTS)
 def adadelta(w, c0, d, rows, g, lr, wd, rho, one_minus_rho, eps, acc, acc_upd):
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            a = acc[r, j] * rho + gj * gj * one_minus_rho
-            acc[r, j] = a
-            u = acc_upd[r, j]
-            upd = np.sqrt(u + eps) / np.sqrt(a + eps) * gj
-            w[r, c0 + j] = x - lr * upd
-            acc_upd[r, j] = u * rho + upd * upd * one_minus_rho
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _adadelta_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], acc_upd[r], lr, wd, rho, one_minus_rho, eps)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _adadelta_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], acc[r, j0:j1], acc_upd[r, j0:j1], lr, wd,
+                              rho, one_minus_rho, eps)
+
+
+@njit(**_ROW)
+def _moving_average_row(wr, gr, wd, mu):
+    one = np.float32(1.0)
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        wr[j] = mu * x + (one - mu) * (gr[j] + wd * x)
+
+
+@njit(**_OPTS)
+def moving_average(w, c0, d, rows, g, wd, mu):
+    """The "gradient" is a target value: w = mu·w + (1 − mu)·target."""
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _moving_average_row(w[r, c0:c0 + d], g[i, c0:c0 + d], wd, mu)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _moving_average_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], wd, mu)
+
+
+
+@njit(**_ROW)
+def _adam_row(wr, gr, m, v, vhat, lr_t, wd, beta1, beta2, eps, nesterov, amsgrad):
+    one = np.float32(1.0)
+    for j in range(wr.shape[0]):
+        x = wr[j]
+        gj = gr[j] + wd * x
+        mj = m[j] + (gj - m[j]) * (one - beta1)
+        vj = v[j] + (gj * gj - v[j]) * (one - beta2)
+        m[j] = mj
+        v[j] = vj
+        if amsgrad:
+            vj = max(vhat[j], vj)
+            vhat[j] = vj
+        num = mj * beta1 + (one - beta1) * gj if nesterov else mj
+        wr[j] = x - lr_t * num / (np.sqrt(vj) + eps)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _adam_lr(lr, powers, r):
+    return np.float32(lr * np.sqrt(1.0 - powers[r, 1]) / (1.0 - powers[r, 0]))
 
 
 @njit(**_OPTS)
 def adam(w, c0, d, rows, g, lr, wd, beta1, beta2, eps, nesterov, amsgrad, m, v, vhat, powers):
-    """Adam / AMSGrad with per-row bias correction: `powers[r]` holds (beta1^t, beta2^t) of the row's step t."""
-    nb = (d + BLOCK - 1) // BLOCK
-    one = np.float32(1.0)
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        lr_t = np.float32(lr * np.sqrt(1.0 - powers[r, 1]) / (1.0 - powers[r, 0]))
-        for j in range(j0, j1):
-            x = w[r, c0 + j]
-            gj = g[i, c0 + j] + wd * x
-            mj = m[r, j] + (gj - m[r, j]) * (one - beta1)
-            vj = v[r, j] + (gj * gj - v[r, j]) * (one - beta2)
-            m[r, j] = mj
-            v[r, j] = vj
-            if amsgrad:
-                vj = max(vhat[r, j], vj)
-                vhat[r, j] = vj
-            num = mj * beta1 + (one - beta1) * gj if nesterov else mj
-            w[r, c0 + j] = x - lr_t * num / (np.sqrt(vj) + eps)
+    """Adam / AMSGrad with per-row bias correction: `powers[r]` holds (beta1^t, beta2^t) of the row's step t.
+
+    `vhat` is only touched when `amsgrad` (callers pass any same-shaped array otherwise).
+    """
+    if _blocks(d) == 1:
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                _adam_row(w[r, c0:c0 + d], g[i, c0:c0 + d], m[r], v[r], vhat[r], _adam_lr(lr, powers, r), wd, beta1,
+                          beta2, eps, nesterov, amsgrad)
+    else:
+        nb = _blocks(d)
+        for k in prange(rows.shape[0] * nb):
+            i, j0, j1 = _span(k, nb, d)
+            r = rows[i]
+            if r >= 0:
+                _adam_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], m[r, j0:j1], v[r, j0:j1], vhat[r, j0:j1],
+                          _adam_lr(lr, powers, r), wd, beta1, beta2, eps, nesterov, amsgrad)
     for i in prange(rows.shape[0]):
         r = rows[i]
         if r >= 0:
@@ -200,21 +317,6 @@ def group_adagrad(w, c0, d, rows, g, lr, wd, beta, l2, sums):
             x = w[r, c0 + j]
             z = g[i, c0 + j] + wd * x - x / eta
             w[r, c0 + j] = scale * z
-
-
-@njit(**_OPTS)
-def moving_average(w, c0, d, rows, g, wd, mu):
-    """The "gradient" is a target value: w = mu·w + (1 − mu)·target."""
-    nb = (d + BLOCK - 1) // BLOCK
-    for k in prange(rows.shape[0] * nb):
-        i, j0, j1 = _span(k, nb, d)
-        r = rows[i]
-        if r < 0:
-            continue
-        for j in range(c0 + j0, c0 + j1):
-            x = w[r, j]
-            w[r, j] = mu * x + (np.float32(1.0) - mu) * (g[i, j] + wd * x)
-
 
 @njit(**_OPTS)
 def batch_softmax(w, c0, rows, alpha, global_step, last_step):

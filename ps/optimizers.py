@@ -95,7 +95,7 @@ def _momentum(w, c0, d, rows, g, lr, wd, step, p, es, rs):
 
 
 def _rmsprop(w, c0, d, rows, g, lr, wd, step, p, es, rs):
-    mg = es[2] if p["centered"] else es[0][:0]
+    mg = es[2] if p["centered"] else es[0]
     K.rmsprop(w, c0, d, rows, g, _f32(lr), _f32(wd), _f32(1.0 - p["rho"]), _f32(p["momentum"]),
               _f32(p["epsilon"]), p["centered"], es[0], es[1], mg)
 
@@ -107,7 +107,7 @@ def _adadelta(w, c0, d, rows, g, lr, wd, step, p, es, rs):
 
 def _adam_like(amsgrad):
     def run(w, c0, d, rows, g, lr, wd, step, p, es, rs):
-        vhat = es[2] if amsgrad else es[0][:0]
+        vhat = es[2] if amsgrad else es[1]
         K.adam(w, c0, d, rows, g, _f32(lr), _f32(wd), _f32(p["beta1"]), _f32(p["beta2"]), _f32(p["epsilon"]),
                bool(p.get("use_nesterov", False)), amsgrad, es[0], es[1], vhat, rs)
     return run

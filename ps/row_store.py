@@ -1,7 +1,9 @@
 """Dense, 64-byte-aligned row arrays of one table: values, per-segment optimizer state, ids, timestamps.
 
 Rows 0..size-1 are live; new rows are appended, so a batch of inserts is one contiguous row range.
-Growth allocates bigger arrays and copies (the table holds its write lock, so no reader sees it).
+Growth allocates bigger arrays, copies, and zero-fills the tail so page faults happen at growth (or at
+construction for a pre-sized table), not inside later inserts. The table holds its write lock meanwhile,
+so no reader sees a half-grown store.
 """
 from __future__ import annotations
 
@@ -53,13 +55,14 @@ class RowStore:
     def reserve(self, needed: int) -> None:
         if needed <= self.capacity:
             return
-        cap = max(needed, 2 * self.capacity, 16)
+        cap = max(needed, 2 * self.capacity)
         n = self.size
 
         def grow(old, aligned=True):
             new = aligned_empty((cap,) + old.shape[1:], old.dtype) if aligned else np.empty((cap,) + old.shape[1:],
                                                                                             old.dtype)
             new[:n] = old[:n]
+            new[n:] = 0
             return new
 
         self.values = grow(self.values)

@@ -7,6 +7,7 @@ Kernels release the GIL and run `parallel=True`, so one call already uses every 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -27,6 +28,22 @@ from ps.table_io import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 _RESTORE_IGNORED_KEYS = ("initial_capacity",)
+_PARALLEL_MIN_WORK = 1 << 15
+"""Below this many floats per call, waking the kernel thread pool costs more than it saves."""
+
+
+@contextlib.contextmanager
+def _threads_for(work: int):
+    """Run small calls' kernels on the calling thread only (numba's thread count is per calling thread)."""
+    if work >= _PARALLEL_MIN_WORK:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -69,12 +86,16 @@ class EmbeddingTable:
         self._config_dict = config.to_dict()
         self._opts = [OPTIMIZERS[s.optimizer.type] for s in config.segments]
         self._store = RowStore(config, config.initial_capacity)
-        cap = _pow2_at_least(2 * config.initial_capacity)
-        self._keys = np.empty(cap, np.int64)
-        self._slots = np.full(cap, -1, np.int32)
+        self._index = self._new_index(_pow2_at_least(2 * config.initial_capacity))
         self._filter = AdmissionFilter(config.occurrence_threshold, config.filter_capacity)
         self._lock = RWLock()
         self._max_update_time = 0
+
+    @staticmethod
+    def _new_index(capacity: int) -> np.ndarray:
+        index = np.empty((capacity, 2), np.int64)
+        index[:, 1] = -1
+        return index
 
     @classmethod
     def from_dict(cls, cfg: dict) -> EmbeddingTable:
@@ -103,7 +124,7 @@ class EmbeddingTable:
 
     @property
     def memory_bytes(self) -> int:
-        return self._store.nbytes + self._keys.nbytes + self._slots.nbytes + self._filter.nbytes
+        return self._store.nbytes + self._index.nbytes + self._filter.nbytes
 
     def __repr__(self) -> str:
         return f"EmbeddingTable(dim={self.dim}, size={self.size}, optimizers={[o.name for o in self._opts]})"
@@ -117,7 +138,9 @@ class EmbeddingTable:
             raise ValueError(f"{what} must have shape ({n}, {self.dim}) for {n} ids, got {a.shape}")
         with np.errstate(over="ignore"):
             a = np.ascontiguousarray(a, np.float32)
-        if a.size and not H.all_finite(a):
+        with _threads_for(a.size):
+            finite = H.all_finite(a) if a.size else True
+        if not finite:
             raise ValueError(f"{what} contain NaN or Inf (or values beyond float32 range)")
         return a
 
@@ -145,18 +168,16 @@ class EmbeddingTable:
     # ---- internals (caller holds the write lock)
     def _reserve(self, needed: int) -> None:
         self._store.reserve(needed)
-        if 2 * needed > len(self._slots):
-            cap = _pow2_at_least(max(2 * needed, 2 * len(self._slots)))
-            self._keys = np.empty(cap, np.int64)
-            self._slots = np.full(cap, -1, np.int32)
-            H.rebuild(self._keys, self._slots, self._store.ids, self._store.size)
+        if 2 * needed > len(self._index):
+            self._index = self._new_index(_pow2_at_least(max(2 * needed, 2 * len(self._index))))
+            H.rebuild(self._index, self._store.ids, self._store.size)
 
     def _insert(self, new_ids: np.ndarray) -> np.ndarray:
         """Append absent, distinct ids as freshly initialised rows; returns their row numbers."""
         st = self._store
         r0, r1 = st.size, st.size + len(new_ids)
         self._reserve(r1)
-        H.insert(self._keys, self._slots, new_ids, r0)
+        H.insert(self._index, new_ids, r0)
         st.ids[r0:r1] = new_ids
         for seg, c0 in zip(self._cfg.segments, st.offsets):
             initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
@@ -166,7 +187,7 @@ class EmbeddingTable:
 
     def _probe(self, ids: np.ndarray) -> np.ndarray:
         rows = np.empty(len(ids), np.int64)
-        H.probe(self._keys, self._slots, ids, rows)
+        H.probe(self._index, ids, rows)
         return rows
 
     def _upsert(self, uniq: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +213,8 @@ class EmbeddingTable:
         if dtype not in (np.float32, np.float16):
             raise TypeError(f"lookup dtype must be float32 or float16, got {dtype}")
         out = np.empty((len(ids), self.dim), np.float32)
-        rows = np.empty(len(ids), np.int64)
-        with self._lock.read():
-            H.probe(self._keys, self._slots, ids, rows)
-            H.gather(self._store.values, rows, out)
+        with _threads_for(out.size), self._lock.read():
+            H.lookup(self._index, self._store.values, ids, out)
         return out if dtype == np.float32 else out.astype(np.float16)
 
     def contains(self, ids) -> np.ndarray:
@@ -212,6 +231,10 @@ class EmbeddingTable:
         lrs = self._learning_rates(learning_rates, global_step)
         if not len(ids):
             return
+        with _threads_for(grads.size):
+            self._apply(ids, grads, global_step, update_time, lrs)
+
+    def _apply(self, ids, grads, global_step: int, update_time: int, lrs: list[float]) -> None:
         uniq, g, counts = self._dedup(ids, grads, last_wins=False)
         st = self._store
         with self._lock.write():
@@ -228,14 +251,14 @@ class EmbeddingTable:
         update_time = _as_int(update_time, "update_time", 0)
         if not len(ids):
             return
-        uniq, vals, counts = self._dedup(ids, values, last_wins=not add)
+        with _threads_for(values.size):
+            uniq, vals, counts = self._dedup(ids, values, last_wins=not add)
+            self._upsert_values(uniq, vals, counts, update_time, add)
+
+    def _upsert_values(self, uniq, vals, counts, update_time: int, add: bool) -> None:
         with self._lock.write():
             rows, _ = self._upsert(uniq, counts)
-            ok = rows >= 0
-            if add:
-                self._store.values[rows[ok]] += vals[ok]
-            else:
-                self._store.values[rows[ok]] = vals[ok]
+            H.scatter_rows(self._store.values, rows, vals, add)
             self._touch(rows, update_time)
 
     def assign(self, ids, values, update_time: int = 0) -> None:
@@ -252,7 +275,7 @@ class EmbeddingTable:
         update_time = _as_int(update_time, "update_time", 0)
         uniq, inv, counts = H.dedup(ids)
         st = self._store
-        with self._lock.write():
+        with _threads_for(len(ids) * self.dim), self._lock.write():
             before = self._probe(uniq)
             rows, _ = self._upsert(uniq, counts)
             existed = np.flatnonzero(before >= 0)
@@ -273,7 +296,7 @@ class EmbeddingTable:
             removed = int(expired.sum())
             if removed:
                 st.keep(np.flatnonzero(~expired))
-                H.rebuild(self._keys, self._slots, st.ids, st.size)
+                H.rebuild(self._index, st.ids, st.size)
             return removed
 
     # ---- checkpoints
@@ -341,7 +364,7 @@ class EmbeddingTable:
         with self._lock.write():
             if clear:
                 st.size = 0
-                self._slots[:] = -1
+                self._index[:, 1] = -1
                 self._max_update_time = 0
             rows = self._probe(ids)
             absent = np.flatnonzero(rows < 0)
