@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -46,7 +45,8 @@ def test_killing_a_worker_stops_the_cluster_and_names_it(processes, tmp_path):
     pattern = re.compile(r"\[worker:1\] .*started training \(pid (\d+)\)")
     match = wait_for(lambda: pattern.search(processes.log_of(local)), 120, what="worker:1 training")
     trainer = int(match.group(1))
-    time.sleep(4)  # let it get into the training loop
+    stepping = re.compile(r"\[worker:1\] .*\[worker:1\] .*\bstep \d+")  # the trainer's own progress line
+    wait_for(lambda: stepping.search(processes.log_of(local)), 120, what="worker:1 in its training loop")
     assert local.poll() is None, processes.log_of(local)
     os.kill(trainer, signal.SIGKILL)
     assert local.wait(90) != 0
