@@ -17,7 +17,7 @@ import logging
 import shlex
 import time
 
-from services import role_logging
+from services import exit_hook, role_logging
 from services.cluster_spec import ClusterSpec
 from services.launch.job_status import JobWatcher, StatusServer
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
@@ -70,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_BAD_CONFIG
     flag = SignalFlag()
+    exit_hook.install(spec.task_type, spec.task_index)  # counts the signal that stopped us, chained to `flag`
     if spec.task_type == "worker":
         return _run_worker(spec, cmd, args, flag)
     return _run_service(spec, cmd, args, flag)
