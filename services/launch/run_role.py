@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job-status polls")
     parser.add_argument("--linger", type=float, default=60.0,
                         help="seconds a finished worker keeps reporting success while peers are still up")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="ps and worker roles: serve Prometheus metrics here (0 = any free port, logged)")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
@@ -83,7 +85,8 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         cmd = monolith_command("ps", "--port", port, "--shard-index", str(spec.task_index),
                                "--num-shards", str(spec.num("ps")), "--host", args.bind_host)
         checkpoint_dir = args.checkpoint_dir or args.model_dir
-        return cmd + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
+        cmd += ["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []
+        return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)
     if not spec.num("dispatcher"):
@@ -108,6 +111,8 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         cmd += ["--ps", ",".join(spec.addresses("ps"))]
     if spec.dispatcher_target():
         cmd += ["--dispatcher", spec.dispatcher_target()]
+    if args.metrics_port is not None:
+        cmd += ["--metrics-port", str(args.metrics_port)]
     extra = list(args.train_args or [])
     return cmd + (extra[1:] if extra[:1] == ["--"] else extra)
 
