@@ -90,6 +90,19 @@ def test_status_server_and_watcher():
     assert query_status(f"127.0.0.1:{port}") is None
 
 
+def test_status_over_ipv6():
+    try:
+        port = free_port("::1")
+        server = StatusServer(port, "::")
+    except OSError as exc:
+        pytest.skip(f"IPv6 is not configured on this machine: {exc}")
+    try:
+        server.state = "exited 0"
+        assert JobWatcher([f"[::1]:{port}"]).poll()
+    finally:
+        server.close()
+
+
 def test_vanished_worker_is_waited_for_not_counted_as_done():
     port = free_port()
     server = StatusServer(port, "127.0.0.1")

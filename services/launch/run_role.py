@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
     parser.add_argument("--checkpoint-dir",
                         help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
-    parser.add_argument("--bind-host", default="0.0.0.0", help="interface the PS and status port listen on")
+    parser.add_argument("--bind-host", default=None,
+                        help="interface the PS and status port listen on (default: all, IPv6 if our address is)")
     parser.add_argument("--wait-timeout", type=float, default=300.0,
                         help="seconds a worker waits for the PS shards, dispatcher and data workers")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job-status polls")
@@ -78,12 +79,19 @@ def main(args: argparse.Namespace) -> int:
     return _run_service(spec, cmd, args, flag)
 
 
+def bind_host(spec: ClusterSpec, args: argparse.Namespace) -> str:
+    """`--bind-host`, else every interface of our address's family."""
+    if args.bind_host:
+        return args.bind_host
+    return "::" if ":" in split_addr(spec.own_address)[0] else "0.0.0.0"
+
+
 def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     """The `monolith <role>` argv for a PS, dispatcher or data-worker process of `spec`."""
     port = str(spec.bind_port)
     if spec.task_type == "ps":
         cmd = monolith_command("ps", "--port", port, "--shard-index", str(spec.task_index),
-                               "--num-shards", str(spec.num("ps")), "--host", args.bind_host)
+                               "--num-shards", str(spec.num("ps")), "--host", bind_host(spec, args))
         checkpoint_dir = args.checkpoint_dir or args.model_dir
         cmd += ["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
@@ -167,7 +175,7 @@ def _wait_for_peers(spec: ClusterSpec, timeout: float, flag: SignalFlag) -> None
 
 
 def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, flag: SignalFlag) -> int:
-    status = StatusServer(spec.bind_port, args.bind_host)
+    status = StatusServer(spec.bind_port, bind_host(spec, args))
     try:
         try:
             _wait_for_peers(spec, args.wait_timeout, flag)
@@ -207,7 +215,7 @@ def _start_extra_dsworkers(spec: ClusterSpec, args: argparse.Namespace) -> list:
     procs = []
     for i in range(args.extra_dsworkers):
         cmd = monolith_command("dsworker", "--dispatcher", spec.address("dispatcher", 0),
-                               "--port", str(free_port(args.bind_host)), "--host", host,
+                               "--port", str(free_port(bind_host(spec, args))), "--host", host,
                                "--index", f"w{spec.task_index}-{i}", "--wait-timeout", str(args.wait_timeout))
         procs.append(spawn(cmd))
         log.info("started extra dsworker %d (pid %d): %s", i, procs[-1].pid, shlex.join(cmd))
