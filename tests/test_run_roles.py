@@ -39,8 +39,13 @@ def test_full_job_from_mlp_environments_trains_and_every_process_exits_0(process
     for key in sorted(procs, key=lambda k: k[0] != "worker"):  # workers first, then the services they end
         code = procs[key].wait(240)
         assert code == 0, f"{key} exited {code}:\n{processes.log_of(procs[key])}"
+    dispatcher = f"grpc://127.0.0.1:{roles['dispatcher'][0]}"
     for i in range(2):
-        assert "training finished" in processes.log_of(procs[("worker", i)])
+        log = processes.log_of(procs[("worker", i)])
+        assert "training finished" in log and f"--dispatcher {dispatcher}" in log
+    # worker 1 may find the shared global step already at STEPS; the chief always trains
+    chief_log = processes.log_of(procs[("worker", 0)])
+    assert f"reading train input from the tf.data service {dispatcher}" in chief_log, chief_log
     result = json.loads(summary.read_text())  # written by the chief
     assert result["global_step"] >= STEPS and result["num_ps"] == 2 and result["num_workers"] == 2, result
     assert result["checkpoint"] and Path(result["checkpoint"]).exists(), result
