@@ -365,3 +365,26 @@ def test_share_slot_reads_a_feature_again_through_the_same_table():
         m.share_slot({"a": 1}, share_meta={"zz": (True, 1)})
     mapper = m.share_slot(share_meta={"a": (False, 7)})
     assert mapper({"a": 5}) == {"a": 5, "a_share": 5}
+
+
+def test_native_context_applies_embedding_gradients_through_the_store():
+    from worker.backends import LocalBackend
+    from worker.entry import SgdOptimizer, ZerosInitializer
+
+    factory = FeatureFactory()
+    ctx = NativeContext(feature_factory=factory)
+    with pytest.raises(RuntimeError, match="no backend"):
+        ctx.apply_embedding_gradients({"a": (np.array([1]), np.ones((1, 2), np.float32))})
+    slot = ctx.create_feature_slot(FeatureSlotConfig(name="a"))
+    slot.add_feature_slice(2, ZerosInitializer(), SgdOptimizer(0.5))
+    factory.backend = LocalBackend()
+    factory.backend.create_tables(factory.table_configs())
+    ids = np.array([3, 4, 3], np.int64)
+    grads = np.array([[1.0, 2.0], [0.5, 0.5], [1.0, 0.0]], np.float32)
+    ctx.apply_embedding_gradients({"a": (ids, grads)}, scale=2)
+    rows = factory.backend.lookup({"a": np.array([3, 4, 5], np.int64)})["a"]
+    np.testing.assert_allclose(rows, [[-2.0, -2.0], [-0.5, -0.5], [0.0, 0.0]])  # duplicates summed; 5 absent
+    with pytest.raises(ValueError, match="unknown table 'b'"):
+        ctx.apply_embedding_gradients({"b": (ids, grads)})
+    with pytest.raises(ValueError, match="no feature_factory"):
+        NativeContext().apply_embedding_gradients({})
