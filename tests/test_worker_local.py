@@ -222,3 +222,10 @@ def test_ffm_examples_parse_to_the_generated_ragged_ids():
         assert parsed[f"slot_{i}"].to_list() == data[f"slot_{i}"][:5]
     np.testing.assert_array_equal(parsed["label"].numpy(), data["label"][:5])
     assert parse_examples(tf.constant(make_examples(data))).keys() == parsed.keys()
+
+
+def test_checkpoint_every_n_seconds(tmp_path):
+    est = Estimator(TinyDNN(), RunConfig(model_dir=str(tmp_path), save_checkpoints_secs=1e-6, keep_checkpoint_max=10))
+    est.train(3)
+    assert list_checkpoints(str(tmp_path)) == [1, 2, 3]
+    assert est.last_checkpoint == os.path.join(str(tmp_path), "ckpt-3")

@@ -286,7 +286,8 @@ class Estimator:
                 examples += batch.batch_size
                 steps_run += 1
                 fetches = self._fetch(out, wanted)
-                window.append({k: v.numpy() for k, v in out["fetches"].items()})
+                if progress is not None or -steps_run % cfg.log_step_count_steps < window.maxlen:
+                    window.append({k: v.numpy() for k, v in out["fetches"].items()})
                 result = StepResult(global_step=step, loss=loss, batch_size=batch.batch_size, fetches=fetches)
                 for hook in hooks:
                     hook.after_step(ctx, result)
