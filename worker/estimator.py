@@ -70,7 +70,9 @@ class Estimator:
         self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
                         if config.distributed else LocalBackend())
         self._jobs = 0
+        # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
         self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
+        self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
         self.model.ctx.feature_factory.backend = self.backend
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
@@ -233,8 +235,9 @@ class Estimator:
             return compiled.prep.dedupe(next(iterator))
 
         def lookup(batch: PreparedBatch) -> PreparedBatch:
+            dense = self._pull.submit(backend.pull_dense) if self.config.distributed else None
             compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
-            batch.dense = backend.pull_dense()
+            batch.dense = dense.result() if dense is not None else None
             return batch
 
         return Prefetcher(read, lookup, staleness)
@@ -436,4 +439,5 @@ class Estimator:
 
     def close(self) -> None:
         self._side.shutdown(wait=True)
+        self._pull.shutdown(wait=True)
         self.backend.close()
