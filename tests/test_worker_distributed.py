@@ -134,9 +134,10 @@ def test_workers_read_through_the_tf_data_service(tmp_path):
     out = io.StringIO()
     code = run_local_cluster(1, 2, "tests.tiny_models:TinyDNN", str(tmp_path / "m"), dataservice=True,
                              num_dsworkers=1, out=out,
-                             train_args=["--max-steps", "30", "--eval", "--summary-file", str(summary)])
+                             train_args=["--max-steps", "200", "--eval", "--summary-file", str(summary)])
     log = out.getvalue()
     assert code == 0, log[-4000:]
-    assert log.count("from the tf.data service") == 2, log[-4000:]
+    jobs = {line.rsplit("job ", 1)[1].strip() for line in log.splitlines() if "from the tf.data service" in line}
+    assert len(jobs) == 1, log[-4000:]  # one shared job (a worker that starts after the end reads nothing)
     result = json.loads(summary.read_text())
-    assert result["global_step"] >= 30 and result["auc"]["ctr"] > 0.5
+    assert result["global_step"] >= 200 and result["auc"]["ctr"] > 0.5
