@@ -153,6 +153,15 @@ def combine_by_inverse(src, inv, u, last_wins, nthreads):
 
 
 @njit(**_PARALLEL)
+def stamp(update_time, rows, t):
+    """update_time[rows[i]] = t for rows[i] >= 0."""
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            update_time[r] = t
+
+
+@njit(**_PARALLEL)
 def all_finite(a):
     flat = a.reshape(-1)
     bad = 0
