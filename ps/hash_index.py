@@ -8,7 +8,10 @@ never moves row data.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -29,6 +32,35 @@ def mix64(k):
     return x
 
 
+_AHEAD = 16
+"""Probe loops prefetch the index slot of the key this many iterations ahead."""
+
+
+@intrinsic
+def prefetch(typingctx, arr, row):
+    """Hint the CPU to load arr[row, 0] into cache (LLVM's prefetch: read, high locality)."""
+    sig = types.void(arr, row)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zeros = [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]] + zeros, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _prefetch_slot(index, ids, i):
+    if i + _AHEAD < ids.shape[0]:
+        prefetch(index, np.int64(mix64(ids[i + _AHEAD]) & np.uint64(index.shape[0] - 1)))
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _find(index, key):
     mask = np.uint64(index.shape[0] - 1)
@@ -46,6 +78,7 @@ def _find(index, key):
 def probe(index, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
     for i in prange(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
         rows[i] = _find(index, ids[i])
 
 
@@ -74,6 +107,7 @@ def lookup(index, values, ids, out):
     """out[i] = row of ids[i] (zeros when absent): probe every id first, then gather rows."""
     rows = np.empty(ids.shape[0], np.int64)
     for i in prange(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
         rows[i] = _find(index, ids[i])
     zero = np.float32(0.0)
     for i in prange(ids.shape[0]):

@@ -206,16 +206,29 @@ class EmbeddingTable:
         self._max_update_time = max(self._max_update_time, update_time)
 
     # ---- public operations
-    def lookup(self, ids, dtype=np.float32) -> np.ndarray:
-        """Rows for `ids` ([n, dim]); absent ids read as zeros. Never inserts and never counts occurrences."""
+    def lookup(self, ids, dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows for `ids` ([n, dim]); absent ids read as zeros. Never inserts and never counts occurrences.
+
+        `out` (C-contiguous [n, dim] of `dtype`) receives the rows instead of a new array: a server can
+        reuse its buffers and skip the page faults of a fresh multi-MB array per call.
+        """
         ids = _as_ids(ids)
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float16):
             raise TypeError(f"lookup dtype must be float32 or float16, got {dtype}")
-        out = np.empty((len(ids), self.dim), np.float32)
-        with _threads_for(out.size), self._lock.read():
-            H.lookup(self._index, self._store.values, ids, out)
-        return out if dtype == np.float32 else out.astype(np.float16)
+        shape = (len(ids), self.dim)
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+                                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {shape}")
+        dest = out if out is not None and dtype == np.float32 else np.empty(shape, np.float32)
+        with _threads_for(dest.size), self._lock.read():
+            H.lookup(self._index, self._store.values, ids, dest)
+        if dtype == np.float32:
+            return dest
+        if out is None:
+            return dest.astype(np.float16)
+        np.copyto(out, dest, casting="same_kind")
+        return out
 
     def contains(self, ids) -> np.ndarray:
         ids = _as_ids(ids)

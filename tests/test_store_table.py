@@ -63,6 +63,14 @@ def test_lookup_never_inserts_and_float16_output():
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, t.lookup([1, 2, 3]).astype(np.float16))
     assert t.lookup(np.empty(0, np.int64)).shape == (0, 3)
+    buf, half_buf = np.full((3, 3), 9, np.float32), np.empty((3, 3), np.float16)
+    assert t.lookup([1, 2, 3], out=buf) is buf
+    np.testing.assert_array_equal(buf, t.lookup([1, 2, 3]))
+    assert t.lookup([1, 2, 3], np.float16, out=half_buf) is half_buf
+    np.testing.assert_array_equal(half_buf, half)
+    for bad in (np.empty((2, 3), np.float32), np.empty((3, 3), np.float64), np.empty((3, 6), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            t.lookup([1, 2, 3], out=bad)
 
 
 def test_reinitialize_status_and_values():
