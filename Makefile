@@ -14,9 +14,17 @@ export PYTHONDONTWRITEBYTECODE :=
 export MALLOC_MMAP_THRESHOLD_ := 67108864
 export MALLOC_TRIM_THRESHOLD_ := 268435456
 
-.PHONY: setup protos test demo bench lint clean
+.PHONY: setup protos prometheus-server test demo bench lint clean
 
-setup: $(STAMP) protos
+setup: $(STAMP) protos prometheus-server
+
+# The real Prometheus server the metrics tests scrape with; optional (the test skips without it), so a
+# machine without apt or root still sets up.
+prometheus-server:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 && SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ) && \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends prometheus; \
+	} >/dev/null 2>&1 || echo "note: prometheus not installed (apt-get unavailable or failed); its test will be skipped"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

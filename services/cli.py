@@ -14,7 +14,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ps": ("ps.server_main", "run one parameter-server shard"),
     "run": ("services.launch.run_role", "start this process's role from MLP_*/TF_CONFIG"),
     "local": ("services.launch.local_cluster", "run a whole cluster as local processes"),
-    "ray": ("deploy.ray.ray_launcher", "run the cluster as Ray actors"),
+    "ray": ("services.launch.ray_cluster", "run the cluster as Ray actors"),
+    "dispatcher": ("dispatcher.dispatcher_main", "run the tf.data service dispatcher"),
+    "dsworker": ("dispatcher.dsworker_main", "run one tf.data service data worker"),
     "train": ("worker.train_main", "train a model in this process (local or against PS shards)"),
 }
 

@@ -1,0 +1,88 @@
+"""The gRPC server around a servicer, in one of two models chosen on the command line.
+
+- `sync`: `grpc.server` with a thread pool. Handlers block in numba kernels that release the GIL,
+  so several requests make progress at once.
+- `aio`: `grpc.aio` on a uvloop event loop, the same synchronous handlers run in a migration thread
+  pool (the store is synchronous; the loop only does the I/O).
+
+Why `sync` is the default (measured by `benchmarks/ps_bench.py`, both models in one run, 2 shared
+cores): the bare transport is the same (gRPC echo of a Lookup's bytes: 2,220 calls/s sync vs 1,710
+aio), but as soon as a handler does real work the aio server falls far behind: Lookup of 65,536 Zipf
+ids 706 vs 95 calls/s, ApplyGradients 270 vs 62 (most likely the event-loop thread and the handler
+thread trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without
+it). More throughput per host comes from more shard processes, not from another server model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+MODELS = ("sync", "aio")
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second shard on the same port must fail, not share it
+    ]
+
+
+def serve(
+    handlers: Sequence[grpc.GenericRpcHandler],
+    address: str,
+    *,
+    model: str = "sync",
+    threads: int = 8,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    stop: threading.Event,
+    on_ready: Callable[[int], None] | None = None,
+    grace_s: float = 10.0,
+) -> None:
+    """Bind `address` (port 0 = any), call `on_ready(port)`, serve until `stop` is set, drain in-flight calls."""
+    if model not in MODELS:
+        raise ValueError(f"server model must be one of {MODELS}, got {model!r}")
+    options = grpc_options(max_message_bytes)
+    if model == "sync":
+        server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps-rpc"),
+                             handlers=handlers, options=options)
+        port = _bind(server, address)
+        server.start()
+        if on_ready:
+            on_ready(port)
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping: no new calls, draining in-flight ones (grace %.0fs)", grace_s)
+        server.stop(grace_s).wait()
+        return
+
+    import uvloop
+
+    async def run() -> None:
+        server = grpc.aio.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps-rpc"),
+                                 handlers=handlers, options=options)
+        port = _bind(server, address)
+        await server.start()
+        if on_ready:
+            on_ready(port)
+        while not await asyncio.to_thread(stop.wait, 0.5):
+            pass
+        log.info("stopping: no new calls, draining in-flight ones (grace %.0fs)", grace_s)
+        await server.stop(grace_s)
+
+    uvloop.run(run())
+
+
+def _bind(server, address: str) -> int:
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address} (port in use?)")
+    return port

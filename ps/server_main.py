@@ -1,0 +1,85 @@
+"""`monolith ps`: run one parameter-server shard until SIGTERM.
+
+Start-up order: restore this shard's part of the latest complete checkpoint (if `--checkpoint-dir`
+has one), then bind and log the readiness line `ready: ps shard i of n serving on HOST:PORT`.
+SIGTERM/SIGINT: stop accepting calls, finish in-flight ones, exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from services import role_logging
+
+log = logging.getLogger("ps.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
+    parser.add_argument("--shard-index", type=int, required=True)
+    parser.add_argument("--num-shards", type=int, required=True)
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="restore this shard's part of the latest complete checkpoint here at start-up")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="Prometheus port (0 = any free port, logged; -1 = off)")
+    parser.add_argument("--server-model", choices=("sync", "aio"), default="sync",
+                        help="grpc thread-pool server or grpc.aio on uvloop (see ps/server.py)")
+    parser.add_argument("--threads", type=int, default=8, help="RPC handler threads")
+    parser.add_argument("--max-message-mb", type=int, default=512, help="largest request/response accepted")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="time in-flight calls get on SIGTERM")
+
+
+def main(args: argparse.Namespace) -> int:
+    role_logging.configure("ps", args.shard_index)
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        log.error("--shard-index must be in [0, --num-shards), got %d of %d", args.shard_index, args.num_shards)
+        return 2
+    from ps.malloc_tuning import tune_malloc
+
+    tune_malloc()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
+
+    import prometheus_client
+
+    from ps import checkpoint, metrics
+    from ps.server import serve
+    from ps.servicer import ParameterServerServicer
+    from ps.shard_state import ShardState
+
+    state = ShardState(args.shard_index, args.num_shards)
+    if args.checkpoint_dir:
+        latest = checkpoint.latest_checkpoint(args.checkpoint_dir)
+        if latest is None:
+            log.info("no complete checkpoint in %s: starting empty", args.checkpoint_dir)
+        else:
+            log.info("restoring %s", latest)
+            try:
+                state.restore(str(latest))
+            except (ValueError, OSError) as exc:
+                log.error("cannot restore %s: %s", latest, exc)
+                return 1
+    metrics.register_shard(state)
+    metrics_note = "off"
+    if args.metrics_port >= 0:
+        http, _thread = prometheus_client.start_http_server(args.metrics_port, addr=args.host)
+        metrics_note = f"{args.host}:{http.server_port}"
+    servicer = ParameterServerServicer(state, args.server_model)
+
+    def ready(port: int) -> None:
+        log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s)",
+                 args.shard_index, args.num_shards, args.host, port, args.server_model, metrics_note,
+                 state.restored_from or "-")
+
+    try:
+        serve([servicer.handler()], f"{args.host}:{args.port}", model=args.server_model, threads=args.threads,
+              max_message_bytes=args.max_message_mb * 1024 * 1024, stop=stop, on_ready=ready, grace_s=args.grace_s)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("stopped")
+    return 0

@@ -1,0 +1,277 @@
+"""The `ParameterServer` gRPC service: a thin translation between protos and `ShardState`.
+
+Requests arrive as raw bytes and are parsed here, so a garbage or truncated message becomes
+INVALID_ARGUMENT naming the message type instead of grpc's generic "Exception deserializing
+request". Every request is fully decoded and validated before anything is mutated, so a bad
+request leaves the shard unchanged, and no exception ever escapes to kill the process.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from protos import ps_pb2
+from ps import checkpoint as ckpt
+from ps import metrics
+from ps.config_codec import optimizer_from_proto, table_config_from_proto
+from ps.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
+from ps.wire import F32, ids_from_bytes, rows_from_bytes
+
+log = logging.getLogger(__name__)
+
+SERVICE = "monolith.ps.ParameterServer"
+_NP_DTYPES = {ps_pb2.FLOAT32: np.float32, ps_pb2.FLOAT16: np.float16}
+
+
+def _status_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, UnknownName):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, ConfigConflict):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, WrongShard | ckpt.CheckpointError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, ValueError | TypeError | DecodeError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def _info(name: str, table, created: bool = False) -> ps_pb2.TableInfo:
+    return ps_pb2.TableInfo(
+        name=name, dim=table.dim, segment_dims=list(table.segment_dims), config_json=json.dumps(table.config),
+        created=created, rows=int(table.size), memory_bytes=int(table.memory_bytes),
+    )
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class ParameterServerServicer:
+    def __init__(self, state: ShardState, server_model: str = "sync") -> None:
+        self.state = state
+        self.server_model = server_model
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._shard = str(state.shard_index)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {
+            "CreateTables": (ps_pb2.CreateTablesRequest, self.create_tables),
+            "Lookup": (ps_pb2.LookupRequest, self.lookup),
+            "ApplyGradients": (ps_pb2.ApplyGradientsRequest, self.apply_gradients),
+            "Assign": (ps_pb2.UpdateRequest, self.assign),
+            "AssignAdd": (ps_pb2.UpdateRequest, self.assign_add),
+            "Reinitialize": (ps_pb2.ReinitializeRequest, self.reinitialize),
+            "Evict": (ps_pb2.EvictRequest, self.evict),
+            "Save": (ps_pb2.SaveRequest, self.save),
+            "Restore": (ps_pb2.RestoreRequest, self.restore),
+            "DenseCreate": (ps_pb2.DenseCreateRequest, self.dense_create),
+            "DensePull": (ps_pb2.DensePullRequest, self.dense_pull),
+            "DensePush": (ps_pb2.DensePushRequest, self.dense_push),
+            "GlobalStep": (ps_pb2.GlobalStepRequest, self.global_step),
+            "Stats": (ps_pb2.StatsRequest, self.stats),
+            "Health": (ps_pb2.HealthRequest, self.health),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._wrap(name, req_cls, fn), request_deserializer=None,
+                response_serializer=lambda msg: msg.SerializeToString(),
+            )
+            for name, (req_cls, fn) in methods.items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _wrap(self, method: str, req_cls, fn: Callable):
+        shard = self._shard
+        latency = metrics.LATENCY.labels(shard, method)
+
+        def call(raw: bytes, context: grpc.ServicerContext):
+            start = time.perf_counter()
+            self.requests[method] += 1
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    request = req_cls.FromString(raw)
+                except DecodeError as exc:
+                    raise ValueError(f"malformed {req_cls.__name__} ({len(raw)} bytes): {exc}") from None
+                return fn(request)
+            except Exception as exc:  # one bad request must never take the shard down
+                code = _status_of(exc)
+                self.errors[method] += 1
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                else:
+                    log.info("%s rejected (%s): %s", method, code.name, exc)
+                context.abort(code, f"shard {shard}: {method}: {exc}")
+            finally:
+                latency.observe(time.perf_counter() - start)
+                metrics.REQUESTS.labels(shard, method, code.name).inc()
+
+        return call
+
+    # -- tables -------------------------------------------------------------------------------
+    def create_tables(self, request: ps_pb2.CreateTablesRequest) -> ps_pb2.CreateTablesResponse:
+        configs = [(t.name, table_config_from_proto(t)) for t in request.tables]
+        out = ps_pb2.CreateTablesResponse()
+        for name, config in configs:
+            table, created = self.state.create_table(name, config)
+            out.tables.append(_info(name, table, created))
+        return out
+
+    def lookup(self, request: ps_pb2.LookupRequest) -> ps_pb2.LookupResponse:
+        if request.dtype not in _NP_DTYPES:
+            raise ValueError(f"unknown lookup dtype {request.dtype}")
+        work = []
+        for item in request.tables:
+            table = self.state.table(item.table)
+            ids = ids_from_bytes(item.ids, f"Lookup table {item.table!r}")
+            self.state.check_owned(item.table, ids)
+            work.append((item.table, table, ids))
+        out = ps_pb2.LookupResponse()
+        np_dtype = _NP_DTYPES[request.dtype]
+        n = 0
+        for name, table, ids in work:
+            rows = table.lookup(ids, dtype=np_dtype)
+            # `add` writes into the response in place; `append(TableRows(...))` would copy the rows again
+            out.tables.add(table=name, values=rows.tobytes(), dtype=request.dtype, dim=table.dim)
+            n += ids.size
+        metrics.IDS.labels(self._shard, "Lookup").inc(n)
+        return out
+
+    def _decode_updates(self, method: str, items, with_lr: bool):
+        work = []
+        for item in items:
+            where = f"{method} table {item.table!r}"
+            table = self.state.table(item.table)
+            ids = ids_from_bytes(item.ids, where)
+            values = rows_from_bytes(item.values, ids.size, table.dim, where, F32)
+            if not np.isfinite(values).all():
+                bad = np.argwhere(~np.isfinite(values))[0]
+                raise ValueError(f"{where}: values contain NaN/Inf (first at id {int(ids[bad[0]])}, column {bad[1]})")
+            lrs = None
+            if with_lr and item.learning_rates:
+                lrs = list(item.learning_rates)
+                if len(lrs) != len(table.segment_dims):
+                    raise ValueError(f"{where}: {len(lrs)} learning rates for {len(table.segment_dims)} segments")
+            self.state.check_owned(item.table, ids)
+            work.append((item.table, table, ids, values, lrs))
+        metrics.IDS.labels(self._shard, method).inc(sum(w[2].size for w in work))
+        return work
+
+    def apply_gradients(self, request: ps_pb2.ApplyGradientsRequest) -> ps_pb2.UpdateResponse:
+        work = self._decode_updates("ApplyGradients", request.tables, with_lr=True)
+        for _name, table, ids, grads, lrs in work:
+            table.apply_gradients(ids, grads, global_step=request.global_step, update_time=request.update_time,
+                                  learning_rates=lrs)
+        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+
+    def assign(self, request: ps_pb2.UpdateRequest) -> ps_pb2.UpdateResponse:
+        work = self._decode_updates("Assign", request.tables, with_lr=False)
+        for _name, table, ids, values, _lrs in work:
+            table.assign(ids, values, update_time=request.update_time)
+        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+
+    def assign_add(self, request: ps_pb2.UpdateRequest) -> ps_pb2.UpdateResponse:
+        work = self._decode_updates("AssignAdd", request.tables, with_lr=False)
+        for _name, table, ids, values, _lrs in work:
+            table.assign_add(ids, values, update_time=request.update_time)
+        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+
+    def reinitialize(self, request: ps_pb2.ReinitializeRequest) -> ps_pb2.UpdateResponse:
+        work = []
+        for item in request.tables:
+            table = self.state.table(item.table)
+            ids = ids_from_bytes(item.ids, f"Reinitialize table {item.table!r}")
+            self.state.check_owned(item.table, ids)
+            work.append((item.table, table, ids))
+        for _name, table, ids in work:
+            table.reinitialize(ids, update_time=request.update_time)
+        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids in work})
+
+    def evict(self, request: ps_pb2.EvictRequest) -> ps_pb2.EvictResponse:
+        return ps_pb2.EvictResponse(removed=self.state.evict(list(request.tables)))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, request: ps_pb2.SaveRequest) -> ps_pb2.SaveResponse:
+        if not request.checkpoint_path:
+            raise ValueError("Save: checkpoint_path is empty")
+        path, rows = self.state.save(request.checkpoint_path, request.step)
+        return ps_pb2.SaveResponse(shard_path=str(path), rows=rows, global_step=self.state.global_step)
+
+    def restore(self, request: ps_pb2.RestoreRequest) -> ps_pb2.RestoreResponse:
+        if not request.checkpoint_path:
+            raise ValueError("Restore: checkpoint_path is empty")
+        try:
+            result = self.state.restore(request.checkpoint_path)
+        except ckpt.CheckpointError:
+            raise
+        except Exception as exc:  # whatever the store raised on a corrupt or truncated file
+            raise ckpt.CheckpointError(f"cannot restore {request.checkpoint_path}: {exc}") from exc
+        return ps_pb2.RestoreResponse(rows=result["rows"], dense=result["dense"], global_step=result["global_step"])
+
+    # -- dense ----------------------------------------------------------------------------------
+    def dense_create(self, request: ps_pb2.DenseCreateRequest) -> ps_pb2.DenseCreateResponse:
+        decoded = []
+        for var in request.variables:
+            initial = None
+            if var.initial_value:
+                initial = rows_from_bytes(var.initial_value, 1, int(np.prod(var.shape or [0])),
+                                          f"DenseCreate {var.name!r} initial_value", F32)
+            decoded.append((var.name, list(var.shape), optimizer_from_proto(var.optimizer), initial))
+        created = {}
+        for name, shape, optimizer, initial in decoded:
+            created[name] = self.state.create_dense(name, shape, optimizer, initial)
+        return ps_pb2.DenseCreateResponse(created=created)
+
+    def dense_pull(self, request: ps_pb2.DensePullRequest) -> ps_pb2.DensePullResponse:
+        out = ps_pb2.DensePullResponse()
+        for name, shape, values in self.state.dense_pull(list(request.names)):
+            out.values.add(name=name, shape=shape, values=values.astype(F32).tobytes())
+        return out
+
+    def dense_push(self, request: ps_pb2.DensePushRequest) -> ps_pb2.DensePushResponse:
+        grads = {}
+        for g in request.grads:
+            if len(g.values) % 4:
+                raise ValueError(f"DensePush {g.name!r}: {len(g.values)} bytes is not a whole number of float32")
+            if g.name in grads:
+                raise ValueError(f"DensePush: {g.name!r} appears twice")
+            grads[g.name] = np.frombuffer(g.values, dtype=F32)
+        lr = request.learning_rate if request.HasField("learning_rate") else None
+        self.state.dense_push(grads, request.global_step, lr)
+        return ps_pb2.DensePushResponse()
+
+    def global_step(self, request: ps_pb2.GlobalStepRequest) -> ps_pb2.GlobalStepResponse:
+        return ps_pb2.GlobalStepResponse(global_step=self.state.increment_global_step(request.increment))
+
+    # -- introspection --------------------------------------------------------------------------
+    def stats(self, request: ps_pb2.StatsRequest) -> ps_pb2.StatsResponse:
+        tables = [_info(n, t) for n, t in sorted(self.state.tables.items())]
+        dense = [_info(n, v.table) for n, v in sorted(self.state.dense.items())]
+        return ps_pb2.StatsResponse(
+            shard_index=self.state.shard_index, num_shards=self.state.num_shards, tables=tables, dense=dense,
+            total_rows=sum(t.rows for t in tables), total_memory_bytes=sum(t.memory_bytes for t in tables + dense),
+            rss_bytes=_rss_bytes(), requests=dict(self.requests), errors=dict(self.errors),
+        )
+
+    def health(self, request: ps_pb2.HealthRequest) -> ps_pb2.HealthResponse:
+        s = self.state
+        return ps_pb2.HealthResponse(
+            shard_index=s.shard_index, num_shards=s.num_shards, serving=True, pid=os.getpid(),
+            uptime_s=time.time() - s.started, server_model=self.server_model, num_tables=len(s.tables),
+            num_dense=len(s.dense), restored_from=s.restored_from, global_step=s.global_step,
+        )
+

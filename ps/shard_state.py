@@ -1,0 +1,258 @@
+"""One PS shard's state as plain functions over numpy: tables, dense variables, the global step.
+
+No gRPC here (the servicer is a thin translation layer), so every rule is testable in-process.
+Errors are typed so the servicer can map them to status codes: ValueError/TypeError → bad input,
+`UnknownName` → not found, `ConfigConflict` → already exists, `WrongShard` → failed precondition.
+A failed call leaves the state unchanged: inputs are validated before anything is mutated, and
+restore builds new tables before swapping them in.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ps import atomic_files
+from ps import checkpoint as ckpt
+from ps.sharding import dense_owner, id_owner
+from ps.table import EmbeddingTable
+
+log = logging.getLogger(__name__)
+
+_DENSE_ID = np.zeros(1, dtype=np.int64)
+
+
+class UnknownName(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigConflict(Exception):
+    pass
+
+
+class WrongShard(Exception):
+    pass
+
+
+@dataclass
+class DenseVariable:
+    """A dense variable is a one-row table (id 0, dim = prod(shape)): the same optimizers, state and save path."""
+
+    table: EmbeddingTable
+    shape: tuple[int, ...]
+
+
+def dense_table_config(shape: tuple[int, ...], optimizer: dict[str, Any]) -> dict[str, Any]:
+    return {"dim": int(math.prod(shape)), "initializer": {"type": "zeros"}, "optimizer": optimizer}
+
+
+def _check_shape(name: str, shape) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if not shape or any((not isinstance(d, int | np.integer)) or d <= 0 for d in shape):
+        raise ValueError(f"dense variable {name!r}: shape must be a non-empty list of positive ints, got {list(shape)}")
+    return tuple(int(d) for d in shape)
+
+
+class ShardState:
+    def __init__(self, shard_index: int, num_shards: int) -> None:
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self.tables: dict[str, EmbeddingTable] = {}
+        self.dense: dict[str, DenseVariable] = {}
+        self._global_step = 0
+        self._lock = threading.RLock()
+        self.started = time.time()
+        self.restored_from = ""
+
+    # -- tables -------------------------------------------------------------------------------
+    def create_table(self, name: str, config: dict[str, Any]) -> tuple[EmbeddingTable, bool]:
+        """Idempotent: an equal (normalized) config returns the existing table; a different one is a conflict."""
+        if not name:
+            raise ValueError("table name must be non-empty")
+        table = EmbeddingTable.from_dict(config)
+        with self._lock:
+            existing = self.tables.get(name)
+            if existing is not None:
+                if existing.config != table.config:
+                    raise ConfigConflict(
+                        f"table {name!r} already exists with config {existing.config}, requested {table.config}"
+                    )
+                return existing, False
+            self.tables[name] = table
+        log.info("created table %r dim=%d segments=%s", name, table.dim, list(table.segment_dims))
+        return table, True
+
+    def table(self, name: str) -> EmbeddingTable:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise UnknownName(f"unknown table {name!r} on shard {self.shard_index} "
+                              f"(known: {sorted(self.tables)[:20]})") from None
+
+    def check_owned(self, name: str, ids: np.ndarray) -> None:
+        if self.num_shards == 1 or ids.size == 0:
+            return
+        owners = id_owner(ids, self.num_shards)
+        bad = owners != self.shard_index
+        if bad.any():
+            first = int(ids[np.argmax(bad)])
+            raise WrongShard(
+                f"table {name!r}: {int(bad.sum())} ids do not belong to shard {self.shard_index} of "
+                f"{self.num_shards} (e.g. id {first} belongs to shard {first % self.num_shards}); "
+                f"is the client configured with {self.num_shards} shards?"
+            )
+
+    def evict(self, names: list[str]) -> dict[str, int]:
+        tables = [(n, self.table(n)) for n in names] if names else list(self.tables.items())
+        return {n: int(t.evict_expired()) for n, t in tables}
+
+    # -- dense variables -----------------------------------------------------------------------
+    def _check_dense_owner(self, name: str) -> None:
+        owner = dense_owner(name, self.num_shards)
+        if owner != self.shard_index:
+            raise WrongShard(f"dense variable {name!r} belongs to shard {owner}, not {self.shard_index}")
+
+    def create_dense(self, name: str, shape, optimizer: dict[str, Any], initial: np.ndarray | None) -> bool:
+        """Idempotent; the first creator's initial value wins."""
+        if not name:
+            raise ValueError("dense variable name must be non-empty")
+        self._check_dense_owner(name)
+        shape = _check_shape(name, shape)
+        table = EmbeddingTable.from_dict(dense_table_config(shape, optimizer))
+        if initial is not None:
+            initial = np.asarray(initial, dtype=np.float32)
+            if initial.size != table.dim:
+                raise ValueError(f"dense variable {name!r}: initial value has {initial.size} values, "
+                                 f"shape {list(shape)} needs {table.dim}")
+            table.assign(_DENSE_ID, initial.reshape(1, -1))  # validates finiteness before we publish the table
+        with self._lock:
+            existing = self.dense.get(name)
+            if existing is not None:
+                if existing.shape != shape or existing.table.config != table.config:
+                    raise ConfigConflict(
+                        f"dense variable {name!r} exists with shape {list(existing.shape)} and config "
+                        f"{existing.table.config}, requested shape {list(shape)} and {table.config}"
+                    )
+                return False
+            self.dense[name] = DenseVariable(table, shape)
+        return True
+
+    def dense_var(self, name: str) -> DenseVariable:
+        try:
+            return self.dense[name]
+        except KeyError:
+            raise UnknownName(f"unknown dense variable {name!r} on shard {self.shard_index}") from None
+
+    def dense_pull(self, names: list[str]) -> list[tuple[str, tuple[int, ...], np.ndarray]]:
+        chosen = names or sorted(self.dense)
+        out = []
+        for name in chosen:
+            var = self.dense_var(name)
+            out.append((name, var.shape, var.table.lookup(_DENSE_ID)[0]))
+        return out
+
+    def dense_push(self, grads: dict[str, np.ndarray], global_step: int, learning_rate: float | None) -> None:
+        checked = []
+        for name, grad in grads.items():
+            var = self.dense_var(name)
+            if grad.size != var.table.dim:
+                raise ValueError(f"dense variable {name!r}: gradient has {grad.size} values, "
+                                 f"shape {list(var.shape)} needs {var.table.dim}")
+            if not np.isfinite(grad).all():
+                raise ValueError(f"dense variable {name!r}: gradient contains NaN or Inf")
+            checked.append((var, grad.reshape(1, -1)))
+        lrs = None if learning_rate is None else [float(learning_rate)]
+        for var, grad in checked:
+            var.table.apply_gradients(_DENSE_ID, grad, global_step=global_step, learning_rates=lrs)
+
+    # -- global step (held by shard 0) ---------------------------------------------------------
+    def increment_global_step(self, n: int) -> int:
+        if self.shard_index != 0:
+            raise WrongShard(f"the global step lives on shard 0, not shard {self.shard_index}")
+        if n < 0:
+            raise ValueError(f"global step increment must be >= 0, got {n}")
+        with self._lock:
+            self._global_step += n
+            return self._global_step
+
+    @property
+    def global_step(self) -> int:
+        return self._global_step
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, checkpoint_path: str, step: int) -> tuple[Path, dict[str, int]]:
+        """Write this shard's part under `<checkpoint_path>/shard-i-of-n/`, published by one rename."""
+        final = Path(checkpoint_path) / ckpt.shard_dir_name(self.shard_index, self.num_shards)
+        with self._lock:
+            tables = dict(self.tables)
+            dense = dict(self.dense)
+            global_step = self._global_step
+        meta: dict[str, Any] = {"step": int(step), "shard_index": self.shard_index, "num_shards": self.num_shards,
+                                "global_step": global_step, "tables": {}, "dense": {}}
+        rows = {}
+        with atomic_files.staged_directory(final) as tmp:
+            for i, (name, table) in enumerate(sorted(tables.items())):
+                sub = f"t{i:05d}"
+                table.save(tmp / sub)
+                rows[name] = int(table.size)
+                meta["tables"][name] = {"dir": sub, "config": table.config, "rows": rows[name]}
+            for i, (name, var) in enumerate(sorted(dense.items())):
+                sub = f"d{i:05d}"
+                var.table.save(tmp / sub)
+                meta["dense"][name] = {"dir": sub, "shape": list(var.shape), "config": var.table.config}
+            ckpt.write_meta(tmp, meta)
+        log.info("saved step %d: %d tables, %d dense -> %s", step, len(tables), len(dense), final)
+        return final, rows
+
+    def restore(self, checkpoint_path: str) -> dict[str, Any]:
+        """Load exactly the ids (and dense variables) this shard owns from a checkpoint of any shard count."""
+        path = Path(checkpoint_path)
+        manifest = ckpt.read_meta(path, "checkpoint manifest")
+        n, m, k = manifest["num_shards"], self.num_shards, self.shard_index
+        metas: dict[int, dict[str, Any]] = {}
+
+        def meta(j: int) -> dict[str, Any]:
+            if j not in metas:
+                metas[j] = ckpt.read_meta(path / ckpt.shard_dir_name(j, n), f"shard {j} of {path}")
+            return metas[j]
+
+        # Old shard j holds ids ≡ j (mod n); some of them are ≡ k (mod m) only if j ≡ k (mod gcd(n, m)).
+        sources = [j for j in range(n) if (j - k) % math.gcd(n, m) == 0]
+        new_tables: dict[str, EmbeddingTable] = {}
+        for name, config in manifest["tables"].items():
+            table = EmbeddingTable.from_dict(config)
+            for j in sources:
+                entry = meta(j)["tables"].get(name)
+                if entry is not None:
+                    src = path / ckpt.shard_dir_name(j, n) / entry["dir"]
+                    table.restore(str(src), shard=None if n == m else (k, m))
+            new_tables[name] = table
+        new_dense: dict[str, DenseVariable] = {}
+        for name, entry in manifest["dense"].items():
+            if dense_owner(name, m) != k:
+                continue
+            j = entry["shard"]
+            src = path / ckpt.shard_dir_name(j, n) / meta(j)["dense"][name]["dir"]
+            new_dense[name] = DenseVariable(EmbeddingTable.load(str(src)), tuple(entry["shape"]))
+        with self._lock:
+            stale = sorted(set(self.tables) - set(new_tables))
+            if stale:
+                log.warning("tables %s are not in checkpoint %s and keep their current state", stale, path)
+            self.tables.update(new_tables)
+            self.dense = {n_: v for n_, v in self.dense.items() if n_ not in new_dense} | new_dense
+            if k == 0:
+                self._global_step = int(manifest["global_step"])
+            self.restored_from = str(path)
+        log.info("restored %s (written by %d shards) onto shard %d of %d: %s", path, n, k, m,
+                 {name: t.size for name, t in new_tables.items()})
+        return {"rows": {name: int(t.size) for name, t in new_tables.items()}, "dense": sorted(new_dense),
+                "global_step": int(manifest["global_step"])}

@@ -1,0 +1,21 @@
+"""Who owns what: ids by floor modulo (facts §6.3), dense variables by a stable hash of the name.
+
+Both the client (routing) and the server (ownership checks, re-sharding on restore) use these, so
+they can never disagree.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def id_owner(ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """floormod(id, n) on int64: negative ids route consistently (numpy's % takes the divisor's sign)."""
+    return np.mod(ids, np.int64(num_shards))
+
+
+def dense_owner(name: str, num_shards: int) -> int:
+    """md5 of the name: stable across processes and Python versions (unlike `hash`)."""
+    digest = hashlib.md5(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") % num_shards

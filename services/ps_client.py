@@ -1,0 +1,514 @@
+"""`PSClient`: the only way workers (and any other Python process) talk to the PS shards.
+
+Shard i is `addresses[i]`; ids go to shard `floormod(id, n)`, dense variables to `md5(name) mod n`.
+Each call dedupes ids per table, sends one RPC per shard for all tables at once (as gRPC futures, so
+shards work in parallel without Python threads), and puts the rows back in the caller's order.
+Bad input raises `ValueError` before anything is sent. Transient failures (UNAVAILABLE, and deadline
+overruns of idempotent calls) are retried with exponential backoff; a shard that stays down raises
+`PSUnavailable` naming the shard and its address.
+
+Checkpoints (`save`/`restore`) assume the client and the shards see the same filesystem (local disk
+or a shared mount), as the original's HDFS checkpoints do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from protos import ps_pb2, ps_pb2_grpc
+from ps import checkpoint as ckpt
+from ps.config_codec import optimizer_to_proto, table_config_to_proto
+from ps.malloc_tuning import tune_malloc
+from ps.server import DEFAULT_MAX_MESSAGE_BYTES
+from ps.sharding import dense_owner
+from ps.wire import F16, F32, IDS, rows_from_bytes
+from services.ps_routing import Routed, route, sum_duplicates
+
+log = logging.getLogger(__name__)
+
+_RETRY_ALWAYS = {grpc.StatusCode.UNAVAILABLE}
+_IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict"}
+
+
+class PSError(RuntimeError):
+    """A shard refused or failed a call; names the shard, its address, the method and the status."""
+
+    def __init__(self, message: str, shard: int | None = None, address: str | None = None,
+                 code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.shard, self.address, self.code = shard, address, code
+
+
+class PSInvalidArgument(PSError, ValueError):
+    """The shard rejected the request's content (bad ids, shapes, values, config)."""
+
+
+class PSNotFound(PSError, LookupError):
+    """Unknown table or dense variable on the shard."""
+
+
+class PSUnavailable(PSError, ConnectionError):
+    """The shard did not answer within the retry budget."""
+
+
+_ERROR_TYPES = {
+    grpc.StatusCode.INVALID_ARGUMENT: PSInvalidArgument,
+    grpc.StatusCode.NOT_FOUND: PSNotFound,
+    grpc.StatusCode.UNAVAILABLE: PSUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: PSUnavailable,
+}
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    dim: int
+    segment_dims: tuple[int, ...]
+
+
+def _as_ids(ids: Any, where: str) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=IDS)
+    if arr.ndim != 1:
+        raise ValueError(f"{where}: ids must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise ValueError(f"{where}: ids must be integers, got dtype {arr.dtype}")
+    if arr.dtype == np.uint64:
+        return arr.view(IDS)  # the same 64 bits
+    return np.ascontiguousarray(arr, dtype=IDS)
+
+
+def _as_rows(values: Any, n: int, dim: int, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: values must be numeric: {exc}") from None
+    if arr.shape != (n, dim):
+        raise ValueError(f"{where}: expected shape ({n}, {dim}) for {n} ids of dim {dim}, got {arr.shape}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise ValueError(f"{where}: values contain NaN/Inf (row {r}, column {c})")
+    return np.ascontiguousarray(arr)
+
+
+class PSClient:
+    def __init__(self, addresses: Iterable[str], timeout_s: float = 30.0, retries: int = 6,
+                 float16_lookup: bool = False, backoff_s: float = 0.2, max_backoff_s: float = 4.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keep_checkpoints: int = 5,
+                 checkpoint_timeout_s: float = 600.0) -> None:
+        self.addresses = list(addresses)
+        if not self.addresses or not all(isinstance(a, str) and a for a in self.addresses):
+            raise ValueError(f"addresses must be a non-empty list of host:port strings, got {addresses!r}")
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError(f"timeout_s must be > 0 and retries >= 0, got {timeout_s}, {retries}")
+        tune_malloc()
+        self.num_shards = len(self.addresses)
+        self.timeout_s, self.retries = float(timeout_s), int(retries)
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.float16_lookup = bool(float16_lookup)
+        self.max_message_bytes = int(max_message_bytes)
+        self.keep_checkpoints = int(keep_checkpoints)
+        self.checkpoint_timeout_s = float(checkpoint_timeout_s)
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            # reconnect quickly after a shard restarts (grpc's default backoff grows to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
+        self._tables: dict[str, TableMeta] = {}
+        self._dense_shapes: dict[str, tuple[int, ...]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> PSClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_until_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until every shard answers Health and reports the shard index/count this client expects."""
+        deadline = time.monotonic() + timeout_s
+        for shard, stub in enumerate(self._stubs):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PSUnavailable(f"PS shard {shard} ({self.addresses[shard]}) not ready after {timeout_s}s",
+                                        shard, self.addresses[shard], grpc.StatusCode.UNAVAILABLE)
+                try:
+                    h = stub.Health(ps_pb2.HealthRequest(), timeout=min(remaining, 5.0), wait_for_ready=True)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise self._error(shard, "Health", exc) from None
+                    time.sleep(0.05)
+            if (h.shard_index, h.num_shards) != (shard, self.num_shards):
+                raise PSError(f"{self.addresses[shard]} is shard {h.shard_index} of {h.num_shards}, but this client "
+                              f"expects shard {shard} of {self.num_shards}", shard, self.addresses[shard])
+
+    # -- RPC plumbing ----------------------------------------------------------------------------
+    def _error(self, shard: int, method: str, exc: grpc.RpcError, attempts: int = 1) -> PSError:
+        code = exc.code()
+        cls = _ERROR_TYPES.get(code, PSError)
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
+        return cls(f"PS shard {shard} ({self.addresses[shard]}) {method} failed{tried}: {code.name}: {exc.details()}",
+                   shard, self.addresses[shard], code)
+
+    def _retryable(self, method: str, code: grpc.StatusCode) -> bool:
+        return code in _RETRY_ALWAYS or (method in _IDEMPOTENT and code is grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def _timeout(self, method: str) -> float:
+        return self.checkpoint_timeout_s if method in ("Save", "Restore") else self.timeout_s
+
+    def _call_with_retries(self, shard: int, method: str, request, first_error: grpc.RpcError | None = None):
+        attempt = 0
+        error = first_error
+        if error is not None:
+            attempt = 1
+        while True:
+            if error is not None:
+                if attempt > self.retries or not self._retryable(method, error.code()):
+                    raise self._error(shard, method, error, attempt) from None
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * (0.75 + 0.5 * random.random())
+                log.warning("PS shard %d (%s) %s: %s; retry %d/%d in %.2fs", shard, self.addresses[shard], method,
+                            error.code().name, attempt, self.retries, delay)
+                time.sleep(delay)
+            try:
+                return getattr(self._stubs[shard], method)(request, timeout=self._timeout(method))
+            except grpc.RpcError as exc:
+                error = exc
+                attempt += 1
+
+    def _call_shards(self, method: str, requests: Mapping[int, Any]) -> dict[int, Any]:
+        """One call per shard, all in flight at once; returns responses by shard."""
+        if len(requests) == 1:
+            (shard, request), = requests.items()
+            return {shard: self._call_with_retries(shard, method, request)}
+        futures = {shard: getattr(self._stubs[shard], method).future(request, timeout=self._timeout(method))
+                   for shard, request in requests.items()}
+        out, failure = {}, None
+        for shard, fut in futures.items():
+            try:
+                try:
+                    out[shard] = fut.result()
+                except grpc.RpcError as exc:
+                    out[shard] = self._call_with_retries(shard, method, requests[shard], exc)
+            except PSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return out
+
+    def _check_size(self, what: str, shard: int, nbytes: int) -> None:
+        if nbytes > self.max_message_bytes:
+            raise ValueError(f"{what} for shard {shard} would be {nbytes} bytes, above max_message_bytes "
+                             f"{self.max_message_bytes}: split the batch")
+
+    # -- tables ----------------------------------------------------------------------------------
+    def create_tables(self, configs: Mapping[str, dict[str, Any]]) -> dict[str, TableMeta]:
+        """Create tables on every shard (idempotent; a different config for an existing name is an error)."""
+        if not isinstance(configs, Mapping) or not configs:
+            raise ValueError("create_tables expects a non-empty {name: config} dict")
+        request = ps_pb2.CreateTablesRequest(tables=[table_config_to_proto(n, c) for n, c in configs.items()])
+        responses = self._call_shards("CreateTables", {s: request for s in range(self.num_shards)})
+        for info in responses[0].tables:
+            self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+        return {name: self._tables[name] for name in configs}
+
+    def table_meta(self, table: str) -> TableMeta:
+        meta = self._tables.get(table)
+        if meta is None:
+            for info in self._call_with_retries(0, "Stats", ps_pb2.StatsRequest()).tables:
+                self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+            meta = self._tables.get(table)
+        if meta is None:
+            raise ValueError(f"unknown table {table!r} (known: {sorted(self._tables)}); create it with create_tables")
+        return meta
+
+    def lookup(self, table: str, ids: Any) -> np.ndarray:
+        return self.lookup_many({table: ids})[table]
+
+    def lookup_many(self, ids_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Rows for every table in input order (absent ids read as zeros), one RPC per shard."""
+        dtype = ps_pb2.FLOAT16 if self.float16_lookup else ps_pb2.FLOAT32
+        wire = F16 if self.float16_lookup else F32
+        plans: dict[str, tuple[TableMeta, Routed]] = {}
+        for table, ids in ids_by_table.items():
+            meta = self.table_meta(table)
+            plans[table] = (meta, route(_as_ids(ids, f"lookup {table!r}"), self.num_shards))
+        requests = {}
+        for s in range(self.num_shards):
+            req = ps_pb2.LookupRequest(dtype=dtype)
+            reply_bytes = 0
+            for table, (meta, routed) in plans.items():
+                ids = routed.shard_ids(s)
+                if ids.size:
+                    req.tables.add(table=table, ids=ids.tobytes())
+                    reply_bytes += ids.size * meta.dim * wire.itemsize
+            if req.tables:
+                self._check_size("lookup reply", s, reply_bytes)
+                requests[s] = req
+        responses = self._call_shards("Lookup", requests) if requests else {}
+        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
+        out = {}
+        for table, (meta, routed) in plans.items():
+            parts = []
+            for s in range(self.num_shards):
+                n = routed.count(s)
+                if n:
+                    item = replies[s].get(table)
+                    if item is None:
+                        raise PSError(f"PS shard {s} ({self.addresses[s]}) returned no rows for {table!r}",
+                                      s, self.addresses[s])
+                    parts.append((s, rows_from_bytes(item.values, n, meta.dim,
+                                                     f"Lookup reply from shard {s} for {table!r}", wire)))
+            out[table] = routed.assemble(parts, meta.dim)
+        return out
+
+    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, make_request,
+                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, Any]:
+        """Validate {table: (ids, values)} and split it into one request per shard (nothing is sent here)."""
+        per_shard: dict[int, Any] = {}
+        learning_rates = learning_rates or {}
+        unknown = set(learning_rates) - set(updates)
+        if unknown:
+            raise ValueError(f"{method}: learning_rates for tables without updates: {sorted(unknown)}")
+        for table, pair in updates.items():
+            where = f"{method} {table!r}"
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise ValueError(f"{where}: expected an (ids, values) pair")
+            meta = self.table_meta(table)
+            ids = _as_ids(pair[0], where)
+            values = _as_rows(pair[1], ids.size, meta.dim, where)
+            lrs = learning_rates.get(table)
+            if lrs is not None:
+                lrs = [float(x) for x in np.atleast_1d(np.asarray(lrs, dtype=np.float64))]
+                if len(lrs) != len(meta.segment_dims) or not all(math.isfinite(x) and x >= 0 for x in lrs):
+                    raise ValueError(f"{where}: learning_rates must be {len(meta.segment_dims)} finite non-negative "
+                                     f"floats (one per segment), got {lrs}")
+            routed = route(ids, self.num_shards, dedupe=dedupe)
+            if dedupe:
+                values = sum_duplicates(routed, values)
+            for s in range(self.num_shards):
+                pos = routed.positions(s)
+                shard_ids = routed.unique[pos]
+                if shard_ids.size:
+                    vals = values[pos]
+                    self._check_size(f"{method} request", s, shard_ids.nbytes + vals.nbytes)
+                    if s not in per_shard:
+                        per_shard[s] = make_request()
+                    per_shard[s].tables.add(table=table, ids=shard_ids.tobytes(), values=vals.tobytes(),
+                                            learning_rates=lrs or [])
+        return per_shard
+
+    def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
+                        learning_rates: Any = None, update_time: int = 0) -> None:
+        """Duplicate ids' gradients are summed here, then the table's optimizer runs on the PS once per id."""
+        lrs = None if learning_rates is None else {table: learning_rates}
+        self.apply_gradients_many({table: (ids, grads)}, global_step, lrs, update_time)
+
+    def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
+                             learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
+        requests = self._updates(
+            "ApplyGradients", grads_by_table, True,
+            lambda: ps_pb2.ApplyGradientsRequest(global_step=int(global_step), update_time=int(update_time)),
+            learning_rates)
+        if requests:
+            self._call_shards("ApplyGradients", requests)
+
+    def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
+        requests = self._updates(method, {table: (ids, values)}, False,
+                                 lambda: ps_pb2.UpdateRequest(update_time=int(update_time)))
+        if requests:
+            self._call_shards(method, requests)
+
+    def assign(self, table: str, ids: Any, values: Any, update_time: int = 0) -> None:
+        self._assign("Assign", table, ids, values, update_time)
+
+    def assign_add(self, table: str, ids: Any, values: Any, update_time: int = 0) -> None:
+        self._assign("AssignAdd", table, ids, values, update_time)
+
+    def reinitialize(self, table: str, ids: Any, update_time: int = 0) -> None:
+        """Reset rows to the initializer (creating them if absent), with fresh optimizer state."""
+        self.table_meta(table)
+        routed = route(_as_ids(ids, f"reinitialize {table!r}"), self.num_shards)
+        requests = {}
+        for s in range(self.num_shards):
+            shard_ids = routed.shard_ids(s)
+            if shard_ids.size:
+                requests[s] = ps_pb2.ReinitializeRequest(update_time=int(update_time))
+                requests[s].tables.add(table=table, ids=shard_ids.tobytes())
+        if requests:
+            self._call_shards("Reinitialize", requests)
+
+    def evict(self, tables: Iterable[str] | None = None) -> dict[str, int]:
+        """Remove expired rows on every shard; rows removed per table."""
+        request = ps_pb2.EvictRequest(tables=list(tables or []))
+        total: dict[str, int] = {}
+        for resp in self._call_shards("Evict", {s: request for s in range(self.num_shards)}).values():
+            for name, n in resp.removed.items():
+                total[name] = total.get(name, 0) + int(n)
+        return total
+
+    # -- dense variables -------------------------------------------------------------------------
+    def create_dense(self, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
+        """{name: {"shape", "optimizer", "initial_value"}}; idempotent, the first creator's value wins."""
+        if not isinstance(variables, Mapping) or not variables:
+            raise ValueError("create_dense expects a non-empty {name: spec} dict")
+        per_shard: dict[int, ps_pb2.DenseCreateRequest] = {}
+        shapes = {}
+        for name, spec in variables.items():
+            where = f"dense variable {name!r}"
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"dense variable names must be non-empty strings, got {name!r}")
+            unknown = set(spec) - {"shape", "optimizer", "initial_value"}
+            if unknown:
+                raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+            shape = spec.get("shape")
+            if (not isinstance(shape, list | tuple) or not shape
+                    or not all(isinstance(d, int | np.integer) and d > 0 for d in shape)):
+                raise ValueError(f"{where}: shape must be a non-empty list of positive ints, got {shape!r}")
+            shape = tuple(int(d) for d in shape)
+            msg = ps_pb2.DenseVariable(name=name, shape=shape)
+            optimizer_to_proto(spec.get("optimizer"), msg.optimizer, f"{where}.optimizer")
+            if spec.get("initial_value") is not None:
+                initial = np.asarray(spec["initial_value"], dtype=np.float32)
+                if initial.shape != shape:
+                    raise ValueError(f"{where}: initial_value has shape {initial.shape}, expected {shape}")
+                if not np.isfinite(initial).all():
+                    raise ValueError(f"{where}: initial_value contains NaN/Inf")
+                msg.initial_value = initial.tobytes()
+            per_shard.setdefault(dense_owner(name, self.num_shards), ps_pb2.DenseCreateRequest()).variables.append(msg)
+            shapes[name] = shape
+        created: dict[str, bool] = {}
+        for resp in self._call_shards("DenseCreate", per_shard).values():
+            created.update(resp.created)
+        self._dense_shapes.update(shapes)
+        return created
+
+    def dense_pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        if names is None:
+            requests = {s: ps_pb2.DensePullRequest() for s in range(self.num_shards)}
+        else:
+            requests = {}
+            for name in names:
+                requests.setdefault(dense_owner(name, self.num_shards), ps_pb2.DensePullRequest()).names.append(name)
+        out = {}
+        for resp in self._call_shards("DensePull", requests).values():
+            for v in resp.values:
+                shape = tuple(v.shape)
+                out[v.name] = rows_from_bytes(v.values, 1, math.prod(shape), f"DensePull {v.name!r}").reshape(shape)
+                self._dense_shapes[v.name] = shape
+        return out
+
+    def dense_push(self, grads: Mapping[str, Any], global_step: int = 0, learning_rate: float | None = None) -> None:
+        """Apply each variable's optimizer on its shard with these gradients."""
+        if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate >= 0):
+            raise ValueError(f"dense_push: learning_rate must be a finite non-negative float, got {learning_rate}")
+        per_shard: dict[int, ps_pb2.DensePushRequest] = {}
+        for name, grad in grads.items():
+            g = np.asarray(grad, dtype=np.float32)
+            shape = self._dense_shapes.get(name)
+            if shape is not None and g.shape != shape:
+                raise ValueError(f"dense_push {name!r}: gradient shape {g.shape}, variable shape {shape}")
+            if not np.isfinite(g).all():
+                raise ValueError(f"dense_push {name!r}: gradient contains NaN/Inf")
+            req = per_shard.setdefault(dense_owner(name, self.num_shards),
+                                       ps_pb2.DensePushRequest(global_step=int(global_step)))
+            if learning_rate is not None:
+                req.learning_rate = float(learning_rate)
+            req.grads.add(name=name, values=g.tobytes())
+        if per_shard:
+            self._call_shards("DensePush", per_shard)
+
+    # -- global step (shard 0) -------------------------------------------------------------------
+    def increment_global_step(self, n: int = 1) -> int:
+        if int(n) < 0:
+            raise ValueError(f"increment_global_step: n must be >= 0, got {n}")
+        return int(self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=int(n))).global_step)
+
+    def global_step(self) -> int:
+        return self.increment_global_step(0)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, checkpoint_dir: str, step: int) -> str:
+        """Coordinated checkpoint: every shard publishes its part, then the manifest is written; keeps the last K."""
+        path = ckpt.checkpoint_path(checkpoint_dir, int(step))
+        path.mkdir(parents=True, exist_ok=True)
+        ckpt.invalidate(path)
+        request = ps_pb2.SaveRequest(checkpoint_path=str(path), step=int(step))
+        self._call_shards("Save", {s: request for s in range(self.num_shards)})
+        ckpt.write_manifest(path, int(step), self.num_shards)
+        removed = ckpt.prune(checkpoint_dir, self.keep_checkpoints)
+        if removed:
+            log.info("removed old checkpoints %s", [p.name for p in removed])
+        return str(path)
+
+    def restore(self, checkpoint_dir: str, step: int | None = None) -> str:
+        """Every shard loads the ids it owns from a complete checkpoint written by any number of shards."""
+        path = ckpt.resolve(checkpoint_dir, step)
+        request = ps_pb2.RestoreRequest(checkpoint_path=str(path))
+        self._call_shards("Restore", {s: request for s in range(self.num_shards)})
+        self._tables.clear()
+        self._dense_shapes.clear()
+        return str(path)
+
+    @staticmethod
+    def latest_checkpoint(checkpoint_dir: str) -> str | None:
+        path = ckpt.latest_checkpoint(checkpoint_dir)
+        return None if path is None else str(path)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def health(self) -> list[dict[str, Any]]:
+        """One dict per shard; a shard that does not answer shows serving=False and the error."""
+        out = []
+        for shard, stub in enumerate(self._stubs):
+            entry: dict[str, Any] = {"shard": shard, "address": self.addresses[shard]}
+            try:
+                h = stub.Health(ps_pb2.HealthRequest(), timeout=min(self.timeout_s, 5.0))
+                entry.update(shard_index=h.shard_index, num_shards=h.num_shards, serving=h.serving, pid=h.pid,
+                             uptime_s=h.uptime_s, server_model=h.server_model, num_tables=h.num_tables,
+                             num_dense=h.num_dense, restored_from=h.restored_from, global_step=h.global_step)
+            except grpc.RpcError as exc:
+                entry.update(serving=False, error=f"{exc.code().name}: {exc.details()}")
+            out.append(entry)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Rows and bytes per table (summed over shards and per shard), process RSS and request counts."""
+        responses = self._call_shards("Stats", {s: ps_pb2.StatsRequest() for s in range(self.num_shards)})
+        shards, tables = [], {}
+        for s in range(self.num_shards):
+            r = responses[s]
+            shards.append({
+                "shard": s, "address": self.addresses[s], "rows": r.total_rows, "memory_bytes": r.total_memory_bytes,
+                "rss_bytes": r.rss_bytes, "requests": dict(r.requests), "errors": dict(r.errors),
+                "tables": {t.name: {"rows": t.rows, "memory_bytes": t.memory_bytes} for t in r.tables},
+                "dense": sorted(t.name for t in r.dense),
+            })
+            for t in r.tables:
+                entry = tables.setdefault(t.name, {"rows": 0, "memory_bytes": 0, "dim": t.dim,
+                                                   "segment_dims": list(t.segment_dims),
+                                                   "config": json.loads(t.config_json)})
+                entry["rows"] += t.rows
+                entry["memory_bytes"] += t.memory_bytes
+        return {"num_shards": self.num_shards, "tables": tables, "shards": shards,
+                "total_rows": sum(s["rows"] for s in shards),
+                "total_memory_bytes": sum(s["memory_bytes"] for s in shards)}

@@ -1,0 +1,128 @@
+"""Role processes serve metrics over HTTP; a real Prometheus scrapes them; the exit hook counts signals."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from services import exit_hook
+from services.ports import free_port
+from tests.processes import wait_for
+from tests.scrape import Scrape, scrape
+
+pytestmark = pytest.mark.slow
+
+
+def _port_of(group, proc) -> int:
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"target exited {proc.returncode}:\n{group.log_of(proc)}")
+        for line in group.log_of(proc).splitlines():
+            if line.startswith("METRICS_PORT "):
+                return int(line.split()[1])
+        return None
+    return wait_for(ready, timeout=30, what="METRICS_PORT line")
+
+
+def _start_target(group, *args, env=None):
+    proc = group.start(["-m", "tests.metrics_target", *args], env=env, name="metrics-target")
+    return proc, _port_of(group, proc)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_is_counted_at_exit(processes, tmp_path, sig):
+    textfile = tmp_path / "ps1.prom"
+    proc, port = _start_target(processes, "--role", "ps", "--index", "1", "--exit-hook",
+                               env={"MONOLITH_METRICS_TEXTFILE": str(textfile)})
+    live = scrape(port)
+    assert live.value("monolith_training_target_requests_total", role="ps", index="1") == 3
+    assert live.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig=int(sig)) is None
+    assert processes.stop(proc, sig) == 128 + sig
+    exported = Scrape(textfile.read_text())
+    assert exported.value("monolith_training_exit_hook_total", server_type="ps", index="1", sig=int(sig)) == 1
+    assert exported.value("monolith_training_target_requests_total", role="ps", index="1") == 3
+    assert "exit_hook emitted" in processes.log_of(proc)
+
+
+def test_hook_chains_to_a_graceful_handler(processes, tmp_path):
+    textfile = tmp_path / "w0.prom"
+    proc, _port = _start_target(processes, "--role", "worker", "--index", "0", "--exit-hook", "--chain",
+                                env={"MONOLITH_METRICS_TEXTFILE": str(textfile)})
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(20) == 0
+    assert f"GRACEFUL {int(signal.SIGHUP)}" in processes.log_of(proc)
+    exported = Scrape(textfile.read_text())
+    assert exported.value("monolith_training_exit_hook_total", server_type="worker", index="0", sig="1") == 1
+
+
+def test_no_signal_no_exit_metric(tmp_path):
+    textfile = tmp_path / "clean.prom"
+    code = ("from services import exit_hook; from services.metrics import get_cli; "
+            "exit_hook.install('ps', 2); get_cli().emit_counter('clean.exit', 1); get_cli().flush()")
+    env = {**os.environ, "MONOLITH_METRICS_TEXTFILE": str(textfile)}
+    env.setdefault("PYTHONPATH", os.getcwd())
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    text = textfile.read_text()
+    assert "monolith_training_clean_exit_total 1.0" in text
+    assert "exit_hook" not in text
+
+
+def test_install_outside_main_thread_is_refused():
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, exit_hook.install, "ps", 0)))
+    t.start()
+    t.join()
+    assert "main thread" in str(errors[0].value)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="the `prometheus` binary is not installed (make prometheus-server)")
+def test_prometheus_scrapes_ps_and_worker(processes, tmp_path):
+    _ps, ps_port = _start_target(processes, "--role", "ps", "--index", "0", "--value", "2.5")
+    _w, w_port = _start_target(processes, "--role", "worker", "--index", "0", "--value", "7.25")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        f"  - job_name: ps\n    static_configs:\n      - targets: ['127.0.0.1:{ps_port}']\n"
+        f"  - job_name: worker\n    static_configs:\n      - targets: ['127.0.0.1:{w_port}']\n"
+    )
+    api_port = free_port()
+    prom = processes.start(
+        ["-c", "import os, sys; os.execv(sys.argv[1], sys.argv[1:])", PROMETHEUS,
+         f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{api_port}"],
+        name="prometheus",
+    )
+
+    def query(expr):
+        if prom.poll() is not None:
+            raise AssertionError(f"prometheus exited {prom.returncode}:\n{processes.log_of(prom)}")
+        url = f"http://127.0.0.1:{api_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = json.loads(resp.read())
+        except OSError:
+            return None
+        assert body["status"] == "success", body
+        return body["data"]["result"] or None
+
+    result = wait_for(lambda: (r := query("monolith_training_target_value")) and len(r) == 2 and r,
+                      timeout=60, interval=0.5, what="prometheus to scrape both targets")
+    by_job = {r["metric"]["job"]: r for r in result}
+    assert float(by_job["ps"]["value"][1]) == 2.5
+    assert float(by_job["worker"]["value"][1]) == 7.25
+    assert by_job["ps"]["metric"]["role"] == "ps" and by_job["worker"]["metric"]["role"] == "worker"
+    assert by_job["ps"]["metric"]["instance"] == f"127.0.0.1:{ps_port}"
+    counters = query('monolith_training_target_requests_total{job="worker"}')
+    assert float(counters[0]["value"][1]) == 3
+    up = query("up")
+    assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0]

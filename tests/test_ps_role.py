@@ -1,0 +1,36 @@
+"""A PS shard under `monolith run`: readiness through the Health RPC probe, clean exit on SIGTERM."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from services.ports import free_port
+from tests import cluster_parts
+from tests.processes import wait_for
+from tests.test_launch_lifecycle import RUN, hand_made_env
+
+cluster_parts.require("ps.server_main", "services.ps_client")
+
+pytestmark = pytest.mark.slow
+
+
+def probe(addr: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.launch.health_probe", "--ps", addr, "--timeout", "2"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ps_role_is_probed_ready_and_stops_cleanly_on_sigterm(processes):
+    roles = {"ps": [free_port()], "worker": [free_port()]}
+    addr = f"127.0.0.1:{roles['ps'][0]}"
+    ps = processes.start(RUN, env=hand_made_env(roles, "ps", 0), name="ps-role")
+    wait_for(lambda: "ready" in processes.log_of(ps) or ps.poll() is not None, 90, what="ps ready")
+    assert ps.poll() is None, processes.log_of(ps)
+    ok = probe(addr)
+    assert ok.returncode == 0 and "is serving" in ok.stdout, ok.stdout + ok.stderr
+    assert processes.stop(ps, signal.SIGTERM) == 0, processes.log_of(ps)
+    assert "ps:0 stopped" in processes.log_of(ps)
+    down = probe(addr)
+    assert down.returncode == 1 and "not healthy" in down.stderr

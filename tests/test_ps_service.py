@@ -1,0 +1,302 @@
+"""Every PS RPC against real shard processes on loopback, checked against an in-process store."""
+import re
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import ps_pb2
+from ps.table import EmbeddingTable
+from services.ps_client import PSClient, PSError, PSNotFound
+from tests.ps_cluster import start_shard, wait_ready
+
+pytestmark = pytest.mark.slow
+
+USER = {"segments": [
+    {"dim": 1, "initializer": {"type": "constant", "value": 0.5}, "optimizer": {"type": "sgd", "learning_rate": 0.3}},
+    {"dim": 7, "initializer": {"type": "zeros"},
+     "optimizer": {"type": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 0.1}},
+]}
+ITEM = {"dim": 4, "initializer": {"type": "ones"}, "optimizer": {"type": "sgd", "learning_rate": 0.05}}
+EXPIRING = {"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 0.1}, "expire_time_days": 1}
+MAX_MB = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(module_processes):
+    procs = [start_shard(module_processes, i, 2, extra=["--max-message-mb", str(MAX_MB)]) for i in range(2)]
+    aio = start_shard(module_processes, 0, 1, extra=["--server-model", "aio"])
+    shards = [wait_ready(module_processes, p) for p in procs]
+    aio_shard = wait_ready(module_processes, aio)
+    client = PSClient([s.address for s in shards], timeout_s=20, retries=2)
+    client.wait_until_ready(30)
+    client.create_tables({"user": USER, "item": ITEM, "expiring": EXPIRING})
+    yield {"shards": shards, "client": client, "aio": aio_shard, "group": module_processes}
+    client.close()
+
+
+def raw_call(address, method, payload: bytes):
+    with grpc.insecure_channel(address) as ch:
+        return ch.unary_unary(f"/monolith.ps.ParameterServer/{method}")(payload, timeout=20)
+
+
+def rpc_error(address, method, payload: bytes) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        raw_call(address, method, payload)
+    return info.value
+
+
+def snapshot(client):
+    ids = np.arange(-40, 40)
+    return {t: client.lookup(t, ids) for t in ("user", "item")}, client.stats()["total_rows"]
+
+
+def test_health_reports_each_shard(cluster):
+    health = cluster["client"].health()
+    assert [(h["shard_index"], h["num_shards"], h["serving"]) for h in health] == [(0, 2, True), (1, 2, True)]
+    assert {h["server_model"] for h in health} == {"sync"}
+    assert all(h["pid"] == s.proc.pid for h, s in zip(health, cluster["shards"]))
+
+
+def test_create_tables_is_idempotent_and_refuses_a_conflict(cluster):
+    client = cluster["client"]
+    assert client.create_tables({"item": dict(ITEM)})["item"].dim == 4
+    with pytest.raises(PSError) as info:
+        client.create_tables({"item": {**ITEM, "dim": 5}})
+    assert info.value.code is grpc.StatusCode.ALREADY_EXISTS
+    assert "'item'" in str(info.value) and "shard" in str(info.value)
+    assert client.table_meta("item").dim == 4
+
+
+def test_sharded_updates_match_a_single_in_process_store(cluster):
+    client = cluster["client"]
+    ref = {"user": EmbeddingTable.from_dict(USER), "item": EmbeddingTable.from_dict(ITEM)}
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        batch = {}
+        for name, t in ref.items():
+            ids = (rng.zipf(1.3, size=300) * rng.choice([-1, 1], size=300)).astype(np.int64) % 5000 - 2500
+            batch[name] = (ids, rng.normal(size=(ids.size, t.dim)).astype(np.float32))
+        lrs = {"user": [0.2, 0.05]} if step == 3 else None
+        client.apply_gradients_many(batch, global_step=step, learning_rates=lrs)
+        for name, (ids, grads) in batch.items():
+            lr = (lrs or {}).get(name)
+            ref[name].apply_gradients(ids, grads, global_step=step, learning_rates=lr)
+    assign_ids = np.array([-7, 3, 10_000_000_000, -10_000_000_001], np.int64)
+    values = rng.normal(size=(4, 4)).astype(np.float32)
+    client.assign("item", assign_ids, values)
+    ref["item"].assign(assign_ids, values)
+    client.assign_add("item", assign_ids[:2], values[:2])
+    ref["item"].assign_add(assign_ids[:2], values[:2])
+    client.reinitialize("user", np.array([1, 2, -3]))
+    ref["user"].reinitialize(np.array([1, 2, -3]))
+    client.apply_gradients("user", np.array([5, 5, -9]), np.ones((3, 8), np.float32), global_step=9)
+    ref["user"].apply_gradients(np.array([5, 5, -9]), np.ones((3, 8), np.float32), global_step=9)
+
+    probe = np.concatenate([np.arange(-2600, 2600), assign_ids, [123456789]]).astype(np.int64)
+    probe = np.concatenate([probe, probe[::7]])  # duplicates come back in input order
+    for name, t in ref.items():
+        np.testing.assert_allclose(client.lookup(name, probe), t.lookup(probe), rtol=2e-6, atol=1e-7)
+    per_shard = client.stats()["shards"]
+    for name, t in ref.items():
+        stored = np.unique(probe)[np.any(t.lookup(np.unique(probe)) != 0, axis=1) | (name == "item")]
+        assert sum(s["tables"][name]["rows"] for s in per_shard) == t.size
+        for s in per_shard:
+            assert s["tables"][name]["rows"] <= t.size
+        if name == "item":  # every item row is non-zero (ones initializer): check exact ownership counts
+            owned = [int(np.sum(np.mod(stored[np.any(t.lookup(stored) != 0, axis=1)], 2) == k)) for k in range(2)]
+            assert [s["tables"]["item"]["rows"] for s in per_shard] == owned
+
+    half = PSClient(client.addresses, float16_lookup=True)
+    try:
+        got = half.lookup("user", probe)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref["user"].lookup(probe).astype(np.float16).astype(np.float32), rtol=1e-3)
+    finally:
+        half.close()
+
+
+def test_lookup_many_is_one_call_for_all_tables(cluster):
+    client = cluster["client"]
+    before = {s["shard"]: s["requests"].get("Lookup", 0) for s in client.stats()["shards"]}
+    out = client.lookup_many({"user": [1, 2, 3], "item": [4, -4, 4, 99]})
+    after = {s["shard"]: s["requests"].get("Lookup", 0) for s in client.stats()["shards"]}
+    assert out["user"].shape == (3, 8) and out["item"].shape == (4, 4)
+    np.testing.assert_array_equal(out["item"][0], out["item"][2])
+    assert all(after[k] - before[k] == 1 for k in before)
+    np.testing.assert_array_equal(client.lookup("item", np.zeros(0, np.int64)), np.zeros((0, 4), np.float32))
+
+
+def test_evict_removes_rows_expired_in_data_time(cluster):
+    client = cluster["client"]
+    client.assign("expiring", [1, 2, 3], np.ones((3, 2)), update_time=0)
+    # each shard's table keeps its own data clock (max update time seen), so advance both
+    client.assign("expiring", [4, 5], np.ones((2, 2)), update_time=3 * 86400)
+    assert client.evict(["expiring"]) == {"expiring": 3}
+    np.testing.assert_array_equal(client.lookup("expiring", [1, 2, 3, 4, 5]), [[0, 0]] * 3 + [[1, 1]] * 2)
+
+
+def test_dense_push_pull_matches_numpy(cluster):
+    client = cluster["client"]
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(3, 4)).astype(np.float32)
+    b0 = rng.normal(size=4).astype(np.float32)
+    adagrad = {"type": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 0.1}
+    created = client.create_dense({"tower/w": {"shape": [3, 4], "optimizer": adagrad, "initial_value": w0},
+                                   "tower/b": {"shape": [4], "optimizer": {"type": "sgd", "learning_rate": 0.5},
+                                               "initial_value": b0}})
+    assert created == {"tower/w": True, "tower/b": True}
+    again = client.create_dense({"tower/w": {"shape": [3, 4], "optimizer": adagrad, "initial_value": w0 + 1}})
+    assert again == {"tower/w": False}  # the first creator's value wins
+    w, acc, b = w0.astype(np.float64), np.full((3, 4), 0.1), b0.astype(np.float64)
+    for step in range(4):
+        gw, gb = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+        lr = 0.02 if step == 2 else None
+        client.dense_push({"tower/w": gw, "tower/b": gb}, global_step=step, learning_rate=lr)
+        acc = acc + gw.astype(np.float64) ** 2
+        w = w - (lr or 0.1) * gw / np.sqrt(acc)
+        b = b - (lr or 0.5) * gb
+    pulled = client.dense_pull()
+    np.testing.assert_allclose(pulled["tower/w"], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pulled["tower/b"], b, rtol=1e-5, atol=1e-6)
+    assert set(client.dense_pull(["tower/b"])) == {"tower/b"}
+    with pytest.raises(PSError) as info:
+        client.create_dense({"tower/w": {"shape": [4, 3], "optimizer": adagrad}})
+    assert info.value.code is grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(ValueError, match="gradient shape"):
+        client.dense_push({"tower/w": np.ones((4, 3))})
+    with pytest.raises(PSNotFound, match="unknown dense variable 'nope'"):
+        client.dense_pull(["nope"])
+
+
+def test_global_step_is_shared_and_atomic(cluster):
+    client = cluster["client"]
+    start = client.global_step()
+    others = [PSClient(client.addresses) for _ in range(3)]
+    threads = [threading.Thread(target=lambda c=c: [c.increment_global_step() for _ in range(20)]) for c in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.global_step() == start + 60
+    assert client.increment_global_step(5) == start + 65
+    for c in others:
+        c.close()
+    with pytest.raises(PSError, match="shard 0"):
+        raw = ps_pb2.GlobalStepRequest(increment=1).SerializeToString()
+        try:
+            raw_call(cluster["shards"][1].address, "GlobalStep", raw)
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.FAILED_PRECONDITION
+            raise PSError(exc.details()) from None
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c.lookup("nope", [1]), "unknown table 'nope'"),
+    (lambda c: c.lookup("user", [1.5, 2.0]), "must be integers"),
+    (lambda c: c.lookup("user", [[1, 2]]), "1-D"),
+    (lambda c: c.apply_gradients("user", [1, 2], np.ones((2, 4))), r"expected shape \(2, 8\)"),
+    (lambda c: c.apply_gradients("user", [1, 2, 3], np.ones((2, 8))), r"expected shape \(3, 8\)"),
+    (lambda c: c.apply_gradients("user", [1, 2], np.array([[np.nan] * 8, [0] * 8])), "NaN/Inf"),
+    (lambda c: c.assign("item", [1], np.array([[np.inf, 0, 0, 0]])), "NaN/Inf"),
+    (lambda c: c.apply_gradients("user", [1], np.ones((1, 8)), learning_rates=[0.1]), "one per segment"),
+    (lambda c: c.create_tables({"t": {"dim": "8"}}), "dim"),
+    (lambda c: c.create_dense({"d": {"shape": [0], "optimizer": {"type": "sgd"}}}), "positive ints"),
+    (lambda c: PSClient(c.addresses, max_message_bytes=1 << 20).lookup("user", np.arange(80_000)), "split the batch"),
+])
+def test_client_rejects_bad_input_before_sending(cluster, call, message):
+    client = cluster["client"]
+    before = snapshot(client)
+    with pytest.raises(ValueError, match=message):
+        call(client)
+    after = snapshot(client)
+    assert after[1] == before[1]
+    for t in before[0]:
+        np.testing.assert_array_equal(after[0][t], before[0][t])
+
+
+def _update(table, ids, values, dtype="<f4"):
+    return ps_pb2.TableUpdate(table=table, ids=np.asarray(ids, "<i8").tobytes(),
+                              values=np.asarray(values, dtype).tobytes())
+
+
+def _apply(*updates):
+    return ps_pb2.ApplyGradientsRequest(tables=list(updates)).SerializeToString()
+
+
+GOOD = _update("item", [2, 4], np.ones((2, 4)))  # shard 0 owns even ids
+BAD_REQUESTS = [
+    ("ApplyGradients", _apply(_update("nope", [2], np.ones((1, 4)))), grpc.StatusCode.NOT_FOUND,
+     "unknown table 'nope'"),
+    ("ApplyGradients", _apply(_update("item", [2], np.ones((1, 8)))), grpc.StatusCode.INVALID_ARGUMENT,
+     "expected 1 ids x dim 4"),
+    ("Assign", ps_pb2.UpdateRequest(tables=[_update("item", [2, 4, 6], np.ones((2, 4)))]).SerializeToString(),
+     grpc.StatusCode.INVALID_ARGUMENT, "expected 3 ids x dim 4"),
+    ("ApplyGradients", _apply(GOOD, _update("item", [6], [[0, np.nan, 0, 0]])), grpc.StatusCode.INVALID_ARGUMENT,
+     "NaN/Inf"),
+    ("AssignAdd", ps_pb2.UpdateRequest(tables=[GOOD, _update("item", [6], [[np.inf, 0, 0, 0]])]).SerializeToString(),
+     grpc.StatusCode.INVALID_ARGUMENT, "NaN/Inf"),
+    ("Lookup", ps_pb2.LookupRequest(tables=[ps_pb2.TableIds(table="item", ids=b"\x02" * 13)]).SerializeToString(),
+     grpc.StatusCode.INVALID_ARGUMENT, "13 bytes, not a multiple of 8"),
+    ("ApplyGradients", b"\xff\xfe garbage \x00\x01", grpc.StatusCode.INVALID_ARGUMENT,
+     "malformed ApplyGradientsRequest"),
+    ("ApplyGradients", _apply(GOOD)[:-7], grpc.StatusCode.INVALID_ARGUMENT, "malformed ApplyGradientsRequest"),
+    ("ApplyGradients", _apply(GOOD, _update("item", [3], np.ones((1, 4)))), grpc.StatusCode.FAILED_PRECONDITION,
+     "do not belong to shard 0"),
+    ("ApplyGradients", _apply(_update("item", np.arange(0, 2 * 200_000, 2), np.ones((200_000, 4)))),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+    ("Restore", ps_pb2.RestoreRequest(checkpoint_path="/nonexistent/ckpt-1").SerializeToString(),
+     grpc.StatusCode.FAILED_PRECONDITION, "does not exist"),
+    ("DenseCreate", ps_pb2.DenseCreateRequest(variables=[ps_pb2.DenseVariable(
+        name="x", shape=[2], optimizer=ps_pb2.Optimizer(type="no-such-optimizer"))]).SerializeToString(),
+     None, "x"),
+]
+
+
+@pytest.mark.parametrize("method, payload, code, message", BAD_REQUESTS,
+                         ids=[f"{m}-{i}" for i, (m, *_r) in enumerate(BAD_REQUESTS)])
+def test_server_rejects_bad_requests_and_keeps_its_state(cluster, method, payload, code, message):
+    client, shard0 = cluster["client"], cluster["shards"][0]
+    before = snapshot(client)
+    err = rpc_error(shard0.address, method, payload)
+    if code is not None:
+        assert err.code() is code, err.details()
+    else:  # the dense-variable owner may be shard 1 (FAILED_PRECONDITION) or the optimizer is refused
+        assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    assert message in err.details()
+    after = snapshot(client)
+    assert after[1] == before[1]
+    for t in before[0]:
+        np.testing.assert_array_equal(after[0][t], before[0][t])
+    assert shard0.proc.poll() is None
+    assert client.health()[0]["serving"]
+
+
+def test_metrics_endpoint_counts_requests_and_rows(cluster):
+    shard = cluster["shards"][0]
+    cluster["client"].lookup("item", [0, 2])
+    text = urllib.request.urlopen(f"http://{shard.metrics}/metrics", timeout=10).read().decode()
+    assert re.search(r'monolith_ps_requests_total\{code="OK",method="Lookup",shard="0"\} [1-9]', text)
+    assert 'monolith_ps_request_seconds_bucket{le="0.001",method="Lookup",shard="0"}' in text
+    assert re.search(r'monolith_ps_table_rows\{shard="0",table="item"\} \d', text)
+    assert "process_resident_memory_bytes" in text
+
+
+def test_aio_server_model_serves_the_same_service(cluster):
+    aio = cluster["aio"]
+    with PSClient([aio.address]) as client:
+        client.wait_until_ready(20)
+        assert client.health()[0]["server_model"] == "aio"
+        client.create_tables({"item": ITEM})
+        client.apply_gradients("item", [1, 1, -2], np.ones((3, 4)))
+        np.testing.assert_allclose(client.lookup("item", [1, -2, 7]), [[0.9] * 4, [0.95] * 4, [0] * 4], rtol=1e-6)
+        err = rpc_error(aio.address, "Lookup", b"\x0a\xff\xff")
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "malformed LookupRequest" in err.details()
+
+
+def test_sigterm_stops_gracefully(cluster):
+    group, aio = cluster["group"], cluster["aio"]
+    assert group.stop(aio.proc) == 0
+    assert "stopped" in group.log_of(aio.proc)

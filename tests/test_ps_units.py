@@ -1,0 +1,116 @@
+"""In-process pieces of the PS service: config codec, client routing kernels, ownership, checkpoint layout."""
+import json
+
+import numpy as np
+import pytest
+
+from ps import checkpoint as ckpt
+from ps.config_codec import table_config_from_proto, table_config_to_proto
+from ps.sharding import dense_owner, id_owner
+from ps.wire import ids_from_bytes, rows_from_bytes
+from services.ps_routing import route, sum_duplicates
+
+CONFIGS = [
+    {"dim": 8, "initializer": {"type": "zeros"},
+     "optimizer": {"type": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 0.1}},
+    {"segments": [
+        {"dim": 1, "initializer": {"type": "constant", "value": 0.5}, "optimizer": {"type": "sgd", "learning_rate": 1}},
+        {"dim": 7, "initializer": {"type": "random_uniform", "minval": -0.1, "maxval": 0.1, "seed": 7},
+         "optimizer": {"type": "momentum", "learning_rate": 0.01, "momentum": 0.9, "use_nesterov": True}},
+    ], "occurrence_threshold": 20, "expire_time_days": 7, "filter_capacity": 1 << 20, "note": "x",
+        "nested": {"a": [1, 2.5]}},
+    {"dim": 4, "expire_time_days": 0.5},
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_table_config_round_trips_exactly_with_types(config):
+    msg = table_config_to_proto("t", config)
+    back = table_config_from_proto(type(msg).FromString(msg.SerializeToString()))
+    assert back == config
+    assert json.dumps(back, sort_keys=True) == json.dumps(config, sort_keys=True)  # ints stay ints
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"dim": "8"}, "dim"), ({"dim": 8, "optimizer": "sgd"}, "optimizer"), ({"segments": []}, "segments"),
+    ({"dim": 8, "occurrence_threshold": 1.5}, "occurrence_threshold"), ({"dim": 8, "x": object()}, "x"),
+    ({"segments": [{"dim": 2, "optimizer": {"learning_rate": 1}}]}, "optimizer.type"),
+])
+def test_bad_config_names_the_field(config, field):
+    with pytest.raises((ValueError, TypeError), match=field.split(".")[0]):
+        table_config_to_proto("t", config)
+
+
+def test_floormod_routing_of_negative_ids_matches_facts():
+    # facts §6.3: v1 fid slot 600, int64 -7638104968020348871 -> floormod 3 = 2
+    assert id_owner(np.array([-7638104968020348871]), 3)[0] == 2
+    assert list(id_owner(np.array([-1, -3, 0, 4]), 3)) == [2, 0, 0, 1]
+
+
+def test_route_dedupes_partitions_and_reexpands():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-50, 50, size=2000).astype(np.int64)
+    for n in (1, 2, 3, 7):
+        r = route(ids, n)
+        assert sorted(r.unique.tolist()) == sorted(set(ids.tolist()))
+        for s in range(n):
+            assert (np.mod(r.shard_ids(s), n) == s).all()
+        assert sum(r.shard_ids(s).size for s in range(n)) == r.unique.size
+        parts = [(s, r.shard_ids(s).astype(np.float32)[:, None] * np.ones((1, 3), np.float32)) for s in range(n)]
+        out = r.assemble([p for p in parts if p[1].size], 3)
+        assert out.dtype == np.float32 and out.flags.writeable
+        np.testing.assert_array_equal(out, ids.astype(np.float32)[:, None] * np.ones((1, 3)))
+    grads = rng.normal(size=(ids.size, 3)).astype(np.float32)
+    r = route(ids, 3)
+    summed = sum_duplicates(r, grads)
+    for k, u in enumerate(r.unique):
+        np.testing.assert_allclose(summed[k], grads[ids == u].sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_route_without_duplicates_keeps_the_input():
+    ids = np.array([5, -2, 9], np.int64)
+    r = route(ids, 1)
+    assert r.inverse is None and r.unique is ids
+
+
+def test_dense_owner_is_stable_md5():
+    # fixed expectations: md5 is the same in every process and Python version
+    assert [dense_owner(n, 3) for n in ("dense/w", "dense/b", "tower/kernel")] == \
+        [dense_owner(n, 3) for n in ("dense/w", "dense/b", "tower/kernel")]
+    import hashlib
+    assert dense_owner("x", 5) == int.from_bytes(hashlib.md5(b"x").digest()[:8], "little") % 5
+
+
+def test_wire_decoding_rejects_truncation():
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        ids_from_bytes(b"\x01" * 13, "Lookup table 'user'")
+    with pytest.raises(ValueError, match="expected 2 ids x dim 4"):
+        rows_from_bytes(b"\x00" * 30, 2, 4, "Assign table 'user'")
+
+
+def test_latest_checkpoint_needs_a_manifest_and_prune_keeps_k(tmp_path):
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    for step in (1, 2, 3, 4):
+        path = ckpt.checkpoint_path(tmp_path, step)
+        path.mkdir()
+        if step != 4:  # step 4 is a crashed save: no manifest
+            ckpt.write_meta(path, {"step": step})
+    assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-3"
+    (ckpt.checkpoint_path(tmp_path, 3) / ckpt.MANIFEST).write_text("{truncated")
+    assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-2"
+    with pytest.raises(ckpt.CheckpointError, match="incomplete or missing"):
+        ckpt.resolve(tmp_path, 4)
+    removed = ckpt.prune(tmp_path, keep=1)
+    assert [p.name for p in removed] == ["ckpt-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-2", "ckpt-3", "ckpt-4"]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_manifest_refuses_a_missing_shard(tmp_path):
+    path = ckpt.checkpoint_path(tmp_path, 5)
+    (path / ckpt.shard_dir_name(0, 2)).mkdir(parents=True)
+    ckpt.write_meta(path / ckpt.shard_dir_name(0, 2), {
+        "step": 5, "shard_index": 0, "num_shards": 2, "global_step": 0, "tables": {}, "dense": {}})
+    with pytest.raises(ckpt.CheckpointError, match="shard 1 of .*does not exist"):
+        ckpt.write_manifest(path, 5, 2)
+    assert not (path / ckpt.MANIFEST).exists()

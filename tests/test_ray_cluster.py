@@ -1,0 +1,28 @@
+"""`monolith ray` on a private local Ray: 2 PS actors + 1 worker actor train the FFM test model."""
+from __future__ import annotations
+
+import pytest
+
+from tests import cluster_parts
+
+cluster_parts.require()
+
+pytestmark = pytest.mark.slow
+
+
+def test_ray_job_with_two_ps_and_one_worker(processes, tmp_path):
+    summary = tmp_path / "summary.json"
+    driver = processes.start(
+        ["-m", "services.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "2", "--num-workers", "1",
+         "--model", "worker.models.ffm:TestFFMModel", "--model-dir", str(tmp_path / "model"), "--max-steps", "20",
+         "--", "--summary-file", str(summary)],
+        name="ray-driver")
+    code = driver.wait(240)
+    log = processes.log_of(driver)
+    assert code == 0, log
+    assert "job finished: every actor's process exited 0" in log
+    for role in ("[ps:0]", "[ps:1]", "[worker:0]"):
+        assert role in log
+    assert "started training as the chief" in log
+    assert log.count("every worker finished") == 2
+    assert summary.exists()

@@ -1,0 +1,159 @@
+"""Local mode (in-process store): train / evaluate / predict, checkpoints and exact resume."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.tiny_models import FEATURES, VOCAB, TinyDNN
+from worker.backends import list_checkpoints
+from worker.model import Estimator, RunConfig, SgdOptimizer
+from worker.models.ffm import NUM_EXAMPLES, NUM_SLOTS, TestFFMModel, generate_ffm_examples
+
+
+def test_ffm_trains_evaluates_and_predicts(tmp_path):
+    model = TestFFMModel()
+    model.output_path = str(tmp_path / "pred")
+    model.output_fields = "label"
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path / "m"), log_step_count_steps=1000))
+    stats = est.train(40)
+    assert stats["global_step"] == 40 and stats["examples"] == 40 * NUM_EXAMPLES
+    metrics = est.evaluate()
+    assert metrics["examples"] == NUM_EXAMPLES and metrics["ctr_auc"] > 0.95
+    assert metrics["loss"] < NUM_EXAMPLES * np.log(2) / 2
+    assert est.table_sizes() == {f"slot_{i}": 5 for i in range(NUM_SLOTS)}
+    # bias + 1 FFM vector per pair the slot takes part in
+    dims = {n: s.dim for n, s in model.ctx.feature_factory.slots.items()}
+    assert dims == {"slot_0": 5, "slot_1": 5, "slot_2": 5, "slot_3": 4, "slot_4": 4, "slot_5": 4}
+    preds = list(est.predict())
+    assert len(preds) == NUM_EXAMPLES and set(preds[0]) == {"ctr"}
+    lines = (tmp_path / "pred" / "part-00000").read_text().splitlines()
+    assert len(lines) == NUM_EXAMPLES
+    labels = generate_ffm_examples()["label"]
+    for line, p, lb in zip(lines, preds, labels):
+        label_text, pred_text = line.split("\t")
+        assert float(label_text) == lb and float(pred_text) == pytest.approx(float(p["ctr"]), rel=1e-6)
+
+
+def _run(model_dir, steps, save_every=None, keep=5):
+    model = TinyDNN(SgdOptimizer(0.3))
+    est = Estimator(model, RunConfig(model_dir=model_dir, save_checkpoints_steps=save_every, keep_checkpoint_max=keep,
+                                     log_step_count_steps=1000))
+    est.train(steps)
+    tables = est.backend.lookup({f: np.arange(VOCAB, dtype=np.int64) for f in FEATURES})
+    return est, tables, [v.numpy() for v in est.dense_variables()]
+
+
+def test_checkpoint_every_n_keep_k_and_exact_resume(tmp_path):
+    _, ref_tables, ref_dense = _run(str(tmp_path / "straight"), 12)
+    resumed_dir = str(tmp_path / "resumed")
+    _run(resumed_dir, 8, save_every=4, keep=2)
+    assert list_checkpoints(resumed_dir) == [4, 8]
+    _run(resumed_dir, 6)  # already past 6: restores step 8 and does nothing
+    est, tables, dense = _run(resumed_dir, 12, save_every=4, keep=2)
+    assert est.backend.global_step() == 12 and list_checkpoints(resumed_dir) == [8, 12]
+    assert not [n for n in os.listdir(resumed_dir) if n.startswith(".")]  # no half-written checkpoint left
+    for f in FEATURES:
+        np.testing.assert_array_equal(tables[f], ref_tables[f])
+    for a, b in zip(dense, ref_dense):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_finite_input_stops_training_and_bad_arguments(tmp_path):
+    model = TinyDNN(SgdOptimizer(0.1), repeat=False)
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
+    stats = est.train(1000)
+    assert stats["global_step"] == 30  # NUM_BATCHES of data, then the input is exhausted
+    with pytest.raises(ValueError, match="max_steps"):
+        est.train(-1)
+    for kwargs, field in [({"num_workers": 0}, "num_workers"), ({"worker_index": 2, "num_workers": 2}, "worker_index"),
+                          ({"staleness": -1}, "staleness"), ({"ps_addresses": []}, "ps_addresses"),
+                          ({"ps_addresses": ["nohost"]}, "ps_addresses"), ({"dispatcher": "localhost:1"}, "dispatcher"),
+                          ({"save_checkpoints_steps": 0}, "save_checkpoints_steps"),
+                          ({"keep_checkpoint_max": 0}, "keep_checkpoint_max")]:
+        with pytest.raises(ValueError, match=field):
+            RunConfig(model_dir=str(tmp_path), **kwargs)
+    with pytest.raises(ValueError, match="model_dir"):
+        RunConfig(model_dir="")
+
+
+def test_input_errors_name_the_feature(tmp_path):
+    class DenseIds(TinyDNN):
+        def input_fn(self, mode):
+            return tf.data.Dataset.from_tensors({"f0": tf.constant([[1, 2]], tf.int64), "label": tf.constant([1.0])})
+
+    with pytest.raises(ValueError, match="'f0' is not a ragged int64"):
+        Estimator(DenseIds(SgdOptimizer(0.1)), RunConfig(model_dir=str(tmp_path))).train(1)
+
+    class FloatRagged(TinyDNN):
+        def input_fn(self, mode):
+            return tf.data.Dataset.from_tensors({"f0": tf.ragged.constant([[1.0]]), "label": tf.constant([1.0])})
+
+    with pytest.raises(ValueError, match="'f0' must be a ragged int64"):
+        Estimator(FloatRagged(SgdOptimizer(0.1)), RunConfig(model_dir=str(tmp_path))).train(1)
+
+    class NotDict(TinyDNN):
+        def input_fn(self, mode):
+            return tf.data.Dataset.from_tensors(tf.constant([1.0]))
+
+    with pytest.raises(ValueError, match="dicts of features"):
+        Estimator(NotDict(SgdOptimizer(0.1)), RunConfig(model_dir=str(tmp_path))).train(1)
+
+
+def test_hooks_protocol_and_unknown_fetch(tmp_path):
+    calls = []
+
+    class Hook:
+        def begin(self): calls.append("begin")
+        def before_step(self, ctx): return ["ctr", "label:ctr"]
+        def after_step(self, ctx, result):
+            calls.append((ctx.global_step, result.global_step, result.fetches["ctr"].shape, result.batch_size))
+        def end(self): calls.append("end")
+
+    est = Estimator(TinyDNN(SgdOptimizer(0.1)), RunConfig(model_dir=str(tmp_path)), hooks=[Hook()])
+    est.train(3)
+    assert calls[0] == "begin" and calls[-1] == "end"
+    assert calls[1:-1] == [(i, i + 1, (32,), 32) for i in range(3)]
+
+    class Bad:
+        def begin(self): pass
+        def before_step(self, ctx): return ["nope"]
+        def after_step(self, ctx, result): pass
+        def end(self): calls.append("bad-end")
+
+    est.hooks = [Bad()]
+    with pytest.raises(KeyError, match="nope"):
+        est.train(5)
+    assert calls[-1] == "bad-end"
+
+
+def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
+    from worker.entry import ZerosInitializer
+    from worker.estimator_spec import EstimatorSpec
+    from worker.learning_rate_functions import PolynomialDecay
+    from worker.native_model import MonolithModel
+
+    class LinearModel(MonolithModel):
+        def input_fn(self, mode):
+            return tf.data.Dataset.from_tensors({"x": tf.ragged.constant([[1], [1, 2]], tf.int64),
+                                                 "label": tf.constant([0.0, 1.0])}).repeat()
+
+        def model_fn(self, features, mode):
+            self.create_embedding_feature_column("x")
+            (a,) = self.lookup_embedding_slice([("x", 2)], "a", initializer=ZerosInitializer(),
+                                               optimizer=SgdOptimizer(9.0),
+                                               learning_rate_fn=PolynomialDecay(0.5, 4, end_learning_rate=0.1))
+            (b,) = self.lookup_embedding_slice(["x"], "b", slice_dim=1, initializer=ZerosInitializer(),
+                                               optimizer=SgdOptimizer(0.25))
+            loss = tf.reduce_sum(a) + tf.reduce_sum(b)
+            return EstimatorSpec(label=features["label"], pred=tf.reduce_sum(a, 1), loss=loss,
+                                 optimizer=tf.keras.optimizers.SGD(0.1))
+
+    est = Estimator(LinearModel(), RunConfig(model_dir=str(tmp_path)))
+    est.train(6)
+    schedule = tf.keras.optimizers.schedules.PolynomialDecay(0.5, 4, end_learning_rate=0.1)
+    lr_sum = sum(float(schedule(s)) for s in range(6))
+    rows = est.backend.lookup({"x": np.array([1, 2], np.int64)})["x"]
+    counts = np.array([2.0, 1.0])  # occurrences per batch: each adds 1 to d(loss)/d(row)
+    np.testing.assert_allclose(rows[:, :2], -np.outer(counts, [lr_sum, lr_sum]), rtol=1e-6)
+    np.testing.assert_allclose(rows[:, 2], -counts * 0.25 * 6, rtol=1e-6)  # the other slice keeps its own rate

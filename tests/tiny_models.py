@@ -1,0 +1,71 @@
+"""Small deterministic models for worker tests (not collected by pytest)."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from worker.entry import SgdOptimizer, ZerosInitializer
+from worker.estimator_spec import EstimatorSpec, ModeKeys
+from worker.native_model import MonolithModel
+
+FEATURES = ("f0", "f1", "f2")
+VOCAB, DIM, BATCH, NUM_BATCHES = 40, 4, 32, 30
+
+
+def make_batches(seed: int = 7) -> list[dict[str, np.ndarray | list]]:
+    rng = np.random.RandomState(seed)
+    batches = []
+    for _ in range(NUM_BATCHES):
+        b: dict = {}
+        score = np.zeros(BATCH)
+        for i, f in enumerate(FEATURES):
+            rows = [rng.randint(0, VOCAB, size=rng.randint(1, 5)).tolist() for _ in range(BATCH)]
+            b[f] = rows
+            score += np.array([np.mean(r) for r in rows]) * (1 if i % 2 == 0 else -1)
+        b["label"] = (score + rng.randn(BATCH) * 3 > 0).astype(np.float32)
+        batches.append(b)
+    return batches
+
+
+def batch_tensors(b: dict) -> dict:
+    out = {f: tf.ragged.constant(b[f], dtype=tf.int64) for f in FEATURES}
+    out["label"] = tf.constant(b["label"])
+    return out
+
+
+def dense_layers():
+    return (tf.keras.layers.Dense(8, activation="tanh", kernel_initializer=tf.keras.initializers.GlorotUniform(1)),
+            tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(2)))
+
+
+class TinyDNN(MonolithModel):
+    """Three ragged features -> zero-initialised embeddings (optimizer given) -> MLP -> sigmoid loss."""
+
+    def __init__(self, emb_optimizer=None, dense_lr: float = 0.05, repeat: bool = True, shuffle_files: bool = False):
+        super().__init__()
+        self.emb_optimizer = emb_optimizer or SgdOptimizer(0.3)
+        self.dense_lr = dense_lr
+        self.repeat = repeat
+        self.batch_size = BATCH
+
+    def input_fn(self, mode):
+        batches = make_batches()
+        ds = tf.data.Dataset.from_tensor_slices(batch_tensors({
+            k: [row for b in batches for row in b[k]] if k != "label" else np.concatenate([b["label"] for b in batches])
+            for k in (*FEATURES, "label")}))
+        ds = ds.batch(BATCH)
+        return ds.repeat() if mode == ModeKeys.TRAIN and self.repeat else ds
+
+    def model_fn(self, features, mode):
+        for f in FEATURES:
+            self.create_embedding_feature_column(f)
+        x = self.lookup_embedding_slice(list(FEATURES), "vec", slice_dim=DIM, initializer=ZerosInitializer(),
+                                        optimizer=self.emb_optimizer, out_type="concat")
+        l1, l2 = dense_layers()
+        logits = tf.reshape(l2(l1(x)), [-1])
+        pred = tf.sigmoid(logits)
+        if mode == ModeKeys.PREDICT:
+            return EstimatorSpec(pred=pred, head_name="ctr")
+        loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=features["label"], logits=logits))
+        return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
+                             optimizer=tf.keras.optimizers.SGD(self.dense_lr))

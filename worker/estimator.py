@@ -1,0 +1,406 @@
+"""The worker loop: train / evaluate / predict a `MonolithModel`, locally or against PS shards.
+
+One step: read a batch -> dedupe ids per feature and table -> look rows up (on a prefetch thread, bounded
+by `staleness`) -> one traced `tf.function` (fixed input signature) computing loss, dense gradients and
+row gradients -> dense gradients to the local optimizer or the PS, summed row gradients to the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from worker import metrics_eval
+from worker.backends import DenseVariables, LocalBackend, RemoteBackend
+from worker.batch_prep import BatchPreparer, PreparedBatch
+from worker.estimator_spec import ModeKeys
+from worker.hooks.base import StepContext, StepResult
+from worker.lookup_inputs import LookupInputs, lookup_inputs
+from worker.native_task_context import NativeTaskContext, with_ctx
+from worker.prediction_writer import PredictionWriter
+from worker.prefetch import Prefetcher
+from worker.run_config import RunConfig
+from worker.variable_reuse import VariableReuse
+
+log = logging.getLogger(__name__)
+
+
+def _relax_batch(spec):
+    if isinstance(spec, tf.RaggedTensorSpec):
+        return tf.RaggedTensorSpec([None] + spec.shape[1:].as_list(), spec.dtype, spec.ragged_rank,
+                                   spec.row_splits_dtype)
+    if isinstance(spec, tf.TensorSpec):
+        shape = spec.shape.as_list() if spec.shape.rank is not None else None
+        return tf.TensorSpec([None] + shape[1:] if shape else shape, spec.dtype)
+    raise ValueError(f"unsupported feature spec {spec!r}: features must be tensors or ragged tensors")
+
+
+@dataclass
+class _Compiled:
+    mode: str
+    fn: Any
+    prep: BatchPreparer
+    heads: list[str]
+    classification: list[bool]
+    optimizer: Any
+
+
+class Estimator:
+    """`Estimator(model, RunConfig(...)).train(max_steps)`, `.evaluate()`, `.predict()`."""
+
+    def __init__(self, model, config: RunConfig, hooks=()) -> None:
+        self.model = model
+        self.config = config
+        self.hooks = list(hooks)
+        self._reuse = VariableReuse()
+        self._compiled: dict[str, _Compiled] = {}
+        self._tables_created = False
+        self._dense: DenseVariables | None = None
+        self._restored: int | None = None
+        self._restore_checked = False
+        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
+                        if config.distributed else LocalBackend())
+        self._jobs = 0
+        self.model.ctx.feature_factory.backend = self.backend
+        self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
+                                          num_workers=config.num_workers, worker_index=config.worker_index,
+                                          model_name=type(model).__name__, sync_backend=None, server_type="worker")
+        self.last_train_stats: dict[str, Any] = {}
+        self.last_checkpoint: str | None = None
+
+    # --- building ----------------------------------------------------------------------------------
+    def _dataset(self, mode: str) -> tf.data.Dataset:
+        with with_ctx(self.task_ctx):
+            ds = self.model.create_input_fn(mode)()
+        if not isinstance(ds, tf.data.Dataset):
+            raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset, got {type(ds).__name__}")
+        if not isinstance(ds.element_spec, dict):
+            raise ValueError(f"input_fn({mode!r}) must yield dicts of features, got {ds.element_spec!r}")
+        return ds
+
+    def _distribute(self, ds: tf.data.Dataset, mode: str) -> tf.data.Dataset:
+        """This worker's share of the input: from the tf.data service, or every num_workers-th batch."""
+        if self.config.dispatcher:
+            self._jobs += 1
+            job = self.config.job_name or self._job_name(mode)
+            log.info("reading %s input from the tf.data service %s, job %s", mode, self.config.dispatcher, job)
+            return ds.apply(tf.data.experimental.service.distribute(
+                processing_mode="distributed_epoch", service=self.config.dispatcher, job_name=job))
+        if self.config.num_workers > 1:
+            return ds.shard(self.config.num_workers, self.config.worker_index)
+        return ds
+
+    def _job_name(self, mode: str) -> str:
+        """The same on every worker of this run, new for every run (a finished job name yields nothing)."""
+        digest = hashlib.md5(self.config.model_dir.encode()).hexdigest()[:10]
+        run = getattr(self.backend, "cluster_id", None) or f"{os.getpid()}"
+        return f"{type(self.model).__name__}-{digest}-{run}-{mode}-{self._jobs}"
+
+    def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
+        if mode in self._compiled:
+            return self._compiled[mode]
+        spec = dataset.element_spec
+        sparse = sorted(k for k, v in spec.items() if isinstance(v, tf.RaggedTensorSpec))
+        for k in sparse:
+            v = spec[k]
+            if v.dtype != tf.int64 or v.ragged_rank != 1:
+                raise ValueError(f"sparse feature {k!r} must be a ragged int64 [batch, None] tensor, got {v!r}")
+        feature_sig = {k: _relax_batch(v) for k, v in spec.items()}
+        rows_sig = {f: tf.TensorSpec([None, None], tf.float32) for f in sparse}
+        index_sig = {f: tf.TensorSpec([None], tf.int32) for f in sparse}
+        model_fn = self.model.create_model_fn()
+        model = self.model
+        clip_norm, weight_decay = float(model.clip_norm), float(model.dense_weight_decay or 0.0)
+        meta: dict[str, Any] = {}
+
+        def step(features, rows, index):
+            inputs = LookupInputs(rows, index, {f: features[f].row_splits for f in sparse})
+            saved_mode = model.p.mode
+            model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved_mode
+            try:
+                with self._reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx):
+                    with tf.GradientTape() as tape:
+                        tape.watch(list(rows.values()))
+                        out = model_fn(features, ModeKeys.PREDICT if mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
+            finally:
+                model.p.mode = saved_mode
+            used = sorted(inputs.used)
+            meta.update(out=out, used=used)
+            fetches = {h: tf.identity(p) for h, p in zip(out.head_names, out.preds)}
+            if mode != ModeKeys.PREDICT:
+                fetches.update({f"label:{h}": tf.identity(lb) for h, lb in zip(out.head_names, out.labels)})
+            for name, value in out.extra_outputs.items():
+                if isinstance(value, tf.Tensor):
+                    fetches[name] = value
+            result: dict[str, Any] = {"fetches": fetches}
+            if mode == ModeKeys.PREDICT:
+                return result
+            result["loss"] = tf.cast(out.loss, tf.float32)
+            if mode != ModeKeys.TRAIN:
+                return result
+            dense = self._reuse.trainable
+            grads = tape.gradient(out.loss, dense + [rows[f] for f in used],
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+            dense_grads = grads[:len(dense)]
+            if weight_decay:
+                dense_grads = [g + weight_decay * v for g, v in zip(dense_grads, dense)]
+            result["dense_grads"] = dense_grads
+            result["emb_grads"] = dict(zip(used, grads[len(dense):]))
+            return result
+
+        fn = tf.function(step, input_signature=[feature_sig, rows_sig, index_sig], autograph=False)
+        fn.get_concrete_function()
+        out = meta["out"]
+        self._create_tables()
+        fc_dict = self.model.fc_dict
+        feature_tables = {f: fc_dict[f].slot.name for f in meta["used"]}
+        table_dims = {t: self.model.ctx.feature_factory.slots[t].dim for t in set(feature_tables.values())}
+        compiled = _Compiled(mode, fn, BatchPreparer(sparse, feature_tables, table_dims), out.head_names,
+                             out.classification, out.optimizer)
+        self._attach_dense(compiled)
+        self._compiled[mode] = compiled
+        return compiled
+
+    def _create_tables(self) -> None:
+        factory = self.model.ctx.feature_factory
+        if self._tables_created:
+            new = [n for n, s in factory.slots.items() if s.slices and not s.frozen]
+            if new:
+                raise ValueError(f"tables {new} were declared after the tables were created; declare every "
+                                 f"embedding in the first traced mode")
+            return
+        self.backend.create_tables(factory.table_configs())
+        for slot in factory.slots.values():
+            slot.frozen = True
+        self._tables_created = True
+
+    def _attach_dense(self, compiled: _Compiled) -> None:
+        if self._dense is None:
+            self._dense = DenseVariables(self._reuse.trainable)
+            self.backend.create_dense(self._dense, compiled.optimizer if compiled.mode == ModeKeys.TRAIN else None)
+        elif compiled.mode == ModeKeys.TRAIN and getattr(self.backend, "_optimizer", True) is None:
+            self.backend.create_dense(self._dense, compiled.optimizer)
+        if len(self._reuse.trainable) != len(self._dense.variables):
+            raise ValueError(f"mode {compiled.mode!r} created {len(self._reuse.trainable)} dense variables, the "
+                             f"first traced mode {len(self._dense.variables)}: create every layer in every mode")
+
+    def _maybe_restore(self) -> int:
+        """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""
+        if not self._restore_checked:
+            self._restore_checked = True
+            if self.config.is_chief:
+                if self.backend.global_step() == 0:
+                    self._restored = self.backend.restore(self.config.model_dir)
+                    if self._restored is not None:
+                        log.info("restored checkpoint at global step %d from %s", self._restored,
+                                 self.config.model_dir)
+                self.backend.mark_ready()
+            else:
+                self.backend.wait_ready(max(self.config.ready_timeout_s, 300.0))
+        return self.backend.global_step()
+
+    # --- running -----------------------------------------------------------------------------------
+    def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int) -> Prefetcher:
+        iterator = iter(dataset)
+        backend = self.backend
+
+        def read() -> PreparedBatch:
+            return compiled.prep.dedupe(next(iterator))
+
+        def lookup(batch: PreparedBatch) -> PreparedBatch:
+            compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
+            batch.dense = backend.pull_dense()
+            return batch
+
+        return Prefetcher(read, lookup, staleness)
+
+    def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
+        if batch.dense is not None:
+            self._dense.assign(batch.dense)
+        rows, index = compiled.prep.step_inputs(batch)
+        return compiled.fn(batch.features, rows, index)
+
+    def train(self, max_steps: int) -> dict[str, Any]:
+        if not isinstance(max_steps, int) or max_steps < 0:
+            raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
+        dataset = self._dataset(ModeKeys.TRAIN)
+        compiled = self._compile(ModeKeys.TRAIN, dataset)
+        step = self._maybe_restore()
+        if step >= max_steps:
+            return {"global_step": step, "steps": 0, "examples": 0}
+        dataset = self._distribute(dataset, ModeKeys.TRAIN)
+        skip = step // self.config.num_workers
+        if skip and not self.config.dispatcher:
+            dataset = dataset.skip(skip)
+        hooks = self.hooks + list(self.model._training_hooks)
+        factory = self.model.ctx.feature_factory
+        cfg = self.config
+        prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
+        progress = self._progress(max_steps, step) if cfg.progress else None
+        window: deque = deque(maxlen=50)
+        last_save_step, last_save_time = step, time.monotonic()
+        examples, steps_run, loss = 0, 0, float("nan")
+        started = time.perf_counter()
+        for hook in hooks:
+            hook.begin()
+        try:
+            while step < max_steps:
+                ctx = StepContext(global_step=step, mode=ModeKeys.TRAIN)
+                wanted = [name for hook in hooks for name in (hook.before_step(ctx) or [])]
+                batch = prefetcher.get()
+                if batch is None:
+                    log.info("input exhausted at global step %d", step)
+                    break
+                out = self._run_step(compiled, batch)
+                self.backend.push_dense(out["dense_grads"], step)
+                grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
+                factory.apply_gradients(compiled.prep.table_gradients(batch, grads), global_step=step)
+                prefetcher.done()
+                step = self.backend.increment_global_step()
+                loss = float(out["loss"])
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} at global step {step}")
+                examples += batch.batch_size
+                steps_run += 1
+                fetches = self._fetch(out, wanted)
+                window.append({k: v.numpy() for k, v in out["fetches"].items()})
+                result = StepResult(global_step=step, loss=loss, batch_size=batch.batch_size, fetches=fetches)
+                for hook in hooks:
+                    hook.after_step(ctx, result)
+                if progress is not None:
+                    progress.update(1)
+                if steps_run % cfg.log_step_count_steps == 0 or progress is not None and steps_run % 10 == 0:
+                    self._report(progress, step, loss, examples, started, compiled, window)
+                if cfg.is_chief and self._save_due(step, last_save_step, last_save_time):
+                    self.save(step)
+                    last_save_step, last_save_time = step, time.monotonic()
+        finally:
+            prefetcher.close()
+            if progress is not None:
+                progress.close()
+            for hook in hooks:
+                hook.end()
+        if cfg.is_chief and (cfg.save_checkpoints_steps or cfg.save_checkpoints_secs) and step != last_save_step:
+            self.save(step)
+        elapsed = time.perf_counter() - started
+        self.last_train_stats = {"global_step": step, "steps": steps_run, "examples": examples,
+                                 "seconds": elapsed, "examples_per_sec": examples / elapsed if elapsed else 0.0,
+                                 "loss": loss}
+        return self.last_train_stats
+
+    def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
+        cfg = self.config
+        if cfg.save_checkpoints_steps and step // cfg.save_checkpoints_steps > last_step // cfg.save_checkpoints_steps:
+            return True
+        return bool(cfg.save_checkpoints_secs and time.monotonic() - last_time >= cfg.save_checkpoints_secs)
+
+    def save(self, step: int | None = None) -> str:
+        step = self.backend.global_step() if step is None else step
+        path = self.backend.save(self.config.model_dir, step, self.config.keep_checkpoint_max)
+        log.info("checkpoint at global step %d: %s", step, path)
+        self.last_checkpoint = path
+        return path
+
+    @staticmethod
+    def _fetch(out: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+        available = {"loss": out.get("loss"), **out["fetches"]}
+        missing = [w for w in wanted if w not in available]
+        if missing:
+            raise KeyError(f"hooks asked for {missing}; fetchable outputs are {sorted(available)}")
+        return {w: np.asarray(available[w]) for w in wanted}
+
+    def _progress(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"worker {self.config.worker_index}", dynamic_ncols=True)
+
+    def _report(self, progress, step, loss, examples, started, compiled, window) -> None:
+        rate = examples / max(time.perf_counter() - started, 1e-9)
+        stats = {"loss": f"{loss:.4f}", "ex/s": f"{rate:.0f}"}
+        for head, is_cls in zip(compiled.heads, compiled.classification):
+            preds = np.concatenate([np.reshape(w[head], -1) for w in window])
+            labels = np.concatenate([np.reshape(w[f"label:{head}"], -1) for w in window])
+            value = metrics_eval.auc(labels, preds) if is_cls else metrics_eval.mse(labels, preds)
+            stats[f"{head}_{'auc' if is_cls else 'mse'}"] = f"{value:.4f}"
+        if progress is not None:
+            progress.set_postfix(stats, refresh=False)
+        else:
+            log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in stats.items()))
+
+    def evaluate(self, steps: int | None = None) -> dict[str, Any]:
+        """AUC (classification heads) / MSE (regression heads) and mean loss over the eval input."""
+        dataset = self._dataset(ModeKeys.EVAL)
+        if steps is not None:
+            dataset = dataset.take(steps)
+        compiled = self._compile(ModeKeys.EVAL, dataset)
+        global_step = self._maybe_restore()
+        prefetcher = self._prefetcher(compiled, dataset, staleness=0)
+        preds = {h: [] for h in compiled.heads}
+        labels = {h: [] for h in compiled.heads}
+        losses, examples = [], 0
+        try:
+            while (batch := prefetcher.get()) is not None:
+                out = self._run_step(compiled, batch)
+                prefetcher.done()
+                losses.append(float(out["loss"]))
+                examples += batch.batch_size
+                for h in compiled.heads:
+                    preds[h].append(np.reshape(out["fetches"][h].numpy(), -1))
+                    labels[h].append(np.reshape(out["fetches"][f"label:{h}"].numpy(), -1))
+        finally:
+            prefetcher.close()
+        metrics: dict[str, Any] = {"loss": float(np.mean(losses)) if losses else float("nan"),
+                                   "examples": examples, "global_step": global_step}
+        for h, is_cls in zip(compiled.heads, compiled.classification):
+            p = np.concatenate(preds[h]) if preds[h] else np.zeros(0)
+            lb = np.concatenate(labels[h]) if labels[h] else np.zeros(0)
+            if is_cls:
+                metrics[f"{h}_auc"] = metrics_eval.auc(lb, p)
+            else:
+                metrics[f"{h}_mse"] = metrics_eval.mse(lb, p)
+        log.info("eval at global step %d: %s", global_step, metrics)
+        return metrics
+
+    def predict(self):
+        """Yield one {head: value} dict per example; with `output_path`, also write part-<worker> files."""
+        dataset = self._dataset(ModeKeys.PREDICT)
+        compiled = self._compile(ModeKeys.PREDICT, dataset)
+        self._maybe_restore()
+        dataset = self._distribute(dataset, ModeKeys.PREDICT)
+        writer = None
+        if self.model.output_path:
+            writer = PredictionWriter(self.model.output_path, self.config.worker_index, self.model.output_fields,
+                                      self.model.delimiter)
+        prefetcher = self._prefetcher(compiled, dataset, staleness=0)
+        try:
+            while (batch := prefetcher.get()) is not None:
+                out = self._run_step(compiled, batch)
+                prefetcher.done()
+                heads = {h: out["fetches"][h].numpy() for h in compiled.heads}
+                if writer is not None:
+                    writer.write(batch.features, heads)
+                for i in range(batch.batch_size):
+                    yield {h: v[i] for h, v in heads.items()}
+        finally:
+            prefetcher.close()
+            if writer is not None:
+                writer.close()
+
+    def dense_variables(self) -> list[tf.Variable]:
+        """The model's trainable dense variables in creation order (after the first trace)."""
+        return list(self._dense.variables) if self._dense is not None else []
+
+    def table_sizes(self) -> dict[str, int]:
+        return self.backend.table_sizes()
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,1 @@
+"""Layer building blocks shared by model functions."""

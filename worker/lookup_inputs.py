@@ -1,0 +1,37 @@
+"""The embedding rows a traced step receives, visible to feature columns while `model_fn` is traced.
+
+The worker looks rows up outside the graph (deduplicated per feature) and feeds them in as tensors;
+a feature column then gathers and pools them. This module holds those tensors for the current trace.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+
+@dataclass
+class LookupInputs:
+    rows: dict[str, tf.Tensor]        # feature -> [unique ids of the feature in the batch, table dim]
+    index: dict[str, tf.Tensor]       # feature -> int32 [ids in the batch]: position of each id in `rows`
+    row_splits: dict[str, tf.Tensor]  # feature -> int64 [batch + 1]
+    used: set[str] = field(default_factory=set)
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def lookup_inputs(inputs: LookupInputs):
+    previous = getattr(_local, "inputs", None)
+    _local.inputs = inputs
+    try:
+        yield inputs
+    finally:
+        _local.inputs = previous
+
+
+def current() -> LookupInputs | None:
+    return getattr(_local, "inputs", None)

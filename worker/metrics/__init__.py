@@ -1,0 +1,1 @@
+"""Model-quality metrics computed on the worker (deep insight)."""

@@ -1,0 +1,123 @@
+"""`monolith train`: one worker process, local (in-process store) or against PS shards.
+
+Worker 0 is the chief: it restores/saves the coordinated checkpoints, evaluates at the end with
+`--eval`, and writes the run summary (AUC per head, examples/s, steps, table sizes) to `--summary-file`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import time
+
+from services import role_logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
+    parser.add_argument("--ps", default=None, help="PS addresses host:port,host:port (absent: local mode)")
+    parser.add_argument("--worker-index", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--model-dir", required=True, help="checkpoint directory (shared by the cluster)")
+    parser.add_argument("--max-steps", type=int, required=True, help="train until the global step reaches this")
+    parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
+    parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: any port)")
+    parser.add_argument("--staleness", type=int, default=0, help="lookups may run this many steps ahead")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the model's per-worker batch size")
+    parser.add_argument("--summary-file", default=None, help="where the chief writes the JSON run summary")
+    parser.add_argument("--save-checkpoints-steps", type=int, default=None)
+    parser.add_argument("--save-checkpoints-secs", type=float, default=None)
+    parser.add_argument("--keep-checkpoint-max", type=int, default=5)
+    parser.add_argument("--progress", action="store_true", help="show a live progress line")
+
+
+def load_model_class(spec: str):
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"--model must look like pkg.module:Class, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"--model {spec!r}: {module_name} has no {class_name!r}")
+    return cls
+
+
+def _metric_hooks(model, port: int) -> list:
+    from services.metrics import start_metrics_server
+
+    from worker.hooks.step_loss import StepLossMetricHook
+    from worker.hooks.throughput import ThroughputMetricHook
+
+    bound = start_metrics_server(port)
+    log.info("metrics on http://127.0.0.1:%d/metrics", bound)
+    hooks = [StepLossMetricHook()]
+    if model.p.metrics.enable_throughput_hook:
+        hooks.append(ThroughputMetricHook(type(model).__name__, start_time_secs=time.time(), run_every_n_secs=5))
+    return hooks
+
+
+def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoint: str | None) -> dict:
+    heads = {k[:-4]: v for k, v in (metrics or {}).items() if k.endswith("_auc")}
+    mses = {k[:-4]: v for k, v in (metrics or {}).items() if k.endswith("_mse")}
+    return {
+        "model": args.model, "mode": "distributed" if args.ps else "local",
+        "num_ps": len(args.ps.split(",")) if args.ps else 0, "num_workers": args.num_workers,
+        "worker_index": args.worker_index, "batch_size": model.batch_size, "staleness": args.staleness,
+        "global_step": stats.get("global_step"), "steps": stats.get("steps"), "examples": stats.get("examples"),
+        "train_seconds": stats.get("seconds"), "worker_examples_per_sec": stats.get("examples_per_sec"),
+        "examples_per_sec": stats.get("cluster_examples_per_sec", stats.get("examples_per_sec")),
+        "loss": stats.get("loss"), "auc": heads, "mse": mses, "eval": metrics,
+        "table_sizes": est.table_sizes(), "checkpoint": checkpoint,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    role_logging.configure("worker", args.worker_index)
+    from worker.estimator import Estimator
+    from worker.run_config import RunConfig
+
+    model = load_model_class(args.model)()
+    if args.batch_size is not None:
+        if args.batch_size <= 0:
+            raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
+        model.batch_size = args.batch_size
+    config = RunConfig(
+        model_dir=args.model_dir, ps_addresses=args.ps.split(",") if args.ps else None,
+        worker_index=args.worker_index, num_workers=args.num_workers, staleness=args.staleness,
+        save_checkpoints_steps=args.save_checkpoints_steps, save_checkpoints_secs=args.save_checkpoints_secs,
+        keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress)
+    hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
+    est = Estimator(model, config, hooks=hooks)
+    try:
+        est.train(0)  # builds, restores (chief) or waits for the chief
+        start_step = est.backend.global_step()
+        started = time.perf_counter()
+        stats = est.train(args.max_steps)
+        elapsed = time.perf_counter() - started
+        if elapsed > 0 and stats.get("global_step") is not None:
+            stats["cluster_examples_per_sec"] = (stats["global_step"] - start_step) * model.batch_size / elapsed
+        log.info("trained: %s", {k: v for k, v in stats.items()})
+        if not config.is_chief:
+            return 0
+        checkpoint = getattr(est, "last_checkpoint", None)
+        if checkpoint is None and config.distributed:
+            checkpoint = est.save(stats["global_step"])
+        metrics = est.evaluate() if args.eval else None
+        summary = build_summary(est, model, args, stats, metrics, checkpoint)
+        log.info("summary: %s", json.dumps(summary))
+        if args.summary_file:
+            tmp = f"{args.summary_file}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(summary, fh, indent=2)
+            os.replace(tmp, args.summary_file)
+        return 0
+    finally:
+        est.close()
