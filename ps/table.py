@@ -172,15 +172,19 @@ class EmbeddingTable:
             self._index = self._new_index(_pow2_at_least(max(2 * needed, 2 * len(self._index))))
             H.rebuild(self._index, self._store.ids, self._store.size)
 
-    def _insert(self, new_ids: np.ndarray) -> np.ndarray:
-        """Append absent, distinct ids as freshly initialised rows; returns their row numbers."""
+    def _insert(self, new_ids: np.ndarray, init_values: bool = True) -> np.ndarray:
+        """Append absent, distinct ids as freshly initialised rows; returns their row numbers.
+
+        `init_values=False` skips the initializer when the caller overwrites every value anyway.
+        """
         st = self._store
         r0, r1 = st.size, st.size + len(new_ids)
         self._reserve(r1)
         H.insert(self._index, new_ids, r0)
         st.ids[r0:r1] = new_ids
-        for seg, c0 in zip(self._cfg.segments, st.offsets):
-            initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
+        if init_values:
+            for seg, c0 in zip(self._cfg.segments, st.offsets):
+                initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
         st.init_state(r0, r1)
         st.size = r1
         return np.arange(r0, r1, dtype=np.int64)
@@ -190,7 +194,7 @@ class EmbeddingTable:
         H.probe(self._index, ids, rows)
         return rows
 
-    def _upsert(self, uniq: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _upsert(self, uniq: np.ndarray, counts: np.ndarray, init_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
         rows = self._probe(uniq)
         absent = np.flatnonzero(rows < 0)
@@ -198,7 +202,7 @@ class EmbeddingTable:
         if len(absent):
             created = absent[self._filter.admit(uniq[absent], counts[absent])]
             if len(created):
-                rows[created] = self._insert(uniq[created])
+                rows[created] = self._insert(uniq[created], init_values)
         return rows, created
 
     def _touch(self, rows: np.ndarray, update_time: int) -> None:
@@ -270,7 +274,7 @@ class EmbeddingTable:
 
     def _upsert_values(self, uniq, vals, counts, update_time: int, add: bool) -> None:
         with self._lock.write():
-            rows, _ = self._upsert(uniq, counts)
+            rows, _ = self._upsert(uniq, counts, init_values=add)
             H.scatter_rows(self._store.values, rows, vals, add)
             self._touch(rows, update_time)
 
@@ -382,7 +386,7 @@ class EmbeddingTable:
             rows = self._probe(ids)
             absent = np.flatnonzero(rows < 0)
             if len(absent):
-                rows[absent] = self._insert(ids[absent])
+                rows[absent] = self._insert(ids[absent], init_values=False)
             for name, arr in st.arrays().items():
                 arr[rows] = arrays[name]
             self._filter.merge(sketch, replace=clear)
