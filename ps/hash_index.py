@@ -87,6 +87,7 @@ def insert(index, ids, first_row):
     """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""
     mask = np.uint64(index.shape[0] - 1)
     for i in range(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
         key = ids[i]
         h = mix64(key) & mask
         while index[h, 1] >= 0:
