@@ -1,5 +1,8 @@
 """Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
 
+Only the memory-latency-bound loops (probe, lookup) use the thread pool: every parallel region costs a
+team wake-up and a barrier, which on a busy machine can cost more than the loop itself.
+
 The index is one int64 array [capacity, 2] of (id, row) pairs (row -1 = empty; ids may take any value),
 power-of-two capacity, kept at most half full; key and row share a cache line, so a probe costs one
 miss. Rows live in separate dense arrays; the index only maps ids to row numbers, so growing the index
@@ -117,10 +120,10 @@ def lookup(index, values, ids, out):
             out[i, j] = values[r, j] if r >= 0 else zero
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def scatter_rows(values, rows, src, add):
     """values[rows[i]] = src[i] (or += when `add`), skipping rows[i] < 0; rows are distinct."""
-    for i in prange(rows.shape[0]):
+    for i in range(rows.shape[0]):
         r = rows[i]
         if r >= 0:
             if add:
@@ -165,42 +168,32 @@ def dedup(ids):
     return uniq[:u], inv, counts[:u]
 
 
-@njit(**_PARALLEL)
-def combine_by_inverse(src, inv, u, last_wins, nthreads):
-    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k.
-
-    Thread t owns the outputs k with k % T == t and scans the inputs in order, so the result needs no
-    locks and is deterministic.
-    """
-    dim = src.shape[1]
-    out = np.zeros((u, dim), np.float32)
-    for t in prange(nthreads):
-        for i in range(inv.shape[0]):
-            k = inv[i]
-            if k % nthreads == t:
-                if last_wins:
-                    for j in range(dim):
-                        out[k, j] = src[i, j]
-                else:
-                    for j in range(dim):
-                        out[k, j] += src[i, j]
+@njit(**_SERIAL)
+def combine_by_inverse(src, inv, u, last_wins):
+    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k."""
+    out = np.zeros((u, src.shape[1]), np.float32)
+    for i in range(inv.shape[0]):
+        k = inv[i]
+        if last_wins:
+            out[k] = src[i]
+        else:
+            out[k] += src[i]
     return out
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def stamp(update_time, rows, t):
     """update_time[rows[i]] = t for rows[i] >= 0."""
-    for i in prange(rows.shape[0]):
+    for i in range(rows.shape[0]):
         r = rows[i]
         if r >= 0:
             update_time[r] = t
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def all_finite(a):
     flat = a.reshape(-1)
     bad = 0
-    for i in prange(flat.shape[0]):
-        if not np.isfinite(flat[i]):
-            bad += 1
+    for i in range(flat.shape[0]):
+        bad += not np.isfinite(flat[i])
     return bad == 0

@@ -160,7 +160,7 @@ class EmbeddingTable:
         uniq, inv, counts = H.dedup(ids)
         if len(uniq) == len(ids):
             return uniq, values, counts
-        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins, numba.get_num_threads())
+        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins)
         if not last_wins and not H.all_finite(combined):
             raise ValueError("summing duplicate ids overflowed float32")
         return uniq, combined, counts
