@@ -1,6 +1,5 @@
-"""A process that serves our metrics and waits for a signal: a scrape target for Prometheus and the
-exit hook. `python -m tests.metrics_target --role ps --index 0 [--exit-hook] [--chain] [--value X]`.
-Prints `METRICS_PORT <port>` once serving.
+"""A process that serves our metrics and waits for a signal: the exit hook's test subject.
+`python -m tests.metrics_target --role ps --index 0 [--exit-hook] [--chain]`. Prints `METRICS_PORT <port>` once serving.
 """
 import argparse
 import signal
@@ -15,7 +14,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--role", default="ps")
     parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--value", type=float, default=1.5)
     parser.add_argument("--exit-hook", action="store_true")
     parser.add_argument("--chain", action="store_true", help="a graceful SIGHUP handler installed before the hook")
     args = parser.parse_args()
@@ -32,7 +30,7 @@ def main() -> int:
     tags = {"role": args.role, "index": args.index}
     cli = get_cli()
     cli.emit_counter("target.requests", 3, tags)
-    cli.emit_store("target.value", args.value, tags)
+    cli.emit_store("target.value", 1.5, tags)
     cli.emit_timer("target.latency", 0.02, tags)
     print(f"METRICS_PORT {port}", flush=True)
     while not done.wait(0.2):

@@ -1,6 +1,7 @@
 """Role processes serve metrics over HTTP; a real Prometheus scrapes them; the exit hook counts signals."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,29 +85,49 @@ def test_install_outside_main_thread_is_refused():
 PROMETHEUS = shutil.which("prometheus")
 
 
+def _worker_metrics_port(group, proc) -> int:
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited {proc.returncode}:\n{group.log_of(proc)[-3000:]}")
+        m = re.search(r"serving metrics at http://127\.0\.0\.1:(\d+)/metrics", group.log_of(proc))
+        return int(m.group(1)) if m else None
+    return wait_for(ready, timeout=120, what="the worker's metrics server")
+
+
 @pytest.mark.skipif(PROMETHEUS is None, reason="the `prometheus` binary is not installed (make prometheus-server)")
-def test_prometheus_scrapes_ps_and_worker(processes, tmp_path):
-    _ps, ps_port = _start_target(processes, "--role", "ps", "--index", "0", "--value", "2.5")
-    _w, w_port = _start_target(processes, "--role", "worker", "--index", "0", "--value", "7.25")
+def test_prometheus_scrapes_a_ps_and_a_training_worker(processes, tmp_path):
+    from tests.cluster_parts import require
+
+    require("ps.server_main", "worker.train_main")
+    from tests.ps_cluster import start_shard, wait_ready
+
+    # ports chosen up front so Prometheus starts while the PS and the worker import TensorFlow
+    ps_metrics, worker_metrics, api_port = (f"127.0.0.1:{free_port()}" for _ in range(3))
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n"
-        f"  - job_name: ps\n    static_configs:\n      - targets: ['127.0.0.1:{ps_port}']\n"
-        f"  - job_name: worker\n    static_configs:\n      - targets: ['127.0.0.1:{w_port}']\n"
+        f"  - job_name: ps\n    static_configs:\n      - targets: ['{ps_metrics}']\n"
+        f"  - job_name: worker\n    static_configs:\n      - targets: ['{worker_metrics}']\n"
     )
-    api_port = free_port()
     prom = processes.start(
         ["-c", "import os, sys; os.execv(sys.argv[1], sys.argv[1:])", PROMETHEUS,
-         f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{api_port}"],
+         f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={api_port}"],
         name="prometheus",
     )
+    shard = wait_ready(processes, start_shard(processes, 0, 1, extra=["--metrics-port", ps_metrics.split(":")[1]]))
+    assert shard.metrics == ps_metrics
+    worker = processes.start(
+        ["-m", "services.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", shard.address,
+         "--model-dir", str(tmp_path / "model"), "--max-steps", "1000000",
+         "--metrics-port", worker_metrics.split(":")[1]], name="worker0")
+    assert f"127.0.0.1:{_worker_metrics_port(processes, worker)}" == worker_metrics
 
     def query(expr):
-        if prom.poll() is not None:
-            raise AssertionError(f"prometheus exited {prom.returncode}:\n{processes.log_of(prom)}")
-        url = f"http://127.0.0.1:{api_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        for p, what in ((prom, "prometheus"), (worker, "worker"), (shard.proc, "ps")):
+            if p.poll() is not None:
+                raise AssertionError(f"{what} exited {p.returncode}:\n{processes.log_of(p)[-3000:]}")
+        url = f"http://{api_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 body = json.loads(resp.read())
@@ -115,14 +136,21 @@ def test_prometheus_scrapes_ps_and_worker(processes, tmp_path):
         assert body["status"] == "success", body
         return body["data"]["result"] or None
 
-    result = wait_for(lambda: (r := query("monolith_training_target_value")) and len(r) == 2 and r,
-                      timeout=60, interval=0.5, what="prometheus to scrape both targets")
-    by_job = {r["metric"]["job"]: r for r in result}
-    assert float(by_job["ps"]["value"][1]) == 2.5
-    assert float(by_job["worker"]["value"][1]) == 7.25
-    assert by_job["ps"]["metric"]["role"] == "ps" and by_job["worker"]["metric"]["role"] == "worker"
-    assert by_job["ps"]["metric"]["instance"] == f"127.0.0.1:{ps_port}"
-    counters = query('monolith_training_target_requests_total{job="worker"}')
-    assert float(counters[0]["value"][1]) == 3
-    up = query("up")
-    assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0]
+    def sample(expr):
+        return wait_for(lambda: query(expr), timeout=90, interval=0.5, what=f"prometheus to return {expr}")
+
+    up = wait_for(lambda: (r := query("up == 1")) and len(r) == 2 and r, timeout=90, interval=0.5,
+                  what="both targets up")
+    assert {r["metric"]["instance"] for r in up} == {ps_metrics, worker_metrics}
+    loss = sample('monolith_training_step_loss{job="worker"}')
+    assert loss[0]["metric"]["instance"] == worker_metrics
+    assert 0 < float(loss[0]["value"][1]) < 1e6
+    lookups = sample('sum(monolith_ps_requests_total{job="ps", code="OK"}) > 0')
+    assert float(lookups[0]["value"][1]) > 0
+    rows = sample('sum(monolith_ps_table_rows{job="ps"}) > 0')
+    assert float(rows[0]["value"][1]) > 0
+    steps = sample('monolith_training_run_steps_all_total{job="worker", model_name="TinyDNN"}')
+    assert float(steps[0]["value"][1]) > 0
+    live = scrape(int(worker_metrics.split(":")[1]))
+    assert live.value("monolith_training_run_steps_all_total", model_name="TinyDNN", cluster_type="stable") >= \
+        float(steps[0]["value"][1])

@@ -52,7 +52,6 @@ def load_model_class(spec: str):
 
 def _metric_hooks(model, port: int) -> list:
     from services.metrics import start_metrics_server
-
     from worker.hooks.step_loss import StepLossMetricHook
     from worker.hooks.throughput import ThroughputMetricHook
 
