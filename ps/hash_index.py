@@ -108,11 +108,14 @@ def rebuild(index, row_ids, n):
 
 @njit(**_PARALLEL)
 def lookup(index, values, ids, out):
-    """out[i] = row of ids[i] (zeros when absent): probe every id first, then gather rows."""
+    """out[i] = row of ids[i] (zeros when absent): probe every id (prefetching its row), then gather rows."""
     rows = np.empty(ids.shape[0], np.int64)
     for i in prange(ids.shape[0]):
         _prefetch_slot(index, ids, i)
-        rows[i] = _find(index, ids[i])
+        r = _find(index, ids[i])
+        rows[i] = r
+        if r >= 0:
+            prefetch(values, r)
     zero = np.float32(0.0)
     for i in prange(ids.shape[0]):
         r = rows[i]
