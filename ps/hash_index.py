@@ -85,6 +85,18 @@ def probe(index, ids, rows):
         rows[i] = _find(index, ids[i])
 
 
+@njit(**_PARALLEL)
+def probe_for_update(index, ids, rows, values, state):
+    """probe(), also prefetching each found row of `values` and `state` for the update that follows."""
+    for i in prange(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
+        r = _find(index, ids[i])
+        rows[i] = r
+        if r >= 0:
+            prefetch(values, r)
+            prefetch(state, r)
+
+
 @njit(**_SERIAL)
 def insert(index, ids, first_row):
     """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""

@@ -196,7 +196,10 @@ class EmbeddingTable:
 
     def _upsert(self, uniq: np.ndarray, counts: np.ndarray, init_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
-        rows = self._probe(uniq)
+        st = self._store
+        rows = np.empty(len(uniq), np.int64)
+        states = [a for seg in st.elem_states for a in seg]
+        H.probe_for_update(self._index, uniq, rows, st.values, states[0] if states else st.values)
         absent = np.flatnonzero(rows < 0)
         created = absent[:0]
         if len(absent):
