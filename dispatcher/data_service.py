@@ -8,9 +8,12 @@ workers sharing a job name partition the data between them instead of each readi
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import uuid
+from typing import NoReturn
 
 import tensorflow as tf
 
@@ -58,8 +61,14 @@ def distribute(dataset: tf.data.Dataset, service: str, job_name: str,
     )
 
 
-def serve_until_signalled(server, what: str) -> int:
-    """Block until SIGTERM/SIGINT, then stop `server`; 0 on a clean stop."""
+def serve_until_signalled(server, what: str) -> NoReturn:
+    """Block until SIGTERM/SIGINT, then end the process with status 0.
+
+    The server is not `stop()`ped: a data worker's `stop()` blocks, holding the GIL, for as long as it
+    keeps retrying a dispatcher that is gone — which is how every job ends, with all roles stopping
+    together. Neither server keeps state that a clean stop would save (the dispatcher's journal, when it
+    has a work dir, is written as it goes), so the process simply exits.
+    """
     stop = threading.Event()
     received: list[int] = []
 
@@ -71,6 +80,7 @@ def serve_until_signalled(server, what: str) -> int:
         signal.signal(sig, handler)
     while not stop.wait(1.0):
         pass
-    log.info("%s stopping on %s", what, signal.Signals(received[0]).name)
-    server.stop()
-    return 0
+    log.info("%s (%s) exiting on %s", what, type(server).__name__, signal.Signals(received[0]).name)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

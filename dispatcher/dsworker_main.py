@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dispatcher", required=True, help="dispatcher host:port (grpc:// prefix allowed)")
     parser.add_argument("--port", type=int, required=True, help="port to serve this data worker on")
     parser.add_argument("--host", default="127.0.0.1", help="host the training workers reach this data worker at")
-    parser.add_argument("--index", type=int, default=0, help="index of this data worker (for logs)")
+    parser.add_argument("--index", default="0", help="index or label of this data worker (for logs)")
     parser.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to wait for the dispatcher")
 
 

@@ -5,12 +5,18 @@
 - `aio`: `grpc.aio` on a uvloop event loop, the same synchronous handlers run in a migration thread
   pool (the store is synchronous; the loop only does the I/O).
 
-Why `sync` is the default (measured by `benchmarks/ps_bench.py`, both models in one run, 2 shared
-cores): the bare transport is the same (gRPC echo of a Lookup's bytes: 2,220 calls/s sync vs 1,710
-aio), but as soon as a handler does real work the aio server falls far behind: Lookup of 65,536 Zipf
-ids 706 vs 95 calls/s, ApplyGradients 270 vs 62 (most likely the event-loop thread and the handler
-thread trading the GIL at every numba kernel entry/exit; the sync server's threads wait in C without
-it). More throughput per host comes from more shard processes, not from another server model.
+Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same workload in one run.
+The bare transport is the same (gRPC echo of a Lookup's bytes: ~1,900–2,200 calls/s either way).
+With real handlers, six runs on this shared 2-core machine (load 4–7 from other jobs) gave aio/sync
+ratios of 0.13–0.95 for Lookup and 0.16–1.22 for ApplyGradients; the last three runs (after the
+payload-copy reductions) 0.95, 0.78, 0.94 and 1.22, 0.71, 1.06. aio was never reliably
+faster and in earlier runs far slower (plausibly the event-loop thread and the handler thread trading
+the GIL at every numba kernel entry/exit; the sync server's threads wait in C without it).
+So: the simpler model with one kind of thread and a plain shutdown.
+
+Processes per host: one shard per process. The same benchmark's 2 shards × 2 client threads reached
+0.50–0.83× the 1 shard × 1 thread rate here, because on 2 cores the client and both shards compete
+for the same CPUs; several shard processes per host pay off only where the host has cores to spare.
 """
 from __future__ import annotations
 
@@ -82,7 +88,10 @@ def serve(
 
 
 def _bind(server, address: str) -> int:
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise OSError(f"cannot bind {address}: port in use or address not available") from exc
     if port == 0:
-        raise OSError(f"cannot bind {address} (port in use?)")
+        raise OSError(f"cannot bind {address}: port in use or address not available")
     return port

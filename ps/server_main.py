@@ -16,6 +16,29 @@ from services import role_logging
 log = logging.getLogger("ps.server")
 
 
+def warm_up_kernels() -> float:
+    """Run the store's common kernels once (small and parallel paths) so the first RPCs do not pay for
+    numba compilation or cache loading (seconds on a fresh clone, where that can exceed client deadlines)."""
+    import time
+
+    import numpy as np
+
+    from ps.table import EmbeddingTable
+
+    start = time.perf_counter()
+    for optimizer in ({"type": "sgd", "learning_rate": 0.1}, {"type": "adagrad", "learning_rate": 0.1}):
+        table = EmbeddingTable.from_dict({"dim": 4, "optimizer": optimizer})
+        for n in (4, 1 << 16):
+            ids = np.arange(n, dtype=np.int64)
+            ones = np.ones((n, 4), np.float32)
+            table.apply_gradients(ids, ones)
+            table.assign(ids, ones)
+            table.assign_add(ids, ones)
+            table.lookup(ids)
+            table.lookup(ids, dtype=np.float16)
+    return time.perf_counter() - start
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
     parser.add_argument("--shard-index", type=int, required=True)
@@ -44,13 +67,16 @@ def main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
 
-    import prometheus_client
-
     from ps import checkpoint, metrics
     from ps.server import serve
     from ps.servicer import ParameterServerServicer
     from ps.shard_state import ShardState
+    from services import exit_hook
+    from services.metrics import start_metrics_server
 
+    exit_hook.install("ps", args.shard_index)
+
+    log.info("store kernels warm in %.2fs", warm_up_kernels())
     state = ShardState(args.shard_index, args.num_shards)
     if args.checkpoint_dir:
         latest = checkpoint.latest_checkpoint(args.checkpoint_dir)
@@ -66,8 +92,7 @@ def main(args: argparse.Namespace) -> int:
     metrics.register_shard(state)
     metrics_note = "off"
     if args.metrics_port >= 0:
-        http, _thread = prometheus_client.start_http_server(args.metrics_port, addr=args.host)
-        metrics_note = f"{args.host}:{http.server_port}"
+        metrics_note = f"{args.host}:{start_metrics_server(args.metrics_port, addr=args.host)}"
     servicer = ParameterServerServicer(state, args.server_model)
 
     def ready(port: int) -> None:

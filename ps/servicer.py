@@ -11,6 +11,7 @@ import collections
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,12 +23,20 @@ from protos import ps_pb2
 from ps import checkpoint as ckpt
 from ps import metrics
 from ps.config_codec import optimizer_from_proto, table_config_from_proto
+from ps.fast_messages import (
+    APPLY_GLOBAL_STEP,
+    APPLY_UPDATE_TIME,
+    UPDATE_UPDATE_TIME,
+    UpdatesView,
+    decode_updates,
+    encode_lookup_response,
+)
 from ps.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
 from ps.wire import F32, ids_from_bytes, rows_from_bytes
 
 log = logging.getLogger(__name__)
 
-SERVICE = "monolith.ps.ParameterServer"
+SERVICE = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 _NP_DTYPES = {ps_pb2.FLOAT32: np.float32, ps_pb2.FLOAT16: np.float16}
 
 
@@ -41,6 +50,20 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, ValueError | TypeError | DecodeError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
+
+
+def _proto_parser(req_cls) -> Callable:
+    def parse(raw: bytes):
+        try:
+            return req_cls.FromString(raw)
+        except DecodeError as exc:
+            raise ValueError(f"malformed {req_cls.__name__} ({len(raw)} bytes): {exc}") from None
+
+    return parse
+
+
+def _serialize(response) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 def _info(name: str, table, created: bool = False) -> ps_pb2.TableInfo:
@@ -64,53 +87,53 @@ class ParameterServerServicer:
         self.server_model = server_model
         self.requests: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
+        self._count_lock = threading.Lock()
         self._shard = str(state.shard_index)
 
     # -- plumbing -------------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
-            "CreateTables": (ps_pb2.CreateTablesRequest, self.create_tables),
-            "Lookup": (ps_pb2.LookupRequest, self.lookup),
-            "ApplyGradients": (ps_pb2.ApplyGradientsRequest, self.apply_gradients),
-            "Assign": (ps_pb2.UpdateRequest, self.assign),
-            "AssignAdd": (ps_pb2.UpdateRequest, self.assign_add),
-            "Reinitialize": (ps_pb2.ReinitializeRequest, self.reinitialize),
-            "Evict": (ps_pb2.EvictRequest, self.evict),
-            "Save": (ps_pb2.SaveRequest, self.save),
-            "Restore": (ps_pb2.RestoreRequest, self.restore),
-            "DenseCreate": (ps_pb2.DenseCreateRequest, self.dense_create),
-            "DensePull": (ps_pb2.DensePullRequest, self.dense_pull),
-            "DensePush": (ps_pb2.DensePushRequest, self.dense_push),
-            "GlobalStep": (ps_pb2.GlobalStepRequest, self.global_step),
-            "Stats": (ps_pb2.StatsRequest, self.stats),
-            "Health": (ps_pb2.HealthRequest, self.health),
+            "CreateTables": (_proto_parser(ps_pb2.CreateTablesRequest), self.create_tables),
+            "Lookup": (_proto_parser(ps_pb2.LookupRequest), self.lookup),
+            # row payloads are read in place (memoryviews of the request), see ps.fast_messages
+            "ApplyGradients": (lambda raw: decode_updates(raw, "ApplyGradientsRequest"), self.apply_gradients),
+            "Assign": (lambda raw: decode_updates(raw, "UpdateRequest"), self.assign),
+            "AssignAdd": (lambda raw: decode_updates(raw, "UpdateRequest"), self.assign_add),
+            "Reinitialize": (_proto_parser(ps_pb2.ReinitializeRequest), self.reinitialize),
+            "Evict": (_proto_parser(ps_pb2.EvictRequest), self.evict),
+            "Save": (_proto_parser(ps_pb2.SaveRequest), self.save),
+            "Restore": (_proto_parser(ps_pb2.RestoreRequest), self.restore),
+            "DenseCreate": (_proto_parser(ps_pb2.DenseCreateRequest), self.dense_create),
+            "DensePull": (_proto_parser(ps_pb2.DensePullRequest), self.dense_pull),
+            "DensePush": (_proto_parser(ps_pb2.DensePushRequest), self.dense_push),
+            "GlobalStep": (_proto_parser(ps_pb2.GlobalStepRequest), self.global_step),
+            "Stats": (_proto_parser(ps_pb2.StatsRequest), self.stats),
+            "Health": (_proto_parser(ps_pb2.HealthRequest), self.health),
         }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._wrap(name, req_cls, fn), request_deserializer=None,
-                response_serializer=lambda msg: msg.SerializeToString(),
+                self._wrap(name, parse, fn),
+                request_deserializer=None, response_serializer=_serialize,
             )
-            for name, (req_cls, fn) in methods.items()
+            for name, (parse, fn) in methods.items()
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
-    def _wrap(self, method: str, req_cls, fn: Callable):
+    def _wrap(self, method: str, parse: Callable, fn: Callable):
         shard = self._shard
         latency = metrics.LATENCY.labels(shard, method)
 
         def call(raw: bytes, context: grpc.ServicerContext):
             start = time.perf_counter()
-            self.requests[method] += 1
+            with self._count_lock:
+                self.requests[method] += 1
             code = grpc.StatusCode.OK
             try:
-                try:
-                    request = req_cls.FromString(raw)
-                except DecodeError as exc:
-                    raise ValueError(f"malformed {req_cls.__name__} ({len(raw)} bytes): {exc}") from None
-                return fn(request)
+                return fn(parse(raw))
             except Exception as exc:  # one bad request must never take the shard down
                 code = _status_of(exc)
-                self.errors[method] += 1
+                with self._count_lock:
+                    self.errors[method] += 1
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
@@ -131,7 +154,7 @@ class ParameterServerServicer:
             out.tables.append(_info(name, table, created))
         return out
 
-    def lookup(self, request: ps_pb2.LookupRequest) -> ps_pb2.LookupResponse:
+    def lookup(self, request: ps_pb2.LookupRequest) -> bytes:
         if request.dtype not in _NP_DTYPES:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
         work = []
@@ -140,16 +163,10 @@ class ParameterServerServicer:
             ids = ids_from_bytes(item.ids, f"Lookup table {item.table!r}")
             self.state.check_owned(item.table, ids)
             work.append((item.table, table, ids))
-        out = ps_pb2.LookupResponse()
         np_dtype = _NP_DTYPES[request.dtype]
-        n = 0
-        for name, table, ids in work:
-            rows = table.lookup(ids, dtype=np_dtype)
-            # `add` writes into the response in place; `append(TableRows(...))` would copy the rows again
-            out.tables.add(table=name, values=rows.tobytes(), dtype=request.dtype, dim=table.dim)
-            n += ids.size
-        metrics.IDS.labels(self._shard, "Lookup").inc(n)
-        return out
+        rows = [(name, table.lookup(ids, dtype=np_dtype), request.dtype, table.dim) for name, table, ids in work]
+        metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
+        return encode_lookup_response(rows)  # a serialized LookupResponse; the rows are copied once
 
     def _decode_updates(self, method: str, items, with_lr: bool):
         work = []
@@ -171,23 +188,23 @@ class ParameterServerServicer:
         metrics.IDS.labels(self._shard, method).inc(sum(w[2].size for w in work))
         return work
 
-    def apply_gradients(self, request: ps_pb2.ApplyGradientsRequest) -> ps_pb2.UpdateResponse:
+    def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("ApplyGradients", request.tables, with_lr=True)
+        global_step, update_time = request.scalars.get(APPLY_GLOBAL_STEP, 0), request.scalars.get(APPLY_UPDATE_TIME, 0)
         for _name, table, ids, grads, lrs in work:
-            table.apply_gradients(ids, grads, global_step=request.global_step, update_time=request.update_time,
-                                  learning_rates=lrs)
+            table.apply_gradients(ids, grads, global_step=global_step, update_time=update_time, learning_rates=lrs)
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
-    def assign(self, request: ps_pb2.UpdateRequest) -> ps_pb2.UpdateResponse:
+    def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("Assign", request.tables, with_lr=False)
         for _name, table, ids, values, _lrs in work:
-            table.assign(ids, values, update_time=request.update_time)
+            table.assign(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
-    def assign_add(self, request: ps_pb2.UpdateRequest) -> ps_pb2.UpdateResponse:
+    def assign_add(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._decode_updates("AssignAdd", request.tables, with_lr=False)
         for _name, table, ids, values, _lrs in work:
-            table.assign_add(ids, values, update_time=request.update_time)
+            table.assign_add(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
     def reinitialize(self, request: ps_pb2.ReinitializeRequest) -> ps_pb2.UpdateResponse:
@@ -264,8 +281,12 @@ class ParameterServerServicer:
         return ps_pb2.StatsResponse(
             shard_index=self.state.shard_index, num_shards=self.state.num_shards, tables=tables, dense=dense,
             total_rows=sum(t.rows for t in tables), total_memory_bytes=sum(t.memory_bytes for t in tables + dense),
-            rss_bytes=_rss_bytes(), requests=dict(self.requests), errors=dict(self.errors),
+            rss_bytes=_rss_bytes(), requests=self._counts(self.requests), errors=self._counts(self.errors),
         )
+
+    def _counts(self, counter: collections.Counter[str]) -> dict[str, int]:
+        with self._count_lock:
+            return dict(counter)
 
     def health(self, request: ps_pb2.HealthRequest) -> ps_pb2.HealthResponse:
         s = self.state

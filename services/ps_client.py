@@ -27,6 +27,13 @@ import numpy as np
 from protos import ps_pb2, ps_pb2_grpc
 from ps import checkpoint as ckpt
 from ps.config_codec import optimizer_to_proto, table_config_to_proto
+from ps.fast_messages import (
+    APPLY_GLOBAL_STEP,
+    APPLY_UPDATE_TIME,
+    UPDATE_UPDATE_TIME,
+    decode_lookup_response,
+    encode_updates,
+)
 from ps.malloc_tuning import tune_malloc
 from ps.server import DEFAULT_MAX_MESSAGE_BYTES
 from ps.sharding import dense_owner
@@ -72,6 +79,13 @@ _ERROR_TYPES = {
 class TableMeta:
     dim: int
     segment_dims: tuple[int, ...]
+    counts_occurrences: bool = False  # admission: the PS must see every occurrence, so no client dedupe
+
+    @classmethod
+    def of(cls, info: ps_pb2.TableInfo) -> TableMeta:
+        config = json.loads(info.config_json) if info.config_json else {}
+        return cls(int(info.dim), tuple(int(d) for d in info.segment_dims),
+                   int(config.get("occurrence_threshold") or 0) > 0)
 
 
 def _as_ids(ids: Any, where: str) -> np.ndarray:
@@ -128,9 +142,23 @@ class PSClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
-        self._stubs = [ps_pb2_grpc.ParameterServerStub(c) for c in self._channels]
+        self._stubs = [self._stub(c) for c in self._channels]
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}
+
+    @staticmethod
+    def _stub(channel: grpc.Channel) -> ps_pb2_grpc.ParameterServerStub:
+        """The generated stub, except that row payloads skip protobuf objects (see ps.fast_messages):
+        Lookup replies are decoded in place and update requests arrive here already encoded."""
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        service = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+        stub.Lookup = channel.unary_unary(f"/{service}/Lookup",
+                                          request_serializer=ps_pb2.LookupRequest.SerializeToString,
+                                          response_deserializer=decode_lookup_response)
+        for method in ("ApplyGradients", "Assign", "AssignAdd"):
+            setattr(stub, method, channel.unary_unary(f"/{service}/{method}", request_serializer=None,
+                                                      response_deserializer=ps_pb2.UpdateResponse.FromString))
+        return stub
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -178,10 +206,7 @@ class PSClient:
         return self.checkpoint_timeout_s if method in ("Save", "Restore") else self.timeout_s
 
     def _call_with_retries(self, shard: int, method: str, request, first_error: grpc.RpcError | None = None):
-        attempt = 0
-        error = first_error
-        if error is not None:
-            attempt = 1
+        error, attempt = first_error, int(first_error is not None)
         while True:
             if error is not None:
                 if attempt > self.retries or not self._retryable(method, error.code()):
@@ -229,14 +254,14 @@ class PSClient:
         request = ps_pb2.CreateTablesRequest(tables=[table_config_to_proto(n, c) for n, c in configs.items()])
         responses = self._call_shards("CreateTables", {s: request for s in range(self.num_shards)})
         for info in responses[0].tables:
-            self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+            self._tables[info.name] = TableMeta.of(info)
         return {name: self._tables[name] for name in configs}
 
     def table_meta(self, table: str) -> TableMeta:
         meta = self._tables.get(table)
         if meta is None:
             for info in self._call_with_retries(0, "Stats", ps_pb2.StatsRequest()).tables:
-                self._tables[info.name] = TableMeta(int(info.dim), tuple(int(d) for d in info.segment_dims))
+                self._tables[info.name] = TableMeta.of(info)
             meta = self._tables.get(table)
         if meta is None:
             raise ValueError(f"unknown table {table!r} (known: {sorted(self._tables)}); create it with create_tables")
@@ -266,7 +291,7 @@ class PSClient:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
         responses = self._call_shards("Lookup", requests) if requests else {}
-        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
+        replies = {s: {item.table: item for item in resp} for s, resp in responses.items()}
         out = {}
         for table, (meta, routed) in plans.items():
             parts = []
@@ -282,10 +307,13 @@ class PSClient:
             out[table] = routed.assemble(parts, meta.dim)
         return out
 
-    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, make_request,
-                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, Any]:
-        """Validate {table: (ids, values)} and split it into one request per shard (nothing is sent here)."""
-        per_shard: dict[int, Any] = {}
+    def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, scalars: dict[int, int],
+                 learning_rates: Mapping[str, Any] | None = None) -> dict[int, bytes]:
+        """Validate {table: (ids, values)} and encode one request per shard (nothing is sent here).
+
+        `scalars` are the request's int64 fields by number (see ps.fast_messages.encode_updates)."""
+        per_shard: dict[int, list] = {}
+        sizes: dict[int, int] = {}
         learning_rates = learning_rates or {}
         unknown = set(learning_rates) - set(updates)
         if unknown:
@@ -303,39 +331,38 @@ class PSClient:
                 if len(lrs) != len(meta.segment_dims) or not all(math.isfinite(x) and x >= 0 for x in lrs):
                     raise ValueError(f"{where}: learning_rates must be {len(meta.segment_dims)} finite non-negative "
                                      f"floats (one per segment), got {lrs}")
-            routed = route(ids, self.num_shards, dedupe=dedupe)
-            if dedupe:
+            # a table with admission counts occurrences: send every occurrence (the PS sums duplicates itself)
+            table_dedupe = dedupe and not meta.counts_occurrences
+            routed = route(ids, self.num_shards, dedupe=table_dedupe)
+            if table_dedupe:
                 values = sum_duplicates(routed, values)
             for s in range(self.num_shards):
                 pos = routed.positions(s)
                 shard_ids = routed.unique[pos]
                 if shard_ids.size:
                     vals = values[pos]
-                    self._check_size(f"{method} request", s, shard_ids.nbytes + vals.nbytes)
-                    if s not in per_shard:
-                        per_shard[s] = make_request()
-                    per_shard[s].tables.add(table=table, ids=shard_ids.tobytes(), values=vals.tobytes(),
-                                            learning_rates=lrs or [])
-        return per_shard
+                    sizes[s] = sizes.get(s, 0) + shard_ids.nbytes + vals.nbytes
+                    self._check_size(f"{method} request", s, sizes[s])
+                    per_shard.setdefault(s, []).append((table, shard_ids, vals, lrs))
+        return {s: encode_updates(items, scalars) for s, items in per_shard.items()}
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
                         learning_rates: Any = None, update_time: int = 0) -> None:
-        """Duplicate ids' gradients are summed here, then the table's optimizer runs on the PS once per id."""
+        """Duplicate ids' gradients are summed (here, or on the PS for tables with admission, which must
+        count every occurrence), then the table's optimizer runs once per id."""
         lrs = None if learning_rates is None else {table: learning_rates}
         self.apply_gradients_many({table: (ids, grads)}, global_step, lrs, update_time)
 
     def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
                              learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
-        requests = self._updates(
-            "ApplyGradients", grads_by_table, True,
-            lambda: ps_pb2.ApplyGradientsRequest(global_step=int(global_step), update_time=int(update_time)),
-            learning_rates)
+        requests = self._updates("ApplyGradients", grads_by_table, True,
+                                 {APPLY_GLOBAL_STEP: int(global_step), APPLY_UPDATE_TIME: int(update_time)},
+                                 learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
-        requests = self._updates(method, {table: (ids, values)}, False,
-                                 lambda: ps_pb2.UpdateRequest(update_time=int(update_time)))
+        requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})
         if requests:
             self._call_shards(method, requests)
 

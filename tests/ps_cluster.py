@@ -30,7 +30,7 @@ def start_shard(group: ProcessGroup, index: int, num_shards: int, port: int | No
     return group.start(args, env=dict(MALLOC_ENV), name=f"ps{index}of{num_shards}")
 
 
-def wait_ready(group: ProcessGroup, proc: subprocess.Popen, timeout: float = 60) -> Shard:
+def wait_ready(group: ProcessGroup, proc: subprocess.Popen, timeout: float = 120) -> Shard:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = _READY.search(group.log_of(proc))

@@ -146,6 +146,10 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
             else:
                 cmd = run_role.service_command(spec, parsed)
                 assert str(port) in cmd
+            metrics = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+            if role in ("ps", "worker"):  # scraped where the process serves its metrics
+                annotations = obj["spec"]["template"]["metadata"]["annotations"]
+                assert cmd[cmd.index("--metrics-port") + 1] == annotations["prometheus.io/port"] == str(metrics[0])
             assert all(spec.address(r, 0) for r in ("ps", "worker", "dispatcher", "dsworker"))
             seen.add(role)
     assert seen == {"ps", "worker", "dispatcher", "dsworker"}

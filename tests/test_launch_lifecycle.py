@@ -5,6 +5,7 @@ driven from the test so the data-service processes' reaction to each worker stat
 """
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -57,6 +58,19 @@ def test_worker_gives_up_on_an_absent_ps_with_a_clear_error(processes):
     assert f"ps:0 at 127.0.0.1:{ps_port} did not accept connections within 1.5s" in log
 
 
+def test_tf_config_is_the_second_source(processes):
+    """No MLP_ROLE: the role comes from TF_CONFIG (a chief task is worker 0)."""
+    ps_port, chief_port = free_port(), free_port()
+    tf_config = {"cluster": {"chief": [f"127.0.0.1:{chief_port}"], "ps": [f"127.0.0.1:{ps_port}"]},
+                 "task": {"type": "chief", "index": 0}}
+    proc = processes.start(RUN + ["--model", "m:M", "--model-dir", "/tmp/x", "--wait-timeout", "0.5"],
+                           env={"TF_CONFIG": json.dumps(tf_config)}, name="tf-config")
+    assert proc.wait(60) == 3
+    log = processes.log_of(proc)
+    assert "worker:0 (TF_CONFIG)" in log
+    assert f"ps:0 at 127.0.0.1:{ps_port} did not accept connections within 0.5s (from TF_CONFIG)" in log
+
+
 def test_status_server_and_watcher():
     port = free_port()
     server = StatusServer(port, "127.0.0.1")
@@ -74,6 +88,19 @@ def test_status_server_and_watcher():
     finally:
         server.close()
     assert query_status(f"127.0.0.1:{port}") is None
+
+
+def test_status_over_ipv6():
+    try:
+        port = free_port("::1")
+        server = StatusServer(port, "::")
+    except OSError as exc:
+        pytest.skip(f"IPv6 is not configured on this machine: {exc}")
+    try:
+        server.state = "exited 0"
+        assert JobWatcher([f"[::1]:{port}"]).poll()
+    finally:
+        server.close()
 
 
 def test_vanished_worker_is_waited_for_not_counted_as_done():
@@ -95,24 +122,24 @@ def test_vanished_worker_is_waited_for_not_counted_as_done():
 
 @pytest.mark.slow
 def test_data_service_roles_stop_when_every_worker_reports_success_or_on_sigterm(processes):
-    roles = {"worker": [free_port(), free_port()], "dispatcher": [free_port()], "dsworker": [free_port(), free_port()]}
+    roles = {"worker": [free_port(), free_port()], "dispatcher": [free_port()], "dsworker": [free_port()]}
     workers = [StatusServer(p, "127.0.0.1") for p in roles["worker"]]
     try:
         for w in workers:
             w.state = "running"
-        procs = {(r, i): processes.start(RUN, env=hand_made_env(roles, r, i), name=f"{r}{i}")
-                 for r in ("dispatcher", "dsworker") for i in range(len(roles[r]))}
-        for key, proc in procs.items():
-            wait_for(lambda p=proc: "ready" in processes.log_of(p) or p.poll() is not None, 90, what=f"{key} ready")
+        dispatcher = processes.start(RUN, env=hand_made_env(roles, "dispatcher", 0), name="dispatcher")
+        dsworker = processes.start(RUN, env=hand_made_env(roles, "dsworker", 0), name="dsworker")
+        for proc in (dispatcher, dsworker):
+            wait_for(lambda p=proc: "ready" in processes.log_of(p) or p.poll() is not None, 90, what="ready")
             assert proc.poll() is None, processes.log_of(proc)
-        assert processes.stop(procs[("dsworker", 1)], signal.SIGTERM) == 0  # SIGTERM: clean stop
+        assert processes.stop(dsworker, signal.SIGTERM) == 0  # SIGTERM: clean stop
+        assert "dsworker:0 stopped" in processes.log_of(dsworker)
         workers[0].state = "exited 0"
         time.sleep(1.0)
-        assert procs[("dispatcher", 0)].poll() is None, "stopped while worker:1 was still running"
+        assert dispatcher.poll() is None, "stopped while worker:1 was still running"
         workers[1].state = "exited 0"
-        for key in (("dispatcher", 0), ("dsworker", 0)):
-            assert procs[key].wait(30) == 0, processes.log_of(procs[key])
-            assert "every worker finished" in processes.log_of(procs[key])
+        assert dispatcher.wait(30) == 0, processes.log_of(dispatcher)
+        assert "every worker finished" in processes.log_of(dispatcher)
     finally:
         for w in workers:
             w.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -46,7 +45,8 @@ def test_killing_a_worker_stops_the_cluster_and_names_it(processes, tmp_path):
     pattern = re.compile(r"\[worker:1\] .*started training \(pid (\d+)\)")
     match = wait_for(lambda: pattern.search(processes.log_of(local)), 120, what="worker:1 training")
     trainer = int(match.group(1))
-    time.sleep(4)  # let it get into the training loop
+    stepping = re.compile(r"\[worker:1\] .*\[worker:1\] .*\bstep \d+")  # the trainer's own progress line
+    wait_for(lambda: stepping.search(processes.log_of(local)), 120, what="worker:1 in its training loop")
     assert local.poll() is None, processes.log_of(local)
     os.kill(trainer, signal.SIGKILL)
     assert local.wait(90) != 0
@@ -68,18 +68,20 @@ def test_ctrl_c_stops_everything(processes, tmp_path):
 
 
 def test_run_local_cluster_api_with_the_data_service(tmp_path):
-    """The Python entry point the demo uses: prefixed output, every process exits 0."""
+    """The Python entry point the demo uses: prefixed output, metrics on, every process exits 0."""
     import io
 
     from services.launch.local_cluster import run_local_cluster
 
     out = io.StringIO()
     code = run_local_cluster(1, 1, MODEL, str(tmp_path / "model"), ["--max-steps", "10"], dataservice=True,
-                             num_dsworkers=1, out=out)
+                             num_dsworkers=1, out=out, metrics=True)
     log = out.getvalue()
     assert code == 0, log
     for prefix in ("[ps:0] ", "[worker:0] ", "[dispatcher:0] ", "[dsworker:0] "):
         assert prefix in log
+    for role in ("ps", "worker"):  # `metrics=True`: both serve Prometheus metrics
+        assert re.search(rf"\[{role}:0\] .*started .*--metrics-port 0", log), log
     assert re.search(r"\[worker:0\] .*started training as the chief .* --dispatcher grpc://127\.0\.0\.1:\d+", log)
     leftovers = [p for p in pids_in(log) if alive(p)]
     assert not leftovers, f"orphans left behind: {leftovers}"

@@ -65,7 +65,7 @@ def owned_counts(client, num_shards):
 
 def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     two, three, one = (start_cluster(processes, n) for n in (2, 3, 1))
-    c2, c3, c1 = (PSClient([s.address for s in cl], keep_checkpoints=2) for cl in (two, three, one))
+    c2, c3, c1 = (PSClient([s.address for s in cl], keep_checkpoints=2, timeout_s=60) for cl in (two, three, one))
     for c in (c2, c3, c1):
         c.wait_until_ready(60)
     c2.create_tables(TABLES)
@@ -119,6 +119,10 @@ def test_checkpoint_restores_onto_3_then_1_shards(processes, tmp_path):
     assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "ckpt-200" in str(info.value)
     assert_same_state(state_of(c1), before)
+    # a shard told to restore it at start-up refuses to start (exit 1) and names the damaged file
+    refused = start_shard(processes, 0, 1, checkpoint_dir=str(d3))
+    assert refused.wait(60) == 1
+    assert f"cannot restore {d3 / 'ckpt-200'}" in processes.log_of(refused) and victim.name in processes.log_of(refused)
     for c in (c2, c3, c1):
         c.close()
 
@@ -127,7 +131,7 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
     d = str(tmp_path / "ckpt")
     shards = start_cluster(processes, 2, checkpoint_dir=d)
     addresses = [s.address for s in shards]
-    client = PSClient(addresses, retries=8, backoff_s=0.2, timeout_s=20)
+    client = PSClient(addresses, retries=8, backoff_s=0.2, timeout_s=60)
     client.wait_until_ready(60)
     client.create_tables(TABLES)
     client.create_dense({n: {**s, "initial_value": np.zeros(s["shape"], np.float32)} for n, s in DENSE.items()})
@@ -140,6 +144,8 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
     os.killpg(shards[1].proc.pid, signal.SIGKILL)
     shards[1].proc.wait(10)
     impatient = PSClient(addresses, retries=1, backoff_s=0.05, timeout_s=5)
+    down = impatient.health()
+    assert down[0]["serving"] and not down[1]["serving"] and "UNAVAILABLE" in down[1]["error"]
     with pytest.raises(PSUnavailable, match=rf"PS shard 1 \({addresses[1]}\) Lookup failed after 2 attempts"):
         impatient.lookup("item", PROBE)
     impatient.close()
@@ -169,4 +175,37 @@ def test_restarted_shard_reloads_its_part_while_others_keep_newer_state(processe
     for t in TABLES:
         np.testing.assert_array_equal(result["rows"][t][odd], saved[t][odd])
         np.testing.assert_array_equal(result["rows"][t][~odd], newer[t][~odd])
+    client.close()
+
+
+def test_sigterm_lets_an_in_flight_save_finish(processes, tmp_path):
+    shard = wait_ready(processes, start_shard(processes, 0, 1, extra=["--grace-s", "60", "--metrics-port", "-1"]))
+    client = PSClient([shard.address], timeout_s=120)
+    client.create_tables({"big": {"dim": 64, "optimizer": {"type": "sgd", "learning_rate": 0.1}}})
+    ids = np.arange(400_000, dtype=np.int64)
+    for lo in range(0, ids.size, 100_000):
+        client.assign("big", ids[lo:lo + 100_000], np.full((100_000, 64), 0.5, np.float32))
+    d = tmp_path / "ckpt"
+    result, errors = {}, []
+
+    def save():
+        try:
+            result["path"] = client.save(str(d), 1)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    ckpt_dir = ckpt.checkpoint_path(d, 1)
+    deadline = time.monotonic() + 60
+    while not list(ckpt_dir.glob(".shard-0-of-1.tmp-*")):  # the shard is inside the Save handler
+        assert time.monotonic() < deadline and saver.is_alive(), "Save never started"
+        time.sleep(0.005)
+    os.killpg(shard.proc.pid, signal.SIGTERM)
+    saver.join(120)
+    assert not errors, errors
+    assert shard.proc.wait(60) == 0
+    assert client.latest_checkpoint(str(d)) == result["path"]
+    log = processes.log_of(shard.proc)
+    assert log.index("signal 15") < log.index("saved step 1") < log.index("stopped")
     client.close()

@@ -1,4 +1,5 @@
-"""A PS shard under `monolith run`: readiness through the Health RPC probe, clean exit on SIGTERM."""
+"""A PS shard under `monolith run`: readiness through the Health RPC probe, clean exit on SIGTERM, and the
+exit hook's counter for that signal."""
 from __future__ import annotations
 
 import signal
@@ -10,6 +11,7 @@ import pytest
 from services.ports import free_port
 from tests import cluster_parts
 from tests.processes import wait_for
+from tests.scrape import Scrape
 from tests.test_launch_lifecycle import RUN, hand_made_env
 
 cluster_parts.require("ps.server_main", "services.ps_client")
@@ -22,10 +24,12 @@ def probe(addr: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_ps_role_is_probed_ready_and_stops_cleanly_on_sigterm(processes):
+def test_ps_role_is_probed_ready_and_stops_cleanly_on_sigterm(processes, tmp_path):
     roles = {"ps": [free_port()], "worker": [free_port()]}
     addr = f"127.0.0.1:{roles['ps'][0]}"
-    ps = processes.start(RUN, env=hand_made_env(roles, "ps", 0), name="ps-role")
+    textfile = tmp_path / "ps0.prom"
+    env = {**hand_made_env(roles, "ps", 0), "MONOLITH_METRICS_TEXTFILE": str(textfile)}
+    ps = processes.start(RUN, env=env, name="ps-role")
     wait_for(lambda: "ready" in processes.log_of(ps) or ps.poll() is not None, 90, what="ps ready")
     assert ps.poll() is None, processes.log_of(ps)
     ok = probe(addr)
@@ -34,3 +38,5 @@ def test_ps_role_is_probed_ready_and_stops_cleanly_on_sigterm(processes):
     assert "ps:0 stopped" in processes.log_of(ps)
     down = probe(addr)
     assert down.returncode == 1 and "not healthy" in down.stderr
+    exported = Scrape(textfile.read_text())  # the exit hook counted the signal that stopped the role
+    assert exported.value("monolith_training_exit_hook_total", server_type="ps", index="0", sig="15") == 1

@@ -1,6 +1,8 @@
 """`monolith ray` on a private local Ray: 2 PS actors + 1 worker actor train the FFM test model."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests import cluster_parts
@@ -26,3 +28,15 @@ def test_ray_job_with_two_ps_and_one_worker(processes, tmp_path):
     assert "started training as the chief" in log
     assert log.count("every worker finished") == 2
     assert summary.exists()
+
+
+def test_ray_job_stops_and_names_the_failing_role(processes, tmp_path):
+    driver = processes.start(
+        ["-m", "services.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "1", "--num-workers", "1",
+         "--model", "worker.models.no_such_module:Model", "--model-dir", str(tmp_path / "model"), "--max-steps", "5"],
+        name="ray-driver")
+    code = driver.wait(180)
+    log = processes.log_of(driver)
+    assert code == 1, log
+    assert re.search(r"worker:0 failed \(exit code \d+\): stopping the job", log), log
+    assert "no_such_module" in log  # the worker's own error reached the driver's output

@@ -17,6 +17,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="steps each worker trains")
     parser.add_argument("--dataservice", action="store_true", help="feed workers through a tf.data service")
     parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
+    parser.add_argument("--metrics", action="store_true",
+                        help="PS shards and workers serve Prometheus metrics on free ports (URLs in their logs)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after `--`: extra `monolith train` arguments")
 
 

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     role_logging.configure("local", 0)
     return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-local-"),
                              train_args_of(args), dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
-                             log_prefix=not args.no_prefix)
+                             log_prefix=not args.no_prefix, metrics=args.metrics)
 
 
 @dataclass
@@ -80,18 +80,21 @@ def run_local_cluster(
     num_dsworkers: int = 2,
     log_prefix: bool = True,
     out=None,
+    metrics: bool = False,
 ) -> int:
     """Run the job to completion; 0 when every worker trained successfully and every service stopped.
 
     `train_args` go to each worker's `monolith train` (e.g. `["--max-steps", "100"]`); `out` receives the
-    merged output (default: this process's stdout).
+    merged output (default: this process's stdout). With `metrics`, PS shards and workers serve
+    Prometheus metrics on free ports and log their URLs.
     """
     out = sys.stdout if out is None else out
     layout = cluster_layout(num_ps, num_workers, dataservice, num_dsworkers)
     flag = SignalFlag((signal.SIGINT, signal.SIGTERM))
     write_lock = threading.Lock()
     members: list[_Member] = []
-    run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", HOST, "--", *train_args]
+    run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", HOST,
+                *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
     try:
         for role in ("ps", "dispatcher", "dsworker", "worker"):
             for index in range(len(layout.get(role, ()))):

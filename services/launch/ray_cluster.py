@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     return run_ray_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-ray-"),
                            train_args_of(args), address=args.address, num_cpus=args.num_cpus,
                            cpus_per_role=args.cpus_per_role, dataservice=args.dataservice,
-                           num_dsworkers=args.num_dsworkers)
+                           num_dsworkers=args.num_dsworkers, metrics=args.metrics)
 
 
 class RoleProcess:
@@ -104,6 +104,7 @@ def run_ray_cluster(
     dataservice: bool = False,
     num_dsworkers: int = 2,
     out=None,
+    metrics: bool = False,
 ) -> int:
     """Run the job as Ray actors; 0 when every worker trained and every service stopped cleanly."""
     import ray
@@ -128,7 +129,8 @@ def run_ray_cluster(
         log.info("cluster on Ray: %s", {r: [f"{h}:{p}" for h, p in a] for r, a in layout.items()})
         for (role, i), actor in members.items():
             host = layout[role][i][0]
-            run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host, "--", *train_args]
+            run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host,
+                        *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
             ray.get(actor.start.remote(mlp_environment(layout, role, i), run_args))
         return _watch(members, flag, out)
     finally:

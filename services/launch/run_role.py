@@ -17,11 +17,12 @@ import logging
 import shlex
 import time
 
-from services import role_logging
+from services import exit_hook, role_logging
 from services.cluster_spec import ClusterSpec
 from services.launch.job_status import JobWatcher, StatusServer
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.mlp_env import MLPEnvError, check_port, split_addr
+from services.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
     parser.add_argument("--checkpoint-dir",
                         help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
-    parser.add_argument("--bind-host", default="0.0.0.0", help="interface the PS and status port listen on")
+    parser.add_argument("--bind-host", default=None,
+                        help="interface the PS and status port listen on (default: all, IPv6 if our address is)")
     parser.add_argument("--wait-timeout", type=float, default=300.0,
                         help="seconds a worker waits for the PS shards, dispatcher and data workers")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job-status polls")
     parser.add_argument("--linger", type=float, default=60.0,
                         help="seconds a finished worker keeps reporting success while peers are still up")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="ps and worker roles: serve Prometheus metrics here (0 = any free port, logged)")
+    parser.add_argument("--extra-dsworkers", type=int, default=0,
+                        help="worker role: also run this many tf.data data workers on the worker's host")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra arguments for `monolith train`")
 
@@ -67,9 +73,17 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_BAD_CONFIG
     flag = SignalFlag()
+    exit_hook.install(spec.task_type, spec.task_index)  # counts the signal that stopped us, chained to `flag`
     if spec.task_type == "worker":
         return _run_worker(spec, cmd, args, flag)
     return _run_service(spec, cmd, args, flag)
+
+
+def bind_host(spec: ClusterSpec, args: argparse.Namespace) -> str:
+    """`--bind-host`, else every interface of our address's family."""
+    if args.bind_host:
+        return args.bind_host
+    return "::" if ":" in split_addr(spec.own_address)[0] else "0.0.0.0"
 
 
 def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
@@ -77,9 +91,10 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     port = str(spec.bind_port)
     if spec.task_type == "ps":
         cmd = monolith_command("ps", "--port", port, "--shard-index", str(spec.task_index),
-                               "--num-shards", str(spec.num("ps")), "--host", args.bind_host)
+                               "--num-shards", str(spec.num("ps")), "--host", bind_host(spec, args))
         checkpoint_dir = args.checkpoint_dir or args.model_dir
-        return cmd + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
+        cmd += ["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []
+        return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)
     if not spec.num("dispatcher"):
@@ -94,6 +109,8 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
     missing = [f"--{n.replace('_', '-')}" for n in ("model", "model_dir") if not getattr(args, n)]
     if missing:
         raise MLPEnvError(f"the worker role needs {' and '.join(missing)}")
+    if args.extra_dsworkers and not spec.num("dispatcher"):
+        raise MLPEnvError(f"--extra-dsworkers {args.extra_dsworkers} needs a dispatcher, but the job has none")
     cmd = monolith_command("train", "--model", args.model, "--worker-index", str(spec.task_index),
                            "--num-workers", str(spec.num("worker")), "--model-dir", args.model_dir)
     if args.max_steps is not None:
@@ -102,6 +119,8 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         cmd += ["--ps", ",".join(spec.addresses("ps"))]
     if spec.dispatcher_target():
         cmd += ["--dispatcher", spec.dispatcher_target()]
+    if args.metrics_port is not None:
+        cmd += ["--metrics-port", str(args.metrics_port)]
     extra = list(args.train_args or [])
     return cmd + (extra[1:] if extra[:1] == ["--"] else extra)
 
@@ -156,7 +175,7 @@ def _wait_for_peers(spec: ClusterSpec, timeout: float, flag: SignalFlag) -> None
 
 
 def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, flag: SignalFlag) -> int:
-    status = StatusServer(spec.bind_port, args.bind_host)
+    status = StatusServer(spec.bind_port, bind_host(spec, args))
     try:
         try:
             _wait_for_peers(spec, args.wait_timeout, flag)
@@ -167,6 +186,7 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
         except InterruptedError as exc:
             log.info("%s", exc)
             return 128 + (flag.received or 15)
+        extras = _start_extra_dsworkers(spec, args)
         status.state = "running"
         child = spawn(cmd)
         log.info("started training%s (pid %d): %s", " as the chief" if spec.is_chief else "", child.pid,
@@ -177,6 +197,8 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
                 terminate(child)
                 break
         code = child.returncode
+        for extra in extras:
+            terminate(extra)
         status.state = f"exited {code}"
         log.info("training %s", "finished" if code == 0 else f"failed ({describe_exit(code)})")
         if code == 0 and not flag:
@@ -184,6 +206,20 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
         return code if code >= 0 else 128 - code
     finally:
         status.close()
+
+
+def _start_extra_dsworkers(spec: ClusterSpec, args: argparse.Namespace) -> list:
+    """Data workers beside this training worker (the seed's extra dsworkers on GPU hosts): they register
+    with the dispatcher on free ports, so no other process needs to know about them."""
+    host, _ = split_addr(spec.own_address)
+    procs = []
+    for i in range(args.extra_dsworkers):
+        cmd = monolith_command("dsworker", "--dispatcher", spec.address("dispatcher", 0),
+                               "--port", str(free_port(bind_host(spec, args))), "--host", host,
+                               "--index", f"w{spec.task_index}-{i}", "--wait-timeout", str(args.wait_timeout))
+        procs.append(spawn(cmd))
+        log.info("started extra dsworker %d (pid %d): %s", i, procs[-1].pid, shlex.join(cmd))
+    return procs
 
 
 def _linger(spec: ClusterSpec, args: argparse.Namespace, flag: SignalFlag) -> None:
