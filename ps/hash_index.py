@@ -1,6 +1,6 @@
 """Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
 
-Only the memory-latency-bound loops (probe, lookup) use the thread pool: every parallel region costs a
+Only the memory-latency-bound loops (probe, gather, optimizer steps) use the thread pool: every parallel region costs a
 team wake-up and a barrier, which on a busy machine can cost more than the loop itself.
 
 The index is one int64 array [capacity, 2] of (id, row) pairs (row -1 = empty; ids may take any value),
@@ -86,8 +86,8 @@ def probe(index, ids, rows):
 
 
 @njit(**_PARALLEL)
-def probe_for_update(index, ids, rows, values, state):
-    """probe(), also prefetching each found row of `values` and `state` for the update that follows."""
+def probe_and_prefetch(index, ids, rows, values, state):
+    """probe(), also prefetching each found row of `values` and `state` for the gather/update that follows."""
     for i in prange(ids.shape[0]):
         _prefetch_slot(index, ids, i)
         r = _find(index, ids[i])
@@ -119,17 +119,10 @@ def rebuild(index, row_ids, n):
 
 
 @njit(**_PARALLEL)
-def lookup(index, values, ids, out):
-    """out[i] = row of ids[i] (zeros when absent): probe every id (prefetching its row), then gather rows."""
-    rows = np.empty(ids.shape[0], np.int64)
-    for i in prange(ids.shape[0]):
-        _prefetch_slot(index, ids, i)
-        r = _find(index, ids[i])
-        rows[i] = r
-        if r >= 0:
-            prefetch(values, r)
+def gather(values, rows, out):
+    """out[i] = values[rows[i]] (zeros where rows[i] < 0)."""
     zero = np.float32(0.0)
-    for i in prange(ids.shape[0]):
+    for i in prange(rows.shape[0]):
         r = rows[i]
         for j in range(values.shape[1]):
             out[i, j] = values[r, j] if r >= 0 else zero

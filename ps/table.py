@@ -199,7 +199,7 @@ class EmbeddingTable:
         st = self._store
         rows = np.empty(len(uniq), np.int64)
         states = [a for seg in st.elem_states for a in seg]
-        H.probe_for_update(self._index, uniq, rows, st.values, states[0] if states else st.values)
+        H.probe_and_prefetch(self._index, uniq, rows, st.values, states[0] if states else st.values)
         absent = np.flatnonzero(rows < 0)
         created = absent[:0]
         if len(absent):
@@ -228,8 +228,10 @@ class EmbeddingTable:
                                 or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {shape}")
         dest = out if out is not None and dtype == np.float32 else np.empty(shape, np.float32)
+        rows = np.empty(len(ids), np.int64)
         with _threads_for(dest.size), self._lock.read():
-            H.lookup(self._index, self._store.values, ids, dest)
+            H.probe_and_prefetch(self._index, ids, rows, self._store.values, self._store.values)
+            H.gather(self._store.values, rows, dest)
         if dtype == np.float32:
             return dest
         if out is None:
