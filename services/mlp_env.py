@@ -234,6 +234,41 @@ class MLPEnv:
             return "/job:worker/task:0/device:CPU:0"
         return "/device:CPU:0"
 
+    def start_profiler(self, port: int = 6666) -> int:
+        """Start TensorFlow's profiler server in this process on `port` (+ the MPI rank under `mpirun`, so
+        ranks sharing a host do not collide); return the port. `profiler_trace` captures from it."""
+        import tensorflow as tf
+
+        port = int(port) + (self.index if self.enable_mpi else 0)
+        tf.profiler.experimental.server.start(port)
+        log.info("profiler server on port %d", port)
+        return port
+
+    def profiler_trace(
+        self, logdir: str, role: str | None = None, index: int = -1, port: int = 6666, duration_ms: int = 1000,
+        num_tracing_attempts: int = 3, host_tracer_level: int = 2, python_tracer_level: int = 0,
+        device_tracer_level: int = 1, delay_ms: int | None = None,
+    ) -> None:
+        """Capture a profile of `role:index` (every replica of the role when `index < 0`) into `logdir`.
+
+        The targets are the role's hosts with the profiler `port` (what `start_profiler` bound there)."""
+        import tensorflow as tf
+
+        role = self._role(role)
+        indices = range(self.num_replicas(role)) if index < 0 else [index]
+        targets = []
+        for i in indices:
+            host = self.get_host(role, i)
+            if host is None:
+                raise MLPEnvError(f"{self.host_var(role, i)} is not set: cannot profile {role.lower()}:{i}")
+            offset = i if self._is_mpi_worker(role) else 0
+            targets.append(f"grpc://{format_addr(host, int(port) + offset)}")
+        options = tf.profiler.experimental.ProfilerOptions(
+            host_tracer_level=host_tracer_level, python_tracer_level=python_tracer_level,
+            device_tracer_level=device_tracer_level, delay_ms=delay_ms)
+        tf.profiler.experimental.client.trace(",".join(targets), logdir, duration_ms,
+                                              num_tracing_attempts=num_tracing_attempts, options=options)
+
     def _target(self, role: str | None, index: int, use_ssh: bool) -> tuple[str, int]:
         role = self._role(role)
         host = self.get_host(role, index)

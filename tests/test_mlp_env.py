@@ -333,3 +333,39 @@ def test_mlp_environment_round_trips_through_mlp_env():
     assert spec.dispatcher_target() == "grpc://127.0.0.1:5050"
     assert ClusterSpec.from_tf_config(spec.to_tf_config()) == spec.__class__(
         spec.roles, "ps", 1, source="TF_CONFIG")
+
+
+PROFILE_SCRIPT = r"""
+import sys, threading
+import tensorflow as tf
+from services.mlp_env import MLPEnv
+port, logdir = int(sys.argv[1]), sys.argv[2]
+env = MLPEnv({"MLP_ROLE": "worker", "MLP_ROLE_INDEX": "0", "MLP_WORKER_NUM": "1",
+              "MLP_WORKER_0_PRIMARY_HOST": "127.0.0.1", "MLP_WORKER_0_PORT": "2222"})
+assert env.start_profiler(port) == port
+stop = threading.Event()
+def busy():
+    x = tf.random.normal([64, 64])
+    while not stop.is_set():
+        x = tf.tanh(tf.matmul(x, x))
+threading.Thread(target=busy, daemon=True).start()
+env.profiler_trace(logdir, role="worker", index=-1, port=port, duration_ms=500)
+stop.set()
+"""
+
+
+def test_profiler_server_and_trace_capture_a_real_profile(tmp_path):
+    """`start_profiler` serves TF's profiler; `profiler_trace` of every worker writes an xplane profile."""
+    from services.ports import free_port
+
+    port = free_port()
+    done = subprocess.run([sys.executable, "-c", PROFILE_SCRIPT, str(port), str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(tmp_path.rglob("*.xplane.pb")), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+def test_profiler_trace_of_an_unknown_replica_names_the_variable(tmp_path):
+    env = MLPEnv({"MLP_ROLE": "worker", "MLP_WORKER_NUM": "1", "MLP_WORKER_0_HOST": "127.0.0.1"})
+    with pytest.raises(MLPEnvError, match="MLP_WORKER_3_PRIMARY_HOST"):
+        env.profiler_trace(str(tmp_path), role="worker", index=3)
