@@ -97,6 +97,15 @@ def scatter_rows(values, rows, src, add):
 
 
 @njit(**_SERIAL)
+def stamp_rows(times, rows, t):
+    """times[rows[i]] = t, skipping rows[i] < 0 (one pass, no temporary mask or index arrays)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            times[r] = t
+
+
+@njit(**_SERIAL)
 def dedup(ids):
     """Return (unique ids in first-seen order, inverse index per input, occurrences per unique id)."""
     n = ids.shape[0]

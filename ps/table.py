@@ -202,7 +202,7 @@ class EmbeddingTable:
         return rows, created
 
     def _touch(self, rows: np.ndarray, update_time: int) -> None:
-        self._store.update_time[rows[rows >= 0]] = update_time
+        H.stamp_rows(self._store.update_time, rows, update_time)
         self._max_update_time = max(self._max_update_time, update_time)
 
     # ---- public operations

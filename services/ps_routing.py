@@ -20,7 +20,7 @@ def _unique_inverse(ids):
     while (1 << bits) < 2 * n:
         bits += 1
     mask = (1 << bits) - 1
-    slots = np.full(1 << bits, -1, np.int64)
+    slots = np.full(1 << bits, -1, np.int32)  # int32: half the memset of the table per call
     uniq = np.empty(n, np.int64)
     inverse = np.empty(n, np.int64)
     m = 0
@@ -30,7 +30,7 @@ def _unique_inverse(ids):
         while True:
             j = slots[h]
             if j < 0:
-                slots[h] = m
+                slots[h] = np.int32(m)
                 uniq[m] = key
                 inverse[i] = m
                 m += 1
@@ -60,6 +60,17 @@ def _partition(ids, num_shards):
         order[fill[o]] = i
         fill[o] += 1
     return order, bounds
+
+
+@numba.njit(nogil=True, cache=True, parallel=True, error_model="numpy")
+def _gather_rows(src, index, out):
+    """out[i] = src[index[i]] as float32: re-expands deduplicated rows straight into the caller's array.
+
+    `src` may be a read-only, unaligned view of a reply buffer (no copy to align it first)."""
+    for i in numba.prange(index.shape[0]):
+        r = index[i]
+        for c in range(src.shape[1]):
+            out[i, c] = src[r, c]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -92,17 +103,26 @@ class Routed:
         return self.unique[self.positions(shard)]
 
     def assemble(self, parts: list[tuple[int, np.ndarray]], dim: int) -> np.ndarray:
-        """float32 rows in the caller's order from each shard's rows (in `shard_ids` order)."""
-        if self.order is None:  # one shard: its rows are already in `unique` order
-            rows = parts[0][1] if parts else np.zeros((0, dim), np.float32)
-            if self.inverse is None:
-                return rows.astype(np.float32, copy=True)  # a writable copy of the reply buffer
-            return rows.astype(np.float32, copy=False).take(self.inverse, axis=0)
-        rows = np.empty((self.unique.size, dim), np.float32)
-        for shard, got in parts:
-            rows[self.positions(shard)] = got
-        return rows if self.inverse is None else rows.take(self.inverse, axis=0)
+        """float32 rows in the caller's order from each shard's rows (in `shard_ids` order).
 
+        Each part may be a read-only view of a reply buffer; the result is always a new writable array."""
+        n = self.unique.size if self.inverse is None else self.inverse.size
+        out = np.empty((n, dim), np.float32)
+        if self.order is None:  # one shard: its rows are already in `unique` order
+            rows = parts[0][1] if parts else out[:0]
+        else:  # scatter each shard's rows to their unique positions (widening float16 on the way)
+            rows = out if self.inverse is None else np.empty((self.unique.size, dim), np.float32)
+            for shard, got in parts:
+                rows[self.positions(shard)] = got
+            if rows is out:
+                return out
+        if rows.dtype != np.float32:
+            rows = rows.astype(np.float32)  # float16 transport: widen the unique rows only
+        if self.inverse is None:
+            out[...] = rows
+        else:
+            _gather_rows(rows, self.inverse, out)
+        return out
 
 def route(ids: np.ndarray, num_shards: int, dedupe: bool = True) -> Routed:
     inverse = None
