@@ -3,7 +3,7 @@ and the plain Keras peer, in one run with the same batch size; prints ratios.
 
 The cluster figures are the chief's estimate of cluster throughput (global steps x batch / its train time,
 after tracing). Everything shares 2 cores here, so more processes do not mean more compute.
-    python benchmarks/train_bench.py [--steps 400] [--batch-size 256]
+    python benchmarks/train_bench.py [--steps 800] [--batch-size 256]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from movielens_runs import run_cluster, run_keras, run_local  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--staleness", type=int, default=1)
     args = parser.parse_args()

@@ -109,8 +109,9 @@ class TableConfig:
     segments: tuple[SegmentConfig, ...]
     occurrence_threshold: int = 0
     expire_time_days: int = 36500
-    initial_capacity: int = 16
-    """Rows allocated (and pre-touched) up front; the table grows geometrically past it."""
+    initial_capacity: int = 1
+    """Rows allocated (and pre-touched) up front; the table grows geometrically past it. The default of 1
+    suits dense parameters stored as one wide row; pre-size big sparse tables to skip growth."""
     filter_capacity: int = 1 << 20
 
     @property
@@ -155,7 +156,7 @@ class TableConfig:
             segments=tuple(segments),
             occurrence_threshold=_coerce("occurrence_threshold", cfg.get("occurrence_threshold", 0), 0),
             expire_time_days=_coerce("expire_time_days", cfg.get("expire_time_days", 36500), 0),
-            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 16), 0),
+            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 1), 0),
             filter_capacity=_coerce("filter_capacity", cfg.get("filter_capacity", 1 << 20), 0),
         )
         if "segments" in cfg and "dim" in cfg and cfg["dim"] != out.dim:

@@ -1,5 +1,8 @@
 """Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
 
+Only the memory-latency-bound loops (probe, gather, optimizer steps) use the thread pool: every parallel region costs a
+team wake-up and a barrier, which on a busy machine can cost more than the loop itself.
+
 The index is one int64 array [capacity, 2] of (id, row) pairs (row -1 = empty; ids may take any value),
 power-of-two capacity, kept at most half full; key and row share a cache line, so a probe costs one
 miss. Rows live in separate dense arrays; the index only maps ids to row numbers, so growing the index
@@ -8,7 +11,10 @@ never moves row data.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -29,6 +35,35 @@ def mix64(k):
     return x
 
 
+_AHEAD = 16
+"""Probe loops prefetch the index slot of the key this many iterations ahead."""
+
+
+@intrinsic
+def prefetch(typingctx, arr, row):
+    """Hint the CPU to load arr[row, 0] into cache (LLVM's prefetch: read, high locality)."""
+    sig = types.void(arr, row)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zeros = [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]] + zeros, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _prefetch_slot(index, ids, i):
+    if i + _AHEAD < ids.shape[0]:
+        prefetch(index, np.int64(mix64(ids[i + _AHEAD]) & np.uint64(index.shape[0] - 1)))
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _find(index, key):
     mask = np.uint64(index.shape[0] - 1)
@@ -46,7 +81,20 @@ def _find(index, key):
 def probe(index, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
     for i in prange(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
         rows[i] = _find(index, ids[i])
+
+
+@njit(**_PARALLEL)
+def probe_and_prefetch(index, ids, rows, values, state):
+    """probe(), also prefetching each found row of `values` and `state` for the gather/update that follows."""
+    for i in prange(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
+        r = _find(index, ids[i])
+        rows[i] = r
+        if r >= 0:
+            prefetch(values, r)
+            prefetch(state, r)
 
 
 @njit(**_SERIAL)
@@ -54,6 +102,7 @@ def insert(index, ids, first_row):
     """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""
     mask = np.uint64(index.shape[0] - 1)
     for i in range(ids.shape[0]):
+        _prefetch_slot(index, ids, i)
         key = ids[i]
         h = mix64(key) & mask
         while index[h, 1] >= 0:
@@ -70,22 +119,19 @@ def rebuild(index, row_ids, n):
 
 
 @njit(**_PARALLEL)
-def lookup(index, values, ids, out):
-    """out[i] = row of ids[i] (zeros when absent): probe every id first, then gather rows."""
-    rows = np.empty(ids.shape[0], np.int64)
-    for i in prange(ids.shape[0]):
-        rows[i] = _find(index, ids[i])
+def gather(values, rows, out):
+    """out[i] = values[rows[i]] (zeros where rows[i] < 0)."""
     zero = np.float32(0.0)
-    for i in prange(ids.shape[0]):
+    for i in prange(rows.shape[0]):
         r = rows[i]
         for j in range(values.shape[1]):
             out[i, j] = values[r, j] if r >= 0 else zero
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def scatter_rows(values, rows, src, add):
     """values[rows[i]] = src[i] (or += when `add`), skipping rows[i] < 0; rows are distinct."""
-    for i in prange(rows.shape[0]):
+    for i in range(rows.shape[0]):
         r = rows[i]
         if r >= 0:
             if add:
@@ -94,15 +140,6 @@ def scatter_rows(values, rows, src, add):
             else:
                 for j in range(src.shape[1]):
                     values[r, j] = src[i, j]
-
-
-@njit(**_SERIAL)
-def stamp_rows(times, rows, t):
-    """times[rows[i]] = t, skipping rows[i] < 0 (one pass, no temporary mask or index arrays)."""
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        if r >= 0:
-            times[r] = t
 
 
 @njit(**_SERIAL)
@@ -139,26 +176,26 @@ def dedup(ids):
     return uniq[:u], inv, counts[:u]
 
 
-@njit(**_PARALLEL)
-def combine_by_inverse(src, inv, u, last_wins, nthreads):
-    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k.
-
-    Thread t owns the outputs k with k % T == t and scans the inputs in order, so the result needs no
-    locks and is deterministic.
-    """
-    dim = src.shape[1]
-    out = np.zeros((u, dim), np.float32)
-    for t in prange(nthreads):
-        for i in range(inv.shape[0]):
-            k = inv[i]
-            if k % nthreads == t:
-                if last_wins:
-                    for j in range(dim):
-                        out[k, j] = src[i, j]
-                else:
-                    for j in range(dim):
-                        out[k, j] += src[i, j]
+@njit(**_SERIAL)
+def combine_by_inverse(src, inv, u, last_wins):
+    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k."""
+    out = np.zeros((u, src.shape[1]), np.float32)
+    for i in range(inv.shape[0]):
+        k = inv[i]
+        if last_wins:
+            out[k] = src[i]
+        else:
+            out[k] += src[i]
     return out
+
+
+@njit(**_SERIAL)
+def stamp(update_time, rows, t):
+    """update_time[rows[i]] = t for rows[i] >= 0."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            update_time[r] = t
 
 
 _EXPONENT = np.uint32(0x7F800000)

@@ -277,6 +277,8 @@ def adam(w, c0, d, rows, g, lr, wd, beta1, beta2, eps, nesterov, amsgrad, m, v, 
             if r >= 0:
                 _adam_row(w[r, c0:c0 + d], g[i, c0:c0 + d], m[r], v[r], vhat[r], _adam_lr(lr, powers, r), wd, beta1,
                           beta2, eps, nesterov, amsgrad)
+                powers[r, 0] *= beta1
+                powers[r, 1] *= beta2
     else:
         nb = _blocks(d)
         for k in prange(rows.shape[0] * nb):
@@ -285,11 +287,11 @@ def adam(w, c0, d, rows, g, lr, wd, beta1, beta2, eps, nesterov, amsgrad, m, v, 
             if r >= 0:
                 _adam_row(w[r, c0 + j0:c0 + j1], g[i, c0 + j0:c0 + j1], m[r, j0:j1], v[r, j0:j1], vhat[r, j0:j1],
                           _adam_lr(lr, powers, r), wd, beta1, beta2, eps, nesterov, amsgrad)
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        if r >= 0:
-            powers[r, 0] *= beta1
-            powers[r, 1] *= beta2
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r >= 0:
+                powers[r, 0] *= beta1
+                powers[r, 1] *= beta2
 
 
 @njit(**_OPTS)

@@ -1,9 +1,9 @@
 """Dense, 64-byte-aligned row arrays of one table: values, per-segment optimizer state, ids, timestamps.
 
 Rows 0..size-1 are live; new rows are appended, so a batch of inserts is one contiguous row range.
-Growth allocates bigger arrays, copies, and zero-fills the tail so page faults happen at growth (or at
-construction for a pre-sized table), not inside later inserts. The table holds its write lock meanwhile,
-so no reader sees a half-grown store.
+Growth allocates bigger arrays and copies the live rows; the table holds its write lock meanwhile, so no
+reader sees a half-grown store. The initial allocation is zero-filled, so a pre-sized table takes its
+page faults at construction rather than inside inserts.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class RowStore:
         self.elem_states = [[aligned_empty((0, s.dim), np.float32) for _ in lay]
                             for s, lay in zip(config.segments, self.elem_layout)]
         self.row_states = [np.empty((0, len(lay)), np.float64) for lay in self.row_layout]
-        self.reserve(capacity)
+        self.reserve(capacity, touch=True)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every per-row array by a stable name (the checkpoint's array names)."""
@@ -52,7 +52,7 @@ class RowStore:
                 out[f"segment{k}.row_state"] = arr
         return out
 
-    def reserve(self, needed: int) -> None:
+    def reserve(self, needed: int, touch: bool = False) -> None:
         if needed <= self.capacity:
             return
         cap = max(needed, 2 * self.capacity)
@@ -62,7 +62,8 @@ class RowStore:
             new = aligned_empty((cap,) + old.shape[1:], old.dtype) if aligned else np.empty((cap,) + old.shape[1:],
                                                                                             old.dtype)
             new[:n] = old[:n]
-            new[n:] = 0
+            if touch:
+                new[n:] = 0
             return new
 
         self.values = grow(self.values)

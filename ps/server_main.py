@@ -69,12 +69,14 @@ def main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
 
-    import prometheus_client
-
     from ps import checkpoint, metrics
     from ps.server import serve
     from ps.servicer import ParameterServerServicer
     from ps.shard_state import ShardState
+    from services import exit_hook
+    from services.metrics import start_metrics_server
+
+    exit_hook.install("ps", args.shard_index)
 
     log.info("store kernels warm in %.2fs", warm_up_kernels())
     state = ShardState(args.shard_index, args.num_shards)
@@ -92,8 +94,7 @@ def main(args: argparse.Namespace) -> int:
     metrics.register_shard(state)
     metrics_note = "off"
     if args.metrics_port >= 0:
-        http, _thread = prometheus_client.start_http_server(args.metrics_port, addr=args.host)
-        metrics_note = f"{args.host}:{http.server_port}"
+        metrics_note = f"{args.host}:{start_metrics_server(args.metrics_port, addr=args.host)}"
     servicer = ParameterServerServicer(state, args.server_model)
 
     def ready(port: int) -> None:

@@ -160,7 +160,7 @@ class EmbeddingTable:
         uniq, inv, counts = H.dedup(ids)
         if len(uniq) == len(ids):
             return uniq, values, counts
-        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins, numba.get_num_threads())
+        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins)
         if not last_wins and not H.all_finite(combined):
             raise ValueError("summing duplicate ids overflowed float32")
         return uniq, combined, counts
@@ -172,15 +172,19 @@ class EmbeddingTable:
             self._index = self._new_index(_pow2_at_least(max(2 * needed, 2 * len(self._index))))
             H.rebuild(self._index, self._store.ids, self._store.size)
 
-    def _insert(self, new_ids: np.ndarray) -> np.ndarray:
-        """Append absent, distinct ids as freshly initialised rows; returns their row numbers."""
+    def _insert(self, new_ids: np.ndarray, init_values: bool = True) -> np.ndarray:
+        """Append absent, distinct ids as freshly initialised rows; returns their row numbers.
+
+        `init_values=False` skips the initializer when the caller overwrites every value anyway.
+        """
         st = self._store
         r0, r1 = st.size, st.size + len(new_ids)
         self._reserve(r1)
         H.insert(self._index, new_ids, r0)
         st.ids[r0:r1] = new_ids
-        for seg, c0 in zip(self._cfg.segments, st.offsets):
-            initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
+        if init_values:
+            for seg, c0 in zip(self._cfg.segments, st.offsets):
+                initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
         st.init_state(r0, r1)
         st.size = r1
         return np.arange(r0, r1, dtype=np.int64)
@@ -190,32 +194,50 @@ class EmbeddingTable:
         H.probe(self._index, ids, rows)
         return rows
 
-    def _upsert(self, uniq: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _upsert(self, uniq: np.ndarray, counts: np.ndarray, init_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
-        rows = self._probe(uniq)
+        st = self._store
+        rows = np.empty(len(uniq), np.int64)
+        states = [a for seg in st.elem_states for a in seg]
+        H.probe_and_prefetch(self._index, uniq, rows, st.values, states[0] if states else st.values)
         absent = np.flatnonzero(rows < 0)
         created = absent[:0]
         if len(absent):
             created = absent[self._filter.admit(uniq[absent], counts[absent])]
             if len(created):
-                rows[created] = self._insert(uniq[created])
+                rows[created] = self._insert(uniq[created], init_values)
         return rows, created
 
     def _touch(self, rows: np.ndarray, update_time: int) -> None:
-        H.stamp_rows(self._store.update_time, rows, update_time)
+        H.stamp(self._store.update_time, rows, update_time)
         self._max_update_time = max(self._max_update_time, update_time)
 
     # ---- public operations
-    def lookup(self, ids, dtype=np.float32) -> np.ndarray:
-        """Rows for `ids` ([n, dim]); absent ids read as zeros. Never inserts and never counts occurrences."""
+    def lookup(self, ids, dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows for `ids` ([n, dim]); absent ids read as zeros. Never inserts and never counts occurrences.
+
+        `out` (C-contiguous [n, dim] of `dtype`) receives the rows instead of a new array: a server can
+        reuse its buffers and skip the page faults of a fresh multi-MB array per call.
+        """
         ids = _as_ids(ids)
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float16):
             raise TypeError(f"lookup dtype must be float32 or float16, got {dtype}")
-        out = np.empty((len(ids), self.dim), np.float32)
-        with _threads_for(out.size), self._lock.read():
-            H.lookup(self._index, self._store.values, ids, out)
-        return out if dtype == np.float32 else out.astype(np.float16)
+        shape = (len(ids), self.dim)
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+                                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {shape}")
+        dest = out if out is not None and dtype == np.float32 else np.empty(shape, np.float32)
+        rows = np.empty(len(ids), np.int64)
+        with _threads_for(dest.size), self._lock.read():
+            H.probe_and_prefetch(self._index, ids, rows, self._store.values, self._store.values)
+            H.gather(self._store.values, rows, dest)
+        if dtype == np.float32:
+            return dest
+        if out is None:
+            return dest.astype(np.float16)
+        np.copyto(out, dest, casting="same_kind")
+        return out
 
     def contains(self, ids) -> np.ndarray:
         ids = _as_ids(ids)
@@ -257,7 +279,7 @@ class EmbeddingTable:
 
     def _upsert_values(self, uniq, vals, counts, update_time: int, add: bool) -> None:
         with self._lock.write():
-            rows, _ = self._upsert(uniq, counts)
+            rows, _ = self._upsert(uniq, counts, init_values=add)
             H.scatter_rows(self._store.values, rows, vals, add)
             self._touch(rows, update_time)
 
@@ -369,7 +391,7 @@ class EmbeddingTable:
             rows = self._probe(ids)
             absent = np.flatnonzero(rows < 0)
             if len(absent):
-                rows[absent] = self._insert(ids[absent])
+                rows[absent] = self._insert(ids[absent], init_values=False)
             for name, arr in st.arrays().items():
                 arr[rows] = arrays[name]
             self._filter.merge(sketch, replace=clear)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ps.hash_index import gather
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -62,17 +64,6 @@ def _partition(ids, num_shards):
     return order, bounds
 
 
-@numba.njit(nogil=True, cache=True, parallel=True, error_model="numpy")
-def _gather_rows(src, index, out):
-    """out[i] = src[index[i]] as float32: re-expands deduplicated rows straight into the caller's array.
-
-    `src` may be a read-only, unaligned view of a reply buffer (no copy to align it first)."""
-    for i in numba.prange(index.shape[0]):
-        r = index[i]
-        for c in range(src.shape[1]):
-            out[i, c] = src[r, c]
-
-
 @numba.njit(nogil=True, cache=True)
 def _sum_by_inverse(values, inverse, m):
     out = np.zeros((m, values.shape[1]), np.float32)
@@ -121,8 +112,9 @@ class Routed:
         if self.inverse is None:
             out[...] = rows
         else:
-            _gather_rows(rows, self.inverse, out)
+            gather(rows, self.inverse, out)  # reads `rows` in place, even a read-only unaligned reply view
         return out
+
 
 def route(ids: np.ndarray, num_shards: int, dedupe: bool = True) -> Routed:
     inverse = None

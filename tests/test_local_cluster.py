@@ -68,20 +68,35 @@ def test_ctrl_c_stops_everything(processes, tmp_path):
 
 
 def test_run_local_cluster_api_with_the_data_service(tmp_path):
-    """The Python entry point the demo uses: prefixed output, metrics on, every process exits 0."""
+    """The Python entry point the demo uses: prefixed output, metrics on, every process exits 0; the demo's
+    URL collector sees each role's metrics URL, and the PS answers on it while the job runs."""
     import io
+    import urllib.request
 
     from services.launch.local_cluster import run_local_cluster
+    from worker.demo.movielens_demo import MetricsURLCollector
 
-    out = io.StringIO()
+    scraped: dict[str, str] = {}
+
+    class ScrapingCollector(MetricsURLCollector):
+        def write(self, text: str) -> None:
+            super().write(text)
+            url = self.urls.get("ps:0")
+            if url and "ps:0" not in scraped:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    scraped["ps:0"] = response.read().decode()
+
+    out = ScrapingCollector(io.StringIO())
     code = run_local_cluster(1, 1, MODEL, str(tmp_path / "model"), ["--max-steps", "10"], dataservice=True,
                              num_dsworkers=1, out=out, metrics=True)
-    log = out.getvalue()
+    log = out.out.getvalue()
     assert code == 0, log
     for prefix in ("[ps:0] ", "[worker:0] ", "[dispatcher:0] ", "[dsworker:0] "):
         assert prefix in log
     for role in ("ps", "worker"):  # `metrics=True`: both serve Prometheus metrics
         assert re.search(rf"\[{role}:0\] .*started .*--metrics-port 0", log), log
+    assert set(out.urls) == {"ps:0", "worker:0"}, out.urls
+    assert "monolith_ps_table_rows" in scraped["ps:0"]
     assert re.search(r"\[worker:0\] .*started training as the chief .* --dispatcher grpc://127\.0\.0\.1:\d+", log)
     leftovers = [p for p in pids_in(log) if alive(p)]
     assert not leftovers, f"orphans left behind: {leftovers}"

@@ -255,6 +255,7 @@ def test_wide_single_row_table_matches_narrow_rows(kind):
         small.apply_gradients([7], g[step:step + 1, -narrow:])
     w = wide.lookup([7])[0]
     assert np.isfinite(w).all() and wide.size == 1
+    assert wide.memory_bytes <= 4 * dim * 4 + (1 << 20), "a 1-row table holds one row of values and state"
     if kind != "group_adagrad":
         np.testing.assert_array_equal(w[-narrow:], small.lookup([7])[0])
     else:

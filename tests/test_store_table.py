@@ -63,6 +63,14 @@ def test_lookup_never_inserts_and_float16_output():
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, t.lookup([1, 2, 3]).astype(np.float16))
     assert t.lookup(np.empty(0, np.int64)).shape == (0, 3)
+    buf, half_buf = np.full((3, 3), 9, np.float32), np.empty((3, 3), np.float16)
+    assert t.lookup([1, 2, 3], out=buf) is buf
+    np.testing.assert_array_equal(buf, t.lookup([1, 2, 3]))
+    assert t.lookup([1, 2, 3], np.float16, out=half_buf) is half_buf
+    np.testing.assert_array_equal(half_buf, half)
+    for bad in (np.empty((2, 3), np.float32), np.empty((3, 3), np.float64), np.empty((3, 6), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            t.lookup([1, 2, 3], out=bad)
 
 
 def test_reinitialize_status_and_values():
@@ -130,21 +138,26 @@ def test_growth_past_a_million_rows_while_readers_check_known_rows():
 
 
 def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
-    """4 threads push overlapping ids; with exactly representable grads the result equals the serial sum."""
-    t = _sgd(dim=4)
+    """4 threads push overlapping ids; with exactly representable grads the result equals the serial sum.
+
+    Batches are big enough (5000 × 8 floats) that every call runs its kernels on the parallel thread pool,
+    so concurrent pool launches from several Python threads are exercised too."""
+    t = _sgd(dim=8)
     rng = np.random.default_rng(0)
     work = []
     for _ in range(4):
         batches = []
         for _ in range(30):
             ids = rng.integers(-300, 300, 5000)
-            batches.append((ids, rng.integers(-8, 9, (5000, 4)).astype(np.float32) / 8))
+            batches.append((ids, rng.integers(-8, 9, (5000, 8)).astype(np.float32) / 8))
         work.append(batches)
+    ada = EmbeddingTable.from_dict({"dim": 8, "optimizer": {"type": "adagrad", "initial_accumulator_value": 1.0}})
     lookups_ok = []
 
     def pusher(batches):
         for ids, g in batches:
             t.apply_gradients(ids, g)
+            ada.apply_gradients(ids, g)
             lookups_ok.append(np.isfinite(t.lookup(ids[:100])).all())
 
     threads = [threading.Thread(target=pusher, args=(b,)) for b in work]
@@ -160,6 +173,16 @@ def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
     keys = np.array(sorted(expected))
     np.testing.assert_array_equal(t.lookup(keys), np.stack([expected[k] for k in keys.tolist()]))
     assert all(lookups_ok)
+    squares = {}
+    for batches in work:
+        for ids, g in batches:
+            uniq, inv = np.unique(ids, return_inverse=True)
+            summed = np.zeros((len(uniq), 8))
+            np.add.at(summed, inv, g)
+            for i, gi in zip(uniq.tolist(), summed):
+                squares[i] = squares.get(i, 1.0) + gi ** 2
+    accumulators = ada._store.elem_states[0][0][ada._probe(keys)]
+    np.testing.assert_array_equal(accumulators, np.stack([squares[k] for k in keys.tolist()]))
 
 
 def _snapshot(t, ids):

@@ -28,6 +28,7 @@ def test_distributed_one_ps_one_worker_matches_pure_tensorflow(processes, tmp_pa
     store_opt, keras_opt = CASES["adagrad"]
     model = TinyDNN(store_opt)
     model.clip_norm = 2.0
+    model.dense_weight_decay = 0.01
     est = Estimator(model, RunConfig(model_dir=str(tmp_path), ps_addresses=start_ps(processes, 1), staleness=0))
     initial, ref_losses, ref_dense, ref_tables = reference_run(keras_opt(), model.dense_weight_decay, model.clip_norm)
     losses = []
@@ -48,6 +49,10 @@ def test_distributed_one_ps_one_worker_matches_pure_tensorflow(processes, tmp_pa
     rows = est.backend.lookup({f: ids for f in FEATURES})
     for f in FEATURES:
         np.testing.assert_allclose(rows[f], ref_tables[f], rtol=1e-5, atol=1e-5)
+    metrics = est.evaluate()
+    preds = np.array([p["ctr"] for p in est.predict()])
+    assert metrics["examples"] == preds.size == 30 * 32 and 0.5 < metrics["ctr_auc"] <= 1
+    assert np.all((preds > 0) & (preds < 1))
     est.close()
 
 
@@ -89,7 +94,7 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
     for i in range(2):
         args = ["-m", "services.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", addresses,
                 "--worker-index", str(i), "--num-workers", "2", "--model-dir", str(tmp_path / "m"),
-                "--max-steps", "40", "--staleness", "1", "--save-checkpoints-steps", "20"]
+                "--max-steps", "800", "--staleness", "1", "--save-checkpoints-steps", "400"]
         if i == 0:
             args += ["--eval", "--summary-file", str(summary)]
         workers.append(processes.start(args, name=f"worker{i}"))
@@ -97,7 +102,10 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
         assert w.wait(timeout=240) == 0, processes.log_of(w)[-3000:]
     result = json.loads(summary.read_text())
     assert result["mode"] == "distributed" and result["num_ps"] == 2 and result["num_workers"] == 2
-    assert result["global_step"] >= 40 and 0 < result["steps"] < 40  # the other worker did the rest
+    other = json.loads(processes.log_of(workers[1]).split("trained: ")[1].splitlines()[0].replace("'", '"'))
+    assert result["global_step"] >= 800 and result["steps"] > 0 and other["steps"] > 0  # both trained
+    # every step increments the shared global step once: the last increment saw them all
+    assert max(result["global_step"], other["global_step"]) == result["steps"] + other["steps"]
     assert result["auc"]["ctr"] > 0.6 and result["examples_per_sec"] > 0
     assert set(result["table_sizes"]) == set(FEATURES) and all(v > 0 for v in result["table_sizes"].values())
     assert os.path.isdir(result["checkpoint"])
@@ -115,3 +123,21 @@ def test_cli_rejects_bad_arguments(tmp_path):
         main(["train", "--model", "tests.tiny_models:TinyDNN", "--model-dir", str(tmp_path), "--max-steps", "1",
               "--ps", "nohostport"])
     assert sys.modules.get("tests.tiny_models") is not None
+
+
+def test_workers_read_through_the_tf_data_service(tmp_path):
+    import io
+
+    from services.launch.local_cluster import run_local_cluster
+
+    summary = tmp_path / "summary.json"
+    out = io.StringIO()
+    code = run_local_cluster(1, 2, "tests.tiny_models:TinyDNN", str(tmp_path / "m"), dataservice=True,
+                             num_dsworkers=1, out=out,
+                             train_args=["--max-steps", "200", "--eval", "--summary-file", str(summary)])
+    log = out.getvalue()
+    assert code == 0, log[-4000:]
+    jobs = {line.rsplit("job ", 1)[1].strip() for line in log.splitlines() if "from the tf.data service" in line}
+    assert len(jobs) == 1, log[-4000:]  # one shared job (a worker that starts after the end reads nothing)
+    result = json.loads(summary.read_text())
+    assert result["global_step"] >= 200 and result["auc"]["ctr"] > 0.5

@@ -157,3 +157,75 @@ def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
     counts = np.array([2.0, 1.0])  # occurrences per batch: each adds 1 to d(loss)/d(row)
     np.testing.assert_allclose(rows[:, :2], -np.outer(counts, [lr_sum, lr_sum]), rtol=1e-6)
     np.testing.assert_allclose(rows[:, 2], -counts * 0.25 * 6, rtol=1e-6)  # the other slice keeps its own rate
+
+
+def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
+    import json
+
+    from services.cli import main
+    from services.metrics import stop_metrics_server
+    from services.ports import free_port
+    from tests.scrape import scrape
+
+    port = free_port()
+    summary = tmp_path / "summary.json"
+    code = main(["train", "--model", "worker.models.ffm:TestFFMModel", "--model-dir", str(tmp_path / "m"),
+                 "--max-steps", "12", "--eval", "--summary-file", str(summary), "--metrics-port", str(port),
+                 "--save-checkpoints-steps", "6", "--progress"])
+    try:
+        assert code == 0
+        result = json.loads(summary.read_text())
+        assert result["mode"] == "local" and result["global_step"] == 12 and result["steps"] == 12
+        assert result["examples"] == 12 * NUM_EXAMPLES and result["examples_per_sec"] > 0
+        assert 0.5 < result["auc"]["ctr"] <= 1.0 and result["checkpoint"].endswith("ckpt-12")
+        assert result["table_sizes"] == {f"slot_{i}": 5 for i in range(NUM_SLOTS)}
+        loss = scrape(port).value("monolith_training_step_loss")
+        assert loss == pytest.approx(result["loss"], rel=1e-6)
+    finally:
+        stop_metrics_server(port)
+
+
+def test_two_heads_auc_and_mse_over_the_whole_eval_set_and_occurrence_threshold(tmp_path):
+    from tests.tiny_models import TwoHeadModel, make_batches
+    from worker.metrics_eval import mse
+
+    model = TwoHeadModel(SgdOptimizer(0.2))
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
+    est.train(1)
+    batches = make_batches()
+    # threshold 2: an id gets a row on its 3rd occurrence (counted per step in which it appears)
+    assert est.table_sizes()["f0"] == 0 and est.table_sizes()["f1"] > 0
+    est.train(3)
+    assert 0 < est.table_sizes()["f0"] < VOCAB
+    metrics = est.evaluate()
+    preds = list(est.predict())
+    labels = np.concatenate([b["label"] for b in batches])
+    ctr = np.array([p["ctr"] for p in preds])
+    score = np.array([p["score"] for p in preds])
+    pos, neg = ctr[labels == 1], ctr[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    pairwise = wins / (pos.size * neg.size)
+    assert metrics["ctr_auc"] == pytest.approx(pairwise, abs=1e-9)
+    assert metrics["score_mse"] == pytest.approx(float(np.mean((score - labels) ** 2)), rel=1e-6)
+    assert metrics["score_mse"] == pytest.approx(mse(labels, score), rel=1e-9)
+
+
+def test_ffm_examples_parse_to_the_generated_ragged_ids():
+    from worker.models.ffm import make_examples, parse_examples
+
+    data = generate_ffm_examples()
+    model = TestFFMModel()
+    specs, parse = model.create_serving_input_receiver_fn()()
+    assert specs["instances"].dtype == tf.string
+    parsed = parse({"instances": tf.constant(make_examples(data)[:5])})
+    for i in range(NUM_SLOTS):
+        assert parsed[f"slot_{i}"].to_list() == data[f"slot_{i}"][:5]
+    np.testing.assert_array_equal(parsed["label"].numpy(), data["label"][:5])
+    assert parse_examples(tf.constant(make_examples(data))).keys() == parsed.keys()
+
+
+def test_checkpoint_every_n_seconds(tmp_path):
+    est = Estimator(TinyDNN(), RunConfig(model_dir=str(tmp_path), save_checkpoints_secs=1e-6, keep_checkpoint_max=10))
+    est.train(3)
+    assert list_checkpoints(str(tmp_path)) == [1, 2, 3]
+    assert est.last_checkpoint == os.path.join(str(tmp_path), "ckpt-3")

@@ -277,19 +277,19 @@ def test_add_loss_extra_output_hooks_and_layout():
 
     assert float(trace()) == 6.5
 
-    class KafkaMetricHook:
-        pass
+    from worker.hooks.file_metric import FileMetricHook
+    from worker.hooks.kafka_metric import KafkaMetricHook
+    from worker.hooks.step_loss import StepLossMetricHook
 
-    class FileMetricHook:
-        pass
-
-    m.add_training_hook(KafkaMetricHook())
-    m.add_training_hook(FileMetricHook())
-    m.add_training_hook(object())
+    m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
+    m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
+    m.add_training_hook(StepLossMetricHook())
+    m.add_training_hook(StepLossMetricHook())
     with pytest.raises(ValueError, match="KafkaMetricHook"):
-        m.add_training_hook(KafkaMetricHook())
+        m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
     with pytest.raises(ValueError, match="FileMetricHook"):
-        m.add_training_hook(FileMetricHook())
+        m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
+    assert len(m._training_hooks) == 4
     factory = FeatureFactory()
     slot = factory.create_feature_slot(FeatureSlotConfig(name="f"))
     fs = slot.add_feature_slice(3)
@@ -346,3 +346,45 @@ def test_auc_and_mse_against_pairwise_definition():
     assert mse([1.0, 2.0], [0.0, 4.0]) == pytest.approx(2.5)
     with pytest.raises(ValueError, match="labels"):
         auc(np.ones(3), np.ones(4))
+
+
+def test_share_slot_reads_a_feature_again_through_the_same_table():
+    m = _Model()
+    feats = {"a": [[1, 2], [3]]}
+    out = m.share_slot({"a": "A"}, share_meta={"a": (False, 7)})
+    assert out == {"a": "A", "a_share": "A"}
+    m.create_embedding_feature_column("a")
+    fc = m.create_embedding_feature_column("a_share")
+    assert fc.slot is m.fc_dict["a"].slot and fc.slot.name == "a"
+    inputs = _inputs({"a": feats["a"], "a_share": feats["a"]})
+    with lookup_inputs(inputs):
+        x, y = m.lookup_embedding_slice(["a", "a_share"], "vec", slice_dim=2)
+        np.testing.assert_allclose(x, y)
+    assert [s.name for s in fc.slot.slices] == ["vec"]
+    with pytest.raises(KeyError, match="zz"):
+        m.share_slot({"a": 1}, share_meta={"zz": (True, 1)})
+    mapper = m.share_slot(share_meta={"a": (False, 7)})
+    assert mapper({"a": 5}) == {"a": 5, "a_share": 5}
+
+
+def test_native_context_applies_embedding_gradients_through_the_store():
+    from worker.backends import LocalBackend
+    from worker.entry import SgdOptimizer, ZerosInitializer
+
+    factory = FeatureFactory()
+    ctx = NativeContext(feature_factory=factory)
+    with pytest.raises(RuntimeError, match="no backend"):
+        ctx.apply_embedding_gradients({"a": (np.array([1]), np.ones((1, 2), np.float32))})
+    slot = ctx.create_feature_slot(FeatureSlotConfig(name="a"))
+    slot.add_feature_slice(2, ZerosInitializer(), SgdOptimizer(0.5))
+    factory.backend = LocalBackend()
+    factory.backend.create_tables(factory.table_configs())
+    ids = np.array([3, 4, 3], np.int64)
+    grads = np.array([[1.0, 2.0], [0.5, 0.5], [1.0, 0.0]], np.float32)
+    ctx.apply_embedding_gradients({"a": (ids, grads)}, scale=2)
+    rows = factory.backend.lookup({"a": np.array([3, 4, 5], np.int64)})["a"]
+    np.testing.assert_allclose(rows, [[-2.0, -2.0], [-0.5, -0.5], [0.0, 0.0]])  # duplicates summed; 5 absent
+    with pytest.raises(ValueError, match="unknown table 'b'"):
+        ctx.apply_embedding_gradients({"b": (ids, grads)})
+    with pytest.raises(ValueError, match="no feature_factory"):
+        NativeContext().apply_embedding_gradients({})

@@ -1,5 +1,6 @@
 """MovieLens data processing (on a tiny file set in the real format) and the ranking model in local mode."""
 import numpy as np
+import pytest
 
 from worker.model import Estimator, RunConfig
 from worker.models.movielens import MovieRankingModel, make_dataset
@@ -11,6 +12,12 @@ USER = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:toke
 ITEM = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
         "10\tToy Story\t1995\tAnimation Children's Comedy", "20\tGoldenEye\t1995\tAction Adventure Thriller",
         "30\tFour Rooms\t1995\tThriller"]
+
+
+@pytest.fixture(autouse=True)
+def private_user_cache(tmp_path, monkeypatch):
+    """Tests write fake raw files: keep them out of the real ~/.cache copy."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
 
 def _write_raw(root, n=200, seed=0):
@@ -60,3 +67,22 @@ def test_movie_ranking_model_trains_locally(tmp_path):
     metrics = est.evaluate()
     assert metrics["examples"] == 120 and metrics["ctr_auc"] > 0.9
     assert set(est.table_sizes()) == {"uid", "item", "age", "gender", "occupation", "zip", "genres"}
+
+
+def test_raw_copy_outside_the_repo_serves_a_fresh_cache_offline(tmp_path, monkeypatch):
+    import worker.models.movielens_data as mld
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _write_raw(tmp_path / "first")
+    first = load_movielens(tmp_path / "first")  # keeps a copy under $XDG_CACHE_HOME/monolith/ml-100k
+    assert (tmp_path / "xdg" / "monolith" / "ml-100k" / "ml-100k.inter").exists()
+
+    def offline(raw_dir):
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(mld, "_download_raw", offline)
+    second = load_movielens(tmp_path / "fresh-clone")
+    np.testing.assert_array_equal(second.columns["label"], first.columns["label"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="offline"):
+        load_movielens(tmp_path / "nothing-anywhere")

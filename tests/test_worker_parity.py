@@ -50,6 +50,7 @@ def test_local_worker_matches_pure_tensorflow(case, tmp_path):
     store_opt, keras_opt = CASES[case]
     model = TinyDNN(store_opt)
     model.clip_norm = 2.0  # low enough to actually clip some steps
+    model.dense_weight_decay = 0.01
     est = Estimator(model, RunConfig(model_dir=str(tmp_path), staleness=0, log_step_count_steps=1000))
     initial, ref_losses, ref_dense, ref_tables = reference_run(keras_opt(), model.dense_weight_decay, model.clip_norm)
     est.train(0)

@@ -69,3 +69,25 @@ class TinyDNN(MonolithModel):
         loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=features["label"], logits=logits))
         return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
                              optimizer=tf.keras.optimizers.SGD(self.dense_lr))
+
+
+class TwoHeadModel(TinyDNN):
+    """A classification head and a regression head over the same embeddings; table "f0" filters rare ids."""
+
+    def model_fn(self, features, mode):
+        self.create_embedding_feature_column("f0", occurrence_threshold=2)
+        for f in FEATURES[1:]:
+            self.create_embedding_feature_column(f)
+        x = self.lookup_embedding_slice(list(FEATURES), "vec", slice_dim=DIM, optimizer=self.emb_optimizer,
+                                        out_type="concat")
+        hidden = tf.keras.layers.Dense(8, activation="tanh")(x)
+        logits = tf.reshape(tf.keras.layers.Dense(1)(hidden), [-1])
+        score = tf.reshape(tf.keras.layers.Dense(1)(hidden), [-1])
+        preds = {"ctr": tf.sigmoid(logits), "score": score}
+        if mode == ModeKeys.PREDICT:
+            return EstimatorSpec(pred=preds)
+        label = features["label"]
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)) + \
+            tf.reduce_mean(tf.square(score - label))
+        return EstimatorSpec(label={"ctr": label, "score": label}, pred=preds, loss=loss, classification=[True, False],
+                             optimizer=tf.keras.optimizers.Adagrad(0.1))

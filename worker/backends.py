@@ -89,22 +89,23 @@ class LocalBackend:
 
     # dense
     def create_dense(self, dense: DenseVariables, optimizer) -> None:
+        """`optimizer` None: variables only (eval/predict); later called again with the train optimizer."""
         self._dense, self._optimizer = dense, optimizer
-        if dense.variables:
+        if dense.variables and optimizer is not None:
             optimizer.build(dense.variables)
 
-            @tf.function
-            def apply(grads):
+            @tf.function(input_signature=[tf.TensorSpec(v.shape, v.dtype) for v in dense.variables])
+            def apply(*grads):
                 optimizer.apply_gradients(zip(grads, dense.variables))
 
-            self._apply_fn = apply
+            self._apply_fn = apply.get_concrete_function()
 
     def pull_dense(self) -> dict[str, np.ndarray] | None:
         return None
 
     def push_dense(self, grads: list[tf.Tensor], global_step: int, learning_rate: float | None = None) -> None:
         if self._apply_fn is not None:
-            self._apply_fn(grads)
+            self._apply_fn(*grads)
 
     # global step
     def global_step(self) -> int:

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from worker.lookup_inputs import LookupInputs, lookup_inputs
 from worker.native_task_context import NativeTaskContext, with_ctx
 from worker.prediction_writer import PredictionWriter
 from worker.prefetch import Prefetcher
+from worker.pusher import GradientPusher
 from worker.run_config import RunConfig
 from worker.variable_reuse import VariableReuse
 
@@ -68,6 +70,9 @@ class Estimator:
         self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
                         if config.distributed else LocalBackend())
         self._jobs = 0
+        # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
+        self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
         self.model.ctx.feature_factory.backend = self.backend
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
@@ -157,8 +162,19 @@ class Estimator:
             result["emb_grads"] = dict(zip(used, grads[len(dense):]))
             return result
 
-        fn = tf.function(step, input_signature=[feature_sig, rows_sig, index_sig], autograph=False)
-        fn.get_concrete_function()
+        # A flat signature: binding ~30 nested (ragged) arguments per call cost more than the step's compute.
+        structure = (feature_sig, rows_sig, index_sig)
+
+        def flat_step(*flat):
+            return step(*tf.nest.pack_sequence_as(structure, list(flat), expand_composites=True))
+
+        traced = tf.function(flat_step, input_signature=tf.nest.flatten(structure, expand_composites=True),
+                             autograph=False)
+        concrete = traced.get_concrete_function()
+
+        def fn(features, rows, index):
+            return concrete(*tf.nest.flatten((features, rows, index), expand_composites=True))
+
         out = meta["out"]
         self._create_tables()
         fc_dict = self.model.fc_dict
@@ -184,14 +200,16 @@ class Estimator:
         self._tables_created = True
 
     def _attach_dense(self, compiled: _Compiled) -> None:
+        """Hand the dense variables to the backend; the dense optimizer comes with the first TRAIN trace."""
+        trainable = self._reuse.trainable
         if self._dense is None:
-            self._dense = DenseVariables(self._reuse.trainable)
-            self.backend.create_dense(self._dense, compiled.optimizer if compiled.mode == ModeKeys.TRAIN else None)
-        elif compiled.mode == ModeKeys.TRAIN and getattr(self.backend, "_optimizer", True) is None:
+            self._dense = DenseVariables(trainable)
+            self.backend.create_dense(self._dense, None)
+        elif len(trainable) != len(self._dense.variables):
+            raise ValueError(f"mode {compiled.mode!r} created {len(trainable)} dense variables, the first traced "
+                             f"mode {len(self._dense.variables)}: create every layer in every mode")
+        if compiled.mode == ModeKeys.TRAIN:
             self.backend.create_dense(self._dense, compiled.optimizer)
-        if len(self._reuse.trainable) != len(self._dense.variables):
-            raise ValueError(f"mode {compiled.mode!r} created {len(self._reuse.trainable)} dense variables, the "
-                             f"first traced mode {len(self._dense.variables)}: create every layer in every mode")
 
     def _maybe_restore(self) -> int:
         """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""
@@ -217,8 +235,9 @@ class Estimator:
             return compiled.prep.dedupe(next(iterator))
 
         def lookup(batch: PreparedBatch) -> PreparedBatch:
+            dense = self._pull.submit(backend.pull_dense) if self.config.distributed else None
             compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
-            batch.dense = backend.pull_dense()
+            batch.dense = dense.result() if dense is not None else None
             return batch
 
         return Prefetcher(read, lookup, staleness)
@@ -242,9 +261,10 @@ class Estimator:
         if skip and not self.config.dispatcher:
             dataset = dataset.skip(skip)
         hooks = self.hooks + list(self.model._training_hooks)
-        factory = self.model.ctx.feature_factory
         cfg = self.config
         prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
+        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at), prefetcher.done,
+                                asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
         progress = self._progress(max_steps, step) if cfg.progress else None
         window: deque = deque(maxlen=50)
         last_save_step, last_save_time = step, time.monotonic()
@@ -261,18 +281,16 @@ class Estimator:
                     log.info("input exhausted at global step %d", step)
                     break
                 out = self._run_step(compiled, batch)
-                self.backend.push_dense(out["dense_grads"], step)
-                grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
-                factory.apply_gradients(compiled.prep.table_gradients(batch, grads), global_step=step)
-                prefetcher.done()
-                step = self.backend.increment_global_step()
                 loss = float(out["loss"])
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss} at global step {step}")
+                pusher.submit(batch, out, step)
+                step = pusher.step_estimate
                 examples += batch.batch_size
                 steps_run += 1
                 fetches = self._fetch(out, wanted)
-                window.append({k: v.numpy() for k, v in out["fetches"].items()})
+                if progress is not None or -steps_run % cfg.log_step_count_steps < window.maxlen:
+                    window.append({k: v.numpy() for k, v in out["fetches"].items()})
                 result = StepResult(global_step=step, loss=loss, batch_size=batch.batch_size, fetches=fetches)
                 for hook in hooks:
                     hook.after_step(ctx, result)
@@ -281,9 +299,12 @@ class Estimator:
                 if steps_run % cfg.log_step_count_steps == 0 or progress is not None and steps_run % 10 == 0:
                     self._report(progress, step, loss, examples, started, compiled, window)
                 if cfg.is_chief and self._save_due(step, last_save_step, last_save_time):
+                    step = pusher.drain()
                     self.save(step)
                     last_save_step, last_save_time = step, time.monotonic()
+            step = pusher.drain()
         finally:
+            pusher.close()
             prefetcher.close()
             if progress is not None:
                 progress.close()
@@ -296,6 +317,20 @@ class Estimator:
                                  "seconds": elapsed, "examples_per_sec": examples / elapsed if elapsed else 0.0,
                                  "loss": loss}
         return self.last_train_stats
+
+    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int) -> int:
+        """Dense and sparse gradients of one step (concurrently when remote), then the global step."""
+        grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
+        updates = compiled.prep.table_gradients(batch, grads)
+        factory = self.model.ctx.feature_factory
+        if self.config.distributed:
+            dense = self._side.submit(self.backend.push_dense, out["dense_grads"], step)
+            factory.apply_gradients(updates, global_step=step)
+            dense.result()
+        else:
+            self.backend.push_dense(out["dense_grads"], step)
+            factory.apply_gradients(updates, global_step=step)
+        return self.backend.increment_global_step()
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -403,4 +438,6 @@ class Estimator:
         return self.backend.table_sizes()
 
     def close(self) -> None:
+        self._side.shutdown(wait=True)
+        self._pull.shutdown(wait=True)
         self.backend.close()

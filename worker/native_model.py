@@ -79,7 +79,7 @@ class MonolithBaseModel(NativeTask, abc.ABC):
         p.define("delimiter", "\t", "field delimiter of the output files")
         p.define("file_name", "", "output file name")
         p.define("enable_grads_and_vars_summary", False)
-        p.define("dense_weight_decay", 0.001, "L2 added to dense gradients: g + wd * w")
+        p.define("dense_weight_decay", 0.0, "L2 added to dense gradients: g + wd * w")
         p.define("clip_norm", 1000.0, "global-norm clip over dense and embedding gradients")
         p.define("sparse_norm_warmup_steps", None)
         p.define("default_occurrence_threshold", 0)
@@ -156,9 +156,13 @@ class MonolithBaseModel(NativeTask, abc.ABC):
         self._export_outputs[name] = outputs
 
     def add_training_hook(self, hook) -> None:
-        kind = type(hook).__name__
-        if kind in ("KafkaMetricHook", "FileMetricHook") and any(type(h).__name__ == kind for h in self._hooks):
-            raise ValueError(f"only one {kind} may be added to a model")
+        """At most one Kafka and one File metric hook (matched by class name, subclasses included)."""
+        def kinds(h) -> set[str]:
+            return {c.__name__ for c in type(h).__mro__} & {"KafkaMetricHook", "FileMetricHook"}
+
+        for kind in kinds(hook):
+            if any(kind in kinds(h) for h in self._hooks):
+                raise ValueError(f"only one {kind} may be added to a model")
         self._hooks.append(hook)
 
     def add_layout(self, name: str, slice_list, out_type, shape_list) -> OutConfig:

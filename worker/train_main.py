@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         stats = est.train(args.max_steps)
         elapsed = time.perf_counter() - started
-        if elapsed > 0 and stats.get("global_step") is not None:
+        if config.distributed and elapsed > 0 and stats.get("global_step") is not None:
             stats["cluster_examples_per_sec"] = (stats["global_step"] - start_step) * model.batch_size / elapsed
         log.info("trained: %s", {k: v for k, v in stats.items()})
         if not config.is_chief:

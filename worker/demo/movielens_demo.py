@@ -9,7 +9,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,10 +22,31 @@ log = logging.getLogger(__name__)
 MODEL = "worker.models.movielens:MovieRankingModel"
 
 
-def launch(num_ps: int, num_workers: int, model: str, model_dir: str, train_args: list[str]) -> int:
+class MetricsURLCollector:
+    """Passes the cluster's merged output through and remembers each role's Prometheus URL."""
+
+    _URL = re.compile(r"^\[(\w+:\d+)\] .*serving metrics at (http://\S+)")
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self.urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        match = self._URL.match(text)
+        if match:
+            with self._lock:
+                self.urls[match.group(1)] = match.group(2)
+        self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def launch(num_ps: int, num_workers: int, model: str, model_dir: str, train_args: list[str], out) -> int:
     from services.launch.local_cluster import run_local_cluster
 
-    return run_local_cluster(num_ps, num_workers, model, model_dir, train_args=train_args)
+    return run_local_cluster(num_ps, num_workers, model, model_dir, train_args=train_args, out=out, metrics=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {args.epochs:g} epochs = {steps} global steps of {args.batch_size} on {args.num_ps} PS x "
           f"{args.num_workers} workers (staleness {args.staleness}); model dir {model_dir}", flush=True)
     started = time.perf_counter()
-    code = launch(args.num_ps, args.num_workers, MODEL, model_dir, train_args)
+    output = MetricsURLCollector(sys.stdout)
+    code = launch(args.num_ps, args.num_workers, MODEL, model_dir, train_args, output)
     if code != 0 or not os.path.exists(summary_file):
         print(f"demo failed (exit code {code}); see the worker logs above", file=sys.stderr)
         return code or 1
@@ -64,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"table sizes         {summary['table_sizes']}")
     print(f"checkpoint          {summary['checkpoint']}")
     print(f"summary file        {summary_file}")
+    for role, url in sorted(output.urls.items()):
+        print(f"metrics {role:<11} {url} (served while the job ran)")
     print(f"wall time           {time.perf_counter() - started:.1f}s")
     return 0
 

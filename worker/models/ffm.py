@@ -31,6 +31,25 @@ def generate_ffm_examples(vocab_sizes=VOCAB_SIZES, num_examples=NUM_EXAMPLES, se
     return data
 
 
+def make_examples(data: dict[str, list]) -> list[bytes]:
+    """Serialized `tf.train.Example`s: an int64 list per slot and a float label."""
+    out = []
+    for i, label in enumerate(data["label"]):
+        feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v[i])) for k, v in data.items()
+                   if k != "label"}
+        feature["label"] = tf.train.Feature(float_list=tf.train.FloatList(value=[label]))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return out
+
+
+def parse_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A batch of serialized examples -> ragged int64 slots (VarLen -> Ragged) and the label."""
+    spec = {f"slot_{i}": tf.io.VarLenFeature(tf.int64) for i in range(NUM_SLOTS)}
+    spec["label"] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+    parsed = tf.io.parse_example(serialized, spec)
+    return {k: tf.RaggedTensor.from_sparse(v) if isinstance(v, tf.SparseTensor) else v for k, v in parsed.items()}
+
+
 class TestFFMModel(MonolithModel):
     __test__ = False  # not a pytest class
 
@@ -40,13 +59,15 @@ class TestFFMModel(MonolithModel):
         self.p.eval.per_replica_batch_size = NUM_EXAMPLES
 
     def input_fn(self, mode):
-        data = generate_ffm_examples()
-        features = {k: tf.ragged.constant(v, dtype=tf.int64) for k, v in data.items() if k != "label"}
-        features["label"] = tf.constant(data["label"], tf.float32)
-        ds = tf.data.Dataset.from_tensor_slices(features).batch(self.batch_size).cache()
+        serialized = make_examples(generate_ffm_examples())
+        ds = tf.data.Dataset.from_tensor_slices(serialized).batch(self.batch_size).map(parse_examples).cache()
         if mode == ModeKeys.TRAIN:
             ds = ds.repeat()
         return ds.prefetch(2)
+
+    def serving_input_receiver_fn(self):
+        """What a serving signature feeds: a batch of serialized examples, and how to parse it."""
+        return {"instances": tf.TensorSpec([None], tf.string)}, lambda inputs: parse_examples(inputs["instances"])
 
     def model_fn(self, features, mode):
         slots = [f"slot_{i}" for i in range(NUM_SLOTS)]

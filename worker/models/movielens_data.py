@@ -33,6 +33,23 @@ def default_cache_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "movielens"
 
 
+def user_cache_dir() -> Path:
+    """A second copy of the raw files outside the repository, so a fresh clone works offline too."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monolith" / "ml-100k"
+
+
+def _have_raw(raw_dir: Path) -> bool:
+    return all((raw_dir / f"ml-100k.{k}").exists() for k in _MEMBERS)
+
+
+def _copy_raw(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for key in _MEMBERS:
+        tmp = dst / f"ml-100k.{key}.tmp"
+        tmp.write_bytes((src / f"ml-100k.{key}").read_bytes())
+        os.replace(tmp, dst / f"ml-100k.{key}")
+
+
 def _download_raw(raw_dir: Path) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,16 +133,25 @@ def load_movielens(cache_dir: str | os.PathLike | None = None) -> MovieLens:
     """The processed dataset, downloading and processing it on first use only."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     processed = cache / "ml-100k.npz"
+    raw, user_copy = cache / "raw", user_cache_dir()
     if not processed.exists():
-        raw = cache / "raw"
-        if not all((raw / f"ml-100k.{k}").exists() for k in _MEMBERS):
-            _download_raw(raw)
+        if not _have_raw(raw):
+            if _have_raw(user_copy):
+                log.info("using the cached MovieLens copy in %s", user_copy)
+                _copy_raw(user_copy, raw)
+            else:
+                _download_raw(raw)
         arrays = _process(raw)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = processed.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, processed)
         log.info("cached processed MovieLens-100K at %s", processed)
+    if _have_raw(raw) and not _have_raw(user_copy):
+        try:
+            _copy_raw(raw, user_copy)
+        except OSError as exc:
+            log.warning("could not keep a copy of the data in %s: %s", user_copy, exc)
     with np.load(processed) as data:
         arrays = {k: data[k] for k in data.files}
     sizes = dict(zip(FEATURES, (int(v) for v in arrays.pop("vocab_sizes"))))

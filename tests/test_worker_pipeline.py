@@ -1,0 +1,61 @@
+"""The prefetcher's staleness bound and the prediction file format."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from worker.prediction_writer import PredictionWriter
+from worker.prefetch import Prefetcher
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 3])
+def test_lookup_never_runs_more_than_staleness_steps_ahead_of_pushes(staleness):
+    pushed = 0
+    lock = threading.Lock()
+    seen_gap = []
+    source = iter(range(30))
+
+    def lookup(i):
+        with lock:
+            seen_gap.append(i - pushed)  # steps whose gradients are not pushed yet when i is looked up
+        time.sleep(0.001)
+        return i
+
+    pf = Prefetcher(lambda: next(source), lookup, staleness)
+    got = []
+    while (item := pf.get()) is not None:
+        got.append(item)
+        time.sleep(0.002)  # the step's compute
+        with lock:
+            pushed += 1
+        pf.done()
+    pf.close()
+    assert got == list(range(30))
+    assert max(seen_gap) <= staleness
+    if staleness:
+        assert max(seen_gap) == staleness  # and the overlap is actually used
+
+
+def test_prefetch_errors_reach_the_consumer():
+    def read():
+        raise OSError("disk gone")
+
+    pf = Prefetcher(read, lambda x: x, 0)
+    with pytest.raises(OSError, match="disk gone"):
+        pf.get()
+    pf.close()
+    with pytest.raises(ValueError, match="staleness"):
+        Prefetcher(read, lambda x: x, -1)
+
+
+def test_prediction_writer_fields_then_heads_sorted(tmp_path):
+    with pytest.raises(ValueError, match="output_fields"):
+        PredictionWriter(str(tmp_path), 3, None)
+    w = PredictionWriter(str(tmp_path), 3, "uid,label", delimiter="|")
+    w.write({"uid": np.array([[7], [8]]), "label": np.array([1.0, 0.0]), "x": np.zeros(2)},
+            {"zeta": np.array([0.25, 0.5]), "alpha": np.array([[1.5], [2.5]])})
+    with pytest.raises(ValueError, match="nope"):
+        PredictionWriter(str(tmp_path / "b"), 0, "nope").write({"uid": np.zeros(1)}, np.zeros(1))
+    w.close()
+    assert (tmp_path / "part-00003").read_text().splitlines() == ["7|1.0|1.5|0.25", "8|0.0|2.5|0.5"]
