@@ -198,21 +198,10 @@ def stamp(update_time, rows, t):
             update_time[r] = t
 
 
-_EXPONENT = np.uint32(0x7F800000)
-
-
 @njit(**_SERIAL)
-def _count_non_finite_f32(bits):
-    """float32 bit patterns whose exponent is all ones (Inf or NaN): integer ops, so LLVM vectorises the loop
-    (≈2.5× faster than a parallel isfinite loop on 160k floats, and no thread pool wake-up per call)."""
+def all_finite(a):
+    flat = a.reshape(-1)
     bad = 0
-    for i in range(bits.shape[0]):
-        bad += (bits[i] & _EXPONENT) == _EXPONENT
-    return bad
-
-
-def all_finite(a: np.ndarray) -> bool:
-    a = np.ascontiguousarray(a)
-    if a.dtype != np.float32:
-        return bool(np.isfinite(a).all())
-    return _count_non_finite_f32(a.reshape(-1).view(np.uint32)) == 0
+    for i in range(flat.shape[0]):
+        bad += not np.isfinite(flat[i])
+    return bad == 0
