@@ -60,9 +60,11 @@ def main(args: argparse.Namespace) -> int:
     if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
         log.error("--shard-index must be in [0, --num-shards), got %d of %d", args.shard_index, args.num_shards)
         return 2
+    from ps.kernel_threads import passive_kernel_threads
     from ps.malloc_tuning import tune_malloc
 
     tune_malloc()
+    passive_kernel_threads()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))

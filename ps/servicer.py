@@ -31,6 +31,7 @@ from ps.fast_messages import (
     decode_updates,
     encode_lookup_response,
 )
+from ps.hash_index import all_finite
 from ps.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
 from ps.wire import F32, ids_from_bytes, rows_from_bytes
 
@@ -175,7 +176,7 @@ class ParameterServerServicer:
             table = self.state.table(item.table)
             ids = ids_from_bytes(item.ids, where)
             values = rows_from_bytes(item.values, ids.size, table.dim, where, F32)
-            if not np.isfinite(values).all():
+            if values.size and not all_finite(values):
                 bad = np.argwhere(~np.isfinite(values))[0]
                 raise ValueError(f"{where}: values contain NaN/Inf (first at id {int(ids[bad[0]])}, column {bad[1]})")
             lrs = None

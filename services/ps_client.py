@@ -34,6 +34,8 @@ from ps.fast_messages import (
     decode_lookup_response,
     encode_updates,
 )
+from ps.hash_index import all_finite
+from ps.kernel_threads import passive_kernel_threads
 from ps.malloc_tuning import tune_malloc
 from ps.server import DEFAULT_MAX_MESSAGE_BYTES
 from ps.sharding import dense_owner
@@ -108,11 +110,11 @@ def _as_rows(values: Any, n: int, dim: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: values must be numeric: {exc}") from None
     if arr.shape != (n, dim):
         raise ValueError(f"{where}: expected shape ({n}, {dim}) for {n} ids of dim {dim}, got {arr.shape}")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
+    arr = np.ascontiguousarray(arr)
+    if arr.size and not all_finite(arr):
+        r, c = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{where}: values contain NaN/Inf (row {r}, column {c})")
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 class PSClient:
@@ -126,6 +128,7 @@ class PSClient:
         if timeout_s <= 0 or retries < 0:
             raise ValueError(f"timeout_s must be > 0 and retries >= 0, got {timeout_s}, {retries}")
         tune_malloc()
+        passive_kernel_threads()
         self.num_shards = len(self.addresses)
         self.timeout_s, self.retries = float(timeout_s), int(retries)
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ps.hash_index import gather
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -20,7 +22,7 @@ def _unique_inverse(ids):
     while (1 << bits) < 2 * n:
         bits += 1
     mask = (1 << bits) - 1
-    slots = np.full(1 << bits, -1, np.int64)
+    slots = np.full(1 << bits, -1, np.int32)  # int32: half the memset of the table per call
     uniq = np.empty(n, np.int64)
     inverse = np.empty(n, np.int64)
     m = 0
@@ -30,7 +32,7 @@ def _unique_inverse(ids):
         while True:
             j = slots[h]
             if j < 0:
-                slots[h] = m
+                slots[h] = np.int32(m)
                 uniq[m] = key
                 inverse[i] = m
                 m += 1
@@ -92,16 +94,26 @@ class Routed:
         return self.unique[self.positions(shard)]
 
     def assemble(self, parts: list[tuple[int, np.ndarray]], dim: int) -> np.ndarray:
-        """float32 rows in the caller's order from each shard's rows (in `shard_ids` order)."""
+        """float32 rows in the caller's order from each shard's rows (in `shard_ids` order).
+
+        Each part may be a read-only view of a reply buffer; the result is always a new writable array."""
+        n = self.unique.size if self.inverse is None else self.inverse.size
+        out = np.empty((n, dim), np.float32)
         if self.order is None:  # one shard: its rows are already in `unique` order
-            rows = parts[0][1] if parts else np.zeros((0, dim), np.float32)
-            if self.inverse is None:
-                return rows.astype(np.float32, copy=True)  # a writable copy of the reply buffer
-            return rows.astype(np.float32, copy=False).take(self.inverse, axis=0)
-        rows = np.empty((self.unique.size, dim), np.float32)
-        for shard, got in parts:
-            rows[self.positions(shard)] = got
-        return rows if self.inverse is None else rows.take(self.inverse, axis=0)
+            rows = parts[0][1] if parts else out[:0]
+        else:  # scatter each shard's rows to their unique positions (widening float16 on the way)
+            rows = out if self.inverse is None else np.empty((self.unique.size, dim), np.float32)
+            for shard, got in parts:
+                rows[self.positions(shard)] = got
+            if rows is out:
+                return out
+        if rows.dtype != np.float32:
+            rows = rows.astype(np.float32)  # float16 transport: widen the unique rows only
+        if self.inverse is None:
+            out[...] = rows
+        else:
+            gather(rows, self.inverse, out)  # reads `rows` in place, even a read-only unaligned reply view
+        return out
 
 
 def route(ids: np.ndarray, num_shards: int, dedupe: bool = True) -> Routed:

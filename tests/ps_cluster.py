@@ -5,6 +5,7 @@ import re
 import subprocess
 import time
 
+from ps.kernel_threads import ENV as KERNEL_THREADS_ENV
 from ps.malloc_tuning import ENV as MALLOC_ENV
 from services.ports import free_port
 from tests.processes import ProcessGroup
@@ -27,7 +28,7 @@ def start_shard(group: ProcessGroup, index: int, num_shards: int, port: int | No
             "--num-shards", str(num_shards), "--grace-s", "2", *(extra or [])]
     if checkpoint_dir:
         args += ["--checkpoint-dir", checkpoint_dir]
-    return group.start(args, env=dict(MALLOC_ENV), name=f"ps{index}of{num_shards}")
+    return group.start(args, env=dict(MALLOC_ENV, **KERNEL_THREADS_ENV), name=f"ps{index}of{num_shards}")
 
 
 def wait_ready(group: ProcessGroup, proc: subprocess.Popen, timeout: float = 120) -> Shard:

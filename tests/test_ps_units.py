@@ -67,6 +67,28 @@ def test_route_dedupes_partitions_and_reexpands():
         np.testing.assert_allclose(summed[k], grads[ids == u].sum(axis=0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("num_shards", [1, 3])
+@pytest.mark.parametrize("with_duplicates", [True, False])
+def test_assemble_reads_unaligned_read_only_reply_views(dtype, num_shards, with_duplicates):
+    """Replies are decoded as views into the received bytes: read-only and, after the protobuf header,
+    not aligned. Re-expansion reads them in place and returns a new writable float32 array."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(-40, 40, size=500) if with_duplicates else rng.permutation(500) - 250
+    ids = ids.astype(np.int64)
+    r = route(ids, num_shards)
+    parts = []
+    for s in range(num_shards):
+        rows = (r.shard_ids(s).astype(np.float32)[:, None] * np.array([1, -2, 0.5], np.float32)).astype(dtype)
+        view = np.frombuffer(b"\x01" + rows.tobytes(), dtype=dtype, offset=1).reshape(rows.shape)
+        assert not view.flags.writeable and not view.flags.aligned
+        parts.append((s, view))
+    out = r.assemble(parts, 3)
+    assert out.dtype == np.float32 and out.flags.writeable and out.flags.c_contiguous
+    expected = (ids.astype(np.float32)[:, None] * np.array([1, -2, 0.5], np.float32)).astype(dtype)
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+
+
 def test_route_without_duplicates_keeps_the_input():
     ids = np.array([5, -2, 9], np.int64)
     r = route(ids, 1)
@@ -114,3 +136,23 @@ def test_manifest_refuses_a_missing_shard(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="shard 1 of .*does not exist"):
         ckpt.write_manifest(path, 5, 2)
     assert not (path / ckpt.MANIFEST).exists()
+
+
+def test_passive_kernel_threads_applies_only_before_numba_starts_its_pool():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, numpy as np\n"
+        "from ps.kernel_threads import passive_kernel_threads\n"
+        "first = passive_kernel_threads(); value = os.environ.get('OMP_WAIT_POLICY')\n"
+        "del os.environ['OMP_WAIT_POLICY']\n"
+        "from ps.hash_index import probe\n"
+        "probe(np.full((16, 2), -1, np.int64), np.zeros(1, np.int64), np.empty(1, np.int64))\n"
+        "print(first, value, passive_kernel_threads(), 'OMP_WAIT_POLICY' in os.environ)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "PASSIVE", "False", "False"]
