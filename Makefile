@@ -9,7 +9,6 @@ PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
 export TF_CPP_MIN_LOG_LEVEL := 2
-export PYTHONDONTWRITEBYTECODE :=
 # glibc returns every large temporary to the OS by default (page faults on each RPC): keep them.
 export MALLOC_MMAP_THRESHOLD_ := 67108864
 export MALLOC_TRIM_THRESHOLD_ := 268435456
