@@ -53,10 +53,14 @@ class ProcessGroup:
                 proc.wait(5)
         return proc.returncode
 
-    def close(self) -> None:
+    def close(self, tail_lines: int = 60) -> None:
+        """Stop everything; print each log's tail to stderr (pytest shows it when the test failed)."""
         for proc, _log in self.procs:
             self.stop(proc)
-        for _proc, log in self.procs:
+        for proc, log in self.procs:
+            lines = log.read_text(errors="replace").splitlines()[-tail_lines:]
+            sys.stderr.write(f"--- last {len(lines)} lines of {log.name} (pid {proc.pid}, exit {proc.returncode})\n")
+            sys.stderr.write("\n".join(lines) + "\n")
             log.unlink(missing_ok=True)
         self.procs.clear()
 

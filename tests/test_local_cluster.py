@@ -46,7 +46,8 @@ def test_killing_a_worker_stops_the_cluster_and_names_it(processes, tmp_path):
     match = wait_for(lambda: pattern.search(processes.log_of(local)), 120, what="worker:1 training")
     trainer = int(match.group(1))
     stepping = re.compile(r"\[worker:1\] .*\[worker:1\] .*\bstep \d+")  # the trainer's own progress line
-    wait_for(lambda: stepping.search(processes.log_of(local)), 120, what="worker:1 in its training loop")
+    wait_for(lambda: stepping.search(processes.log_of(local)) or local.poll() is not None, 120,
+             what="worker:1 in its training loop")
     assert local.poll() is None, processes.log_of(local)
     os.kill(trainer, signal.SIGKILL)
     assert local.wait(90) != 0
