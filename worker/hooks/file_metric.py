@@ -107,7 +107,8 @@ class FileMetricHook(TrainingHook):
             return
         self._last_cleanup = time.monotonic()
         for key in [k for k, sink in self.files.items() if not sink.is_available()]:
-            self.files.pop(key).close()
+            self.files[key].close()  # flushed before it stops being visible in `files`
+            del self.files[key]
 
     def end(self) -> None:
         if self._thread is not None:
