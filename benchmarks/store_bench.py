@@ -159,14 +159,17 @@ def main(argv=None) -> int:
         inputs = [(b, pos, tf.constant(b), g, tf.constant(g)) for b, pos, g in zip(batches, pos_of[kind], grads)]
         unique_frac = np.mean([len(np.unique(b)) / len(b) for b in batches])
         buf = np.empty((args.batch, DIM), np.float32)
-        limit, ours, ours_buf, theirs = _best_rates([
-            lambda x, out=out: _gather_limit(aligned, x[1], out),
+        gather_limit = lambda x, out=out: _gather_limit(aligned, x[1], out)  # noqa: E731
+        limit, ours, theirs = _best_rates([
+            gather_limit,
             lambda x: tables["adagrad"].lookup(x[0]),
-            lambda x, buf=buf: tables["adagrad"].lookup(x[0], out=buf),
             lambda x: peer.lookup(x[2]).numpy()], inputs, args.batch)
+        # A separate pass: right after `lookup` on the same batch it would find the cache warm.
+        limit_buf, ours_buf = _best_rates([
+            gather_limit, lambda x, buf=buf: tables["adagrad"].lookup(x[0], out=buf)], inputs, args.batch)
         row(f"gather limit [{kind}]", limit, 0, limit)
         row(f"lookup [{kind}]", ours, theirs, limit)
-        row(f"lookup into buffer [{kind}]", ours_buf, theirs, limit)
+        row(f"lookup into buffer [{kind}]", ours_buf, theirs, limit_buf)
         for name, t in tables.items():
             ours, theirs = _best_rates([lambda x, t=t: t.apply_gradients(x[0], x[3]),
                                         lambda x, f=peer.apply[name]: f(x[2], x[4])], inputs, args.batch)
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
     lookup_buf = next(r for r in results if r[0] == "lookup into buffer [uniform]")
     adagrad_u = next(r for r in results if r[0] == "apply adagrad [uniform]")
     print(f"targets (uniform): lookup >= 0.5x limit: {lookup_u[1] / lookup_u[3]:.2f} "
-          f"(into a reused buffer like the limit's: {lookup_buf[1] / lookup_buf[3]:.2f}), "
+          f"(into a reused buffer like the limit's, measured in its own pass: {lookup_buf[1] / lookup_buf[3]:.2f}), "
           f"lookup >= 5x DenseHashTable: {lookup_u[1] / lookup_u[2]:.1f}x, "
           f"adagrad >= 5x DenseHashTable+scatter: {adagrad_u[1] / adagrad_u[2]:.1f}x")
     return 0
