@@ -63,15 +63,22 @@ def _segment_to_proto(seg: Any, out: ps_pb2.Segment, where: str) -> None:
     if not isinstance(seg, dict):
         raise TypeError(f"{where} must be a dict, got {seg!r}")
     rest = dict(seg)
-    dim = rest.pop("dim", None)
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise ValueError(f"{where}.dim must be an int, got {dim!r}")
-    out.dim = dim
+    rest.setdefault("dim", None)
+    _dim_init_opt_to_proto(rest, out, where, f"{where}.dim")
+    _params_to_proto(rest, out.extra, where)
+
+
+def _dim_init_opt_to_proto(rest: dict, out, where: str, dim_field: str) -> None:
+    """Move `dim`, `initializer` and `optimizer` (those present) from `rest` into `out` (a segment or table)."""
+    if "dim" in rest:
+        dim = rest.pop("dim")
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise ValueError(f"{dim_field} must be an int, got {dim!r}")
+        out.dim = dim
     if "initializer" in rest:
         _typed_to_proto(rest.pop("initializer"), out.initializer, f"{where}.initializer")
     if "optimizer" in rest:
         _typed_to_proto(rest.pop("optimizer"), out.optimizer, f"{where}.optimizer")
-    _params_to_proto(rest, out.extra, where)
 
 
 def table_config_to_proto(name: str, config: dict[str, Any]) -> ps_pb2.TableConfig:
@@ -89,15 +96,7 @@ def table_config_to_proto(name: str, config: dict[str, Any]) -> ps_pb2.TableConf
             raise ValueError(f"{where}: segments must be a non-empty list, got {segments!r}")
         for i, seg in enumerate(segments):
             _segment_to_proto(seg, msg.segments.add(), f"{where}.segments[{i}]")
-    if "dim" in rest:
-        dim = rest.pop("dim")
-        if not isinstance(dim, int) or isinstance(dim, bool):
-            raise ValueError(f"{where}: dim must be an int, got {dim!r}")
-        msg.dim = dim
-    if "initializer" in rest:
-        _typed_to_proto(rest.pop("initializer"), msg.initializer, f"{where}.initializer")
-    if "optimizer" in rest:
-        _typed_to_proto(rest.pop("optimizer"), msg.optimizer, f"{where}.optimizer")
+    _dim_init_opt_to_proto(rest, msg, where, f"{where}: dim")
     if "occurrence_threshold" in rest:
         value = rest.pop("occurrence_threshold")
         if not isinstance(value, int) or isinstance(value, bool):

@@ -155,15 +155,20 @@ class ParameterServerServicer:
             out.tables.append(_info(name, table, created))
         return out
 
+    def _owned_ids(self, method: str, items) -> list[tuple[str, object, np.ndarray]]:
+        """(name, table, ids) per requested table, every table and id checked before anything runs."""
+        work = []
+        for item in items:
+            table = self.state.table(item.table)
+            ids = ids_from_bytes(item.ids, f"{method} table {item.table!r}")
+            self.state.check_owned(item.table, ids)
+            work.append((item.table, table, ids))
+        return work
+
     def lookup(self, request: ps_pb2.LookupRequest) -> bytes:
         if request.dtype not in _NP_DTYPES:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
-        work = []
-        for item in request.tables:
-            table = self.state.table(item.table)
-            ids = ids_from_bytes(item.ids, f"Lookup table {item.table!r}")
-            self.state.check_owned(item.table, ids)
-            work.append((item.table, table, ids))
+        work = self._owned_ids("Lookup", request.tables)
         np_dtype = _NP_DTYPES[request.dtype]
         rows = [(name, table.lookup(ids, dtype=np_dtype), request.dtype, table.dim) for name, table, ids in work]
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
@@ -209,12 +214,7 @@ class ParameterServerServicer:
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
 
     def reinitialize(self, request: ps_pb2.ReinitializeRequest) -> ps_pb2.UpdateResponse:
-        work = []
-        for item in request.tables:
-            table = self.state.table(item.table)
-            ids = ids_from_bytes(item.ids, f"Reinitialize table {item.table!r}")
-            self.state.check_owned(item.table, ids)
-            work.append((item.table, table, ids))
+        work = self._owned_ids("Reinitialize", request.tables)
         for _name, table, ids in work:
             table.reinitialize(ids, update_time=request.update_time)
         return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids in work})
