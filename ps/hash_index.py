@@ -3,18 +3,19 @@
 Only the memory-latency-bound loops (probe, gather, optimizer steps) use the thread pool: every parallel region costs a
 team wake-up and a barrier, which on a busy machine can cost more than the loop itself.
 
-The index is one int64 array [capacity, 2] of (id, row) pairs (row -1 = empty; ids may take any value),
-power-of-two capacity, kept at most half full; key and row share a cache line, so a probe costs one
-miss. Rows live in separate dense arrays; the index only maps ids to row numbers, so growing the index
-never moves row data.
+The index is one uint64 array of slots, power-of-two capacity, kept at most half full. A slot holds a
+32-bit fingerprint of the id (high bits of its hash; the low bits pick the home slot) and row + 1 (0 =
+empty); ids may take any value. A fingerprint match is confirmed against the row's stored id, so the
+table stays collisionless. 8-byte slots halve the index (16 MiB for 1M ids), which keeps more of it in
+cache; the confirming read is prefetched. Rows live in separate dense arrays; the index only maps ids to
+row numbers, so growing the index never moves row data.
 """
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from ps.prefetch import prefetch, prefetch_row, row_ahead
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -35,86 +36,124 @@ def mix64(k):
     return x
 
 
-_AHEAD = 16
+_AHEAD = 32
 """Probe loops prefetch the index slot of the key this many iterations ahead."""
-
-
-@intrinsic
-def prefetch(typingctx, arr, row):
-    """Hint the CPU to load arr[row, 0] into cache (LLVM's prefetch: read, high locality)."""
-    sig = types.void(arr, row)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        zeros = [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]] + zeros, wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+_ROW_LEAD = 32
+"""Pipelined probes prefetch a candidate row this many ids ahead of verifying (and copying) it."""
+_PIPE_CHUNK = 8192
+"""Ids per pipeline (one per parallel work item): long enough to amortise its ramp-up."""
+_LOW32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+MAX_ROWS = (1 << 32) - 1
+"""A slot keeps row + 1 in 32 bits."""
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _prefetch_slot(index, ids, i):
-    if i + _AHEAD < ids.shape[0]:
-        prefetch(index, np.int64(mix64(ids[i + _AHEAD]) & np.uint64(index.shape[0] - 1)))
+def _slot_of(key, mask):
+    """(home slot, 32-bit fingerprint) of a key: the low and high bits of one mixed hash."""
+    x = mix64(key)
+    return x & mask, x >> _S32
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _find(index, key):
+def _candidate(index, key):
+    """Row of the first slot in key's probe run whose fingerprint matches (unverified), or -1."""
     mask = np.uint64(index.shape[0] - 1)
-    h = mix64(key) & mask
+    h, fp = _slot_of(key, mask)
     while True:
-        s = index[h, 1]
-        if s < 0:
+        s = index[h]
+        if s == 0:
             return -1
-        if index[h, 0] == key:
-            return s
+        if s >> _S32 == fp:
+            return np.int64(s & _LOW32) - 1
+        h = (h + np.uint64(1)) & mask
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _find(index, row_ids, key):
+    """Row of key, or -1: fingerprint matches are confirmed against the stored id."""
+    mask = np.uint64(index.shape[0] - 1)
+    h, fp = _slot_of(key, mask)
+    while True:
+        s = index[h]
+        if s == 0:
+            return -1
+        if s >> _S32 == fp:
+            r = np.int64(s & _LOW32) - 1
+            if row_ids[r] == key:
+                return r
         h = (h + np.uint64(1)) & mask
 
 
 @njit(**_PARALLEL)
-def probe(index, ids, rows):
+def probe_rows(index, row_ids, ids, rows, values, out, copy):
+    """rows[i] = row of ids[i] (-1 absent); with `copy`, also out[i] = values[rows[i]] (zeros when absent).
+
+    A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids before its probe reads
+    the fingerprint-matching candidate row, whose stored id (and, with `copy`, its values) is
+    prefetched _ROW_LEAD ids before it is verified (and copied). So the dependent random misses of
+    many ids are in flight at once, and each row is copied soon after its prefetch, while still in
+    L1/L2. A fingerprint false match (about 1 in 4 billion) falls back to a full probe.
+    """
+    n = ids.shape[0]
+    mask = np.uint64(index.shape[0] - 1)
+    zero = np.float32(0.0)
+    lead = _AHEAD + _ROW_LEAD
+    for c in prange((n + _PIPE_CHUNK - 1) // _PIPE_CHUNK):
+        start = c * _PIPE_CHUNK
+        end = min(n, start + _PIPE_CHUNK)
+        for i in range(start, end + lead):
+            if i < end:
+                prefetch(index, np.int64(mix64(ids[i]) & mask))
+            p = i - _AHEAD
+            if start <= p < end:
+                r = _candidate(index, ids[p])
+                rows[p] = r
+                if r >= 0:
+                    prefetch(row_ids, r)
+                    if copy:
+                        prefetch_row(values, r)
+            g = p - _ROW_LEAD
+            if start <= g < end:
+                r = rows[g]
+                if r >= 0 and row_ids[r] != ids[g]:
+                    r = _find(index, row_ids, ids[g])
+                    rows[g] = r
+                if copy:
+                    for j in range(values.shape[1]):
+                        out[g, j] = values[r, j] if r >= 0 else zero
+
+
+@njit(nogil=True, cache=True)
+def probe(index, row_ids, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
-    for i in prange(ids.shape[0]):
-        _prefetch_slot(index, ids, i)
-        rows[i] = _find(index, ids[i])
+    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), False)
 
 
-@njit(**_PARALLEL)
-def probe_and_prefetch(index, ids, rows, values, state):
-    """probe(), also prefetching each found row of `values` and `state` for the gather/update that follows."""
-    for i in prange(ids.shape[0]):
-        _prefetch_slot(index, ids, i)
-        r = _find(index, ids[i])
-        rows[i] = r
-        if r >= 0:
-            prefetch(values, r)
-            prefetch(state, r)
+@njit(nogil=True, cache=True)
+def lookup_rows(index, row_ids, values, ids, rows, out):
+    """probe() and out[i] = values[rows[i]] (zeros when absent), in one pass."""
+    probe_rows(index, row_ids, ids, rows, values, out, True)
 
 
 @njit(**_SERIAL)
 def insert(index, ids, first_row):
     """Insert absent, distinct `ids` as rows first_row, first_row+1, … (caller guarantees free space)."""
     mask = np.uint64(index.shape[0] - 1)
-    for i in range(ids.shape[0]):
-        _prefetch_slot(index, ids, i)
-        key = ids[i]
-        h = mix64(key) & mask
-        while index[h, 1] >= 0:
+    n = ids.shape[0]
+    for i in range(n):
+        if i + _AHEAD < n:
+            prefetch(index, np.int64(mix64(ids[i + _AHEAD]) & mask))
+        h, fp = _slot_of(ids[i], mask)
+        while index[h] != 0:
             h = (h + np.uint64(1)) & mask
-        index[h, 0] = key
-        index[h, 1] = first_row + i
+        index[h] = fp << _S32 | np.uint64(first_row + i + 1)
 
 
 @njit(**_SERIAL)
 def rebuild(index, row_ids, n):
     """Reset the index to map row_ids[r] → r for r < n."""
-    index[:, 1] = -1
+    index[:] = 0
     insert(index, row_ids[:n], 0)
 
 
@@ -128,10 +167,13 @@ def gather(values, rows, out):
             out[i, j] = values[r, j] if r >= 0 else zero
 
 
-@njit(**_SERIAL)
+@njit(**_PARALLEL)
 def scatter_rows(values, rows, src, add):
     """values[rows[i]] = src[i] (or += when `add`), skipping rows[i] < 0; rows are distinct."""
-    for i in range(rows.shape[0]):
+    for i in prange(rows.shape[0]):
+        ra = row_ahead(rows, i)
+        if ra >= 0:
+            prefetch_row(values, ra)
         r = rows[i]
         if r >= 0:
             if add:
@@ -143,8 +185,13 @@ def scatter_rows(values, rows, src, add):
 
 
 @njit(**_SERIAL)
-def dedup(ids):
-    """Return (unique ids in first-seen order, inverse index per input, occurrences per unique id)."""
+def dedup_groups(ids):
+    """Distinct ids with their groups of positions in `ids`.
+
+    Returns (unique ids in first-seen order, inverse index per input, occurrences per unique id,
+    first position per unique id, next position of the same id per input or -1): the positions of
+    unique id k are first[k], nxt[first[k]], … in input order.
+    """
     n = ids.shape[0]
     cap = 16
     while cap < 2 * n:
@@ -155,6 +202,9 @@ def dedup(ids):
     inv = np.empty(n, np.int32)
     counts = np.zeros(n, np.int32)
     uniq = np.empty(n, np.int64)
+    first = np.empty(n, np.int32)
+    last = np.empty(n, np.int32)
+    nxt = np.empty(n, np.int32)
     u = 0
     for i in range(n):
         key = ids[i]
@@ -165,34 +215,51 @@ def dedup(ids):
                 tkeys[h] = key
                 tvals[h] = u
                 uniq[u] = key
+                first[u] = i
                 s = u
                 u += 1
                 break
             if tkeys[h] == key:
+                nxt[last[s]] = i
                 break
             h = (h + np.uint64(1)) & mask
+        last[s] = i
+        nxt[i] = -1
         inv[i] = s
         counts[s] += 1
-    return uniq[:u], inv, counts[:u]
+    return uniq[:u], inv, counts[:u], first[:u], nxt
 
 
 @njit(**_SERIAL)
-def combine_by_inverse(src, inv, u, last_wins):
-    """out[k] = sum (or last, in input order) of src[i] over i with inv[i] == k."""
-    out = np.zeros((u, src.shape[1]), np.float32)
-    for i in range(inv.shape[0]):
-        k = inv[i]
-        if last_wins:
-            out[k] = src[i]
-        else:
-            out[k] += src[i]
+def dedup(ids):
+    """Return (unique ids in first-seen order, inverse index per input, occurrences per unique id)."""
+    uniq, inv, counts, _, _ = dedup_groups(ids)
+    return uniq, inv, counts
+
+
+@njit(**_PARALLEL)
+def combine_groups(src, first, nxt, last_wins):
+    """out[k] = sum (or last, in input order) of src[p] over the positions p of group k (see dedup_groups)."""
+    out = np.empty((first.shape[0], src.shape[1]), np.float32)
+    for k in prange(first.shape[0]):
+        p = first[k]
+        for j in range(src.shape[1]):
+            out[k, j] = src[p, j]
+        p = nxt[p]
+        while p >= 0:
+            for j in range(src.shape[1]):
+                out[k, j] = src[p, j] if last_wins else out[k, j] + src[p, j]
+            p = nxt[p]
     return out
 
 
-@njit(**_SERIAL)
+@njit(**_PARALLEL)
 def stamp(update_time, rows, t):
     """update_time[rows[i]] = t for rows[i] >= 0."""
-    for i in range(rows.shape[0]):
+    for i in prange(rows.shape[0]):
+        ra = row_ahead(rows, i)
+        if ra >= 0:
+            prefetch(update_time, ra)
         r = rows[i]
         if r >= 0:
             update_time[r] = t

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ps.prefetch import prefetch_rows_ahead
+
 _OPTS = dict(nogil=True, cache=True, error_model="numpy", parallel=True)
 _ROW = dict(nogil=True, cache=True, error_model="numpy", inline="always")
 BLOCK = 4096
@@ -41,6 +43,7 @@ def _sgd_row(wr, gr, lr, wd):
 def sgd(w, c0, d, rows, g, lr, wd):
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w,))
             r = rows[i]
             if r >= 0:
                 _sgd_row(w[r, c0:c0 + d], g[i, c0:c0 + d], lr, wd)
@@ -67,6 +70,7 @@ def _adagrad_row(wr, gr, acc, lr, wd, eps):
 def adagrad(w, c0, d, rows, g, lr, wd, eps, acc):
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, acc))
             r = rows[i]
             if r >= 0:
                 _adagrad_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lr, wd, eps)
@@ -106,6 +110,7 @@ def ftrl(w, c0, d, rows, g, lr, wd, neg_power, is_sqrt, beta, l1, l2, acc, lin):
     """FTRL-Proximal with textbook sign(z): w = (sign(z)·l1 − z) / ((beta + n^-p)/lr + l2) if |z| > l1."""
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, acc, lin))
             r = rows[i]
             if r >= 0:
                 _ftrl_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lin[r], lr, wd, neg_power, is_sqrt, beta, l1, l2)
@@ -137,6 +142,7 @@ def momentum(w, c0, d, rows, g, lr, wd, mu, nesterov, acc):
     """TensorFlow's formulation: accum = mu·accum + g; w -= lr·accum (nesterov: lr·(g + mu·accum))."""
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, acc))
             r = rows[i]
             if r >= 0:
                 _momentum_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], lr, wd, mu, nesterov)
@@ -173,6 +179,7 @@ def rmsprop(w, c0, d, rows, g, lr, wd, one_minus_rho, mu, eps, centered, ms, mom
     """`mg` is only touched when `centered` (callers pass any same-shaped array otherwise)."""
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, ms, mom, mg))
             r = rows[i]
             if r >= 0:
                 _rmsprop_row(w[r, c0:c0 + d], g[i, c0:c0 + d], ms[r], mom[r], mg[r], lr, wd, one_minus_rho, mu, eps,
@@ -204,6 +211,7 @@ def _adadelta_row(wr, gr, acc, acc_upd, lr, wd, rho, one_minus_rho, eps):
 def adadelta(w, c0, d, rows, g, lr, wd, rho, one_minus_rho, eps, acc, acc_upd):
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, acc, acc_upd))
             r = rows[i]
             if r >= 0:
                 _adadelta_row(w[r, c0:c0 + d], g[i, c0:c0 + d], acc[r], acc_upd[r], lr, wd, rho, one_minus_rho, eps)
@@ -230,6 +238,7 @@ def moving_average(w, c0, d, rows, g, wd, mu):
     """The "gradient" is a target value: w = mu·w + (1 − mu)·target."""
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w,))
             r = rows[i]
             if r >= 0:
                 _moving_average_row(w[r, c0:c0 + d], g[i, c0:c0 + d], wd, mu)
@@ -273,6 +282,8 @@ def adam(w, c0, d, rows, g, lr, wd, beta1, beta2, eps, nesterov, amsgrad, m, v, 
     """
     if _blocks(d) == 1:
         for i in prange(rows.shape[0]):
+            prefetch_rows_ahead(rows, i, (w, m, v, vhat))
+            prefetch_rows_ahead(rows, i, (powers,))
             r = rows[i]
             if r >= 0:
                 _adam_row(w[r, c0:c0 + d], g[i, c0:c0 + d], m[r], v[r], vhat[r], _adam_lr(lr, powers, r), wd, beta1,
@@ -298,6 +309,8 @@ def adam(w, c0, d, rows, g, lr, wd, beta1, beta2, eps, nesterov, amsgrad, m, v, 
 def group_adagrad(w, c0, d, rows, g, lr, wd, beta, l2, sums):
     """Group lasso Adagrad: one accumulator per row segment grows by max_i g_i²; the segment shrinks as a group."""
     for i in prange(rows.shape[0]):
+        prefetch_rows_ahead(rows, i, (w,))
+        prefetch_rows_ahead(rows, i, (sums,))
         r = rows[i]
         if r < 0:
             continue
@@ -324,6 +337,8 @@ def group_adagrad(w, c0, d, rows, g, lr, wd, beta, l2, sums):
 def batch_softmax(w, c0, rows, alpha, global_step, last_step):
     """Item-frequency estimator: B = (1 − a)·B + a·(step − last_step); 1/B estimates the item's frequency."""
     for i in prange(rows.shape[0]):
+        prefetch_rows_ahead(rows, i, (w,))
+        prefetch_rows_ahead(rows, i, (last_step,))
         r = rows[i]
         if r < 0:
             continue

@@ -93,9 +93,7 @@ class EmbeddingTable:
 
     @staticmethod
     def _new_index(capacity: int) -> np.ndarray:
-        index = np.empty((capacity, 2), np.int64)
-        index[:, 1] = -1
-        return index
+        return np.zeros(capacity, np.uint64)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> EmbeddingTable:
@@ -157,16 +155,19 @@ class EmbeddingTable:
         return lrs
 
     def _dedup(self, ids: np.ndarray, values: np.ndarray, last_wins: bool):
-        uniq, inv, counts = H.dedup(ids)
+        uniq, _, counts, first, nxt = H.dedup_groups(ids)
         if len(uniq) == len(ids):
             return uniq, values, counts
-        combined = H.combine_by_inverse(values, inv, len(uniq), last_wins)
+        combined = H.combine_groups(values, first, nxt, last_wins)
         if not last_wins and not H.all_finite(combined):
             raise ValueError("summing duplicate ids overflowed float32")
         return uniq, combined, counts
 
     # ---- internals (caller holds the write lock)
     def _reserve(self, needed: int) -> None:
+        if needed > H.MAX_ROWS:
+            raise ValueError(f"a table holds at most {H.MAX_ROWS:,} rows per shard; {needed:,} were asked for "
+                             "(use more shards)")
         self._store.reserve(needed)
         if 2 * needed > len(self._index):
             self._index = self._new_index(_pow2_at_least(max(2 * needed, 2 * len(self._index))))
@@ -191,15 +192,12 @@ class EmbeddingTable:
 
     def _probe(self, ids: np.ndarray) -> np.ndarray:
         rows = np.empty(len(ids), np.int64)
-        H.probe(self._index, ids, rows)
+        H.probe(self._index, self._store.ids, ids, rows)
         return rows
 
     def _upsert(self, uniq: np.ndarray, counts: np.ndarray, init_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
-        st = self._store
-        rows = np.empty(len(uniq), np.int64)
-        states = [a for seg in st.elem_states for a in seg]
-        H.probe_and_prefetch(self._index, uniq, rows, st.values, states[0] if states else st.values)
+        rows = self._probe(uniq)
         absent = np.flatnonzero(rows < 0)
         created = absent[:0]
         if len(absent):
@@ -230,8 +228,7 @@ class EmbeddingTable:
         dest = out if out is not None and dtype == np.float32 else np.empty(shape, np.float32)
         rows = np.empty(len(ids), np.int64)
         with _threads_for(dest.size), self._lock.read():
-            H.probe_and_prefetch(self._index, ids, rows, self._store.values, self._store.values)
-            H.gather(self._store.values, rows, dest)
+            H.lookup_rows(self._index, self._store.ids, self._store.values, ids, rows, dest)
         if dtype == np.float32:
             return dest
         if out is None:
@@ -386,7 +383,7 @@ class EmbeddingTable:
         with self._lock.write():
             if clear:
                 st.size = 0
-                self._index[:, 1] = -1
+                self._index[:] = 0
                 self._max_update_time = 0
             rows = self._probe(ids)
             absent = np.flatnonzero(rows < 0)

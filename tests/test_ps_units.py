@@ -149,7 +149,7 @@ def test_passive_kernel_threads_applies_only_before_numba_starts_its_pool():
         "first = passive_kernel_threads(); value = os.environ.get('OMP_WAIT_POLICY')\n"
         "del os.environ['OMP_WAIT_POLICY']\n"
         "from ps.hash_index import probe\n"
-        "probe(np.full((16, 2), -1, np.int64), np.zeros(1, np.int64), np.empty(1, np.int64))\n"
+        "probe(np.zeros(16, np.uint64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.empty(1, np.int64))\n"
         "print(first, value, passive_kernel_threads(), 'OMP_WAIT_POLICY' in os.environ)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

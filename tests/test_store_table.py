@@ -254,3 +254,43 @@ def test_config_is_normalized_json_and_round_trips():
     assert c.config != a.config
     a.config["segments"][0]["dim"] = 99
     assert a.dim == 4 and a.config["segments"][0]["dim"] == 4
+
+
+def _unmix64(x: int) -> int:
+    """Inverse of ps.hash_index.mix64 (MurmurHash3's finalizer is a bijection on 64 bits), as a signed id."""
+    mask = (1 << 64) - 1
+    for mult in (0xC4CEB9FE1A85EC53, 0xFF51AFD7ED558CCD):
+        x ^= x >> 33
+        x = x * pow(mult, -1, 1 << 64) & mask
+    x ^= x >> 33
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
+    """Slots keep only a 32-bit fingerprint: ids whose hashes agree in it (and in the home slot) must still
+    map to their own rows, and an absent one must not read its twin's row, in every probe path."""
+    from ps.hash_index import mix64
+
+    fp = 0x9E3779B9
+    twins = np.array([_unmix64(fp << 32 | k << 28 | 5) for k in range(4)], np.int64)
+    hashes = [int(mix64(i)) for i in twins]
+    assert len({h >> 32 for h in hashes}) == 1 and len({h & 0xFFFFFFF for h in hashes}) == 1 and len(set(hashes)) == 4
+    t = EmbeddingTable.from_dict({"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0}})
+    assert len(t._index) < 1 << 28  # so all four share one home slot
+    t.assign(twins[:2], np.array([[1, 1], [2, 2]], np.float32))
+    np.testing.assert_array_equal(t.lookup(twins), [[1, 1], [2, 2], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(t.contains(twins), [True, True, False, False])
+    t.apply_gradients(twins[1:3], np.ones((2, 2), np.float32))  # twins[2] is created, then stepped
+    batch = np.tile(twins, 5000)  # long enough to run the pipelined kernels on several threads
+    np.testing.assert_array_equal(t.lookup(batch)[:4], [[1, 1], [1, 1], [-1, -1], [0, 0]])
+    np.testing.assert_array_equal(t.lookup(batch), np.tile(t.lookup(twins), (5000, 1)))
+    assert t.size == 3
+
+
+def test_rows_beyond_the_slot_format_are_refused_before_allocating():
+    from ps.hash_index import MAX_ROWS
+
+    t = EmbeddingTable.from_dict({"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0}})
+    with pytest.raises(ValueError, match="at most 4,294,967,295 rows per shard"):
+        t._reserve(MAX_ROWS + 1)
+    assert t.size == 0
