@@ -85,6 +85,30 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return complete[-1][1] if complete else None
 
 
+def exit_snapshot_path(directory: str | os.PathLike, index: int, num_shards: int) -> Path:
+    """Where `monolith ps --save-on-exit` publishes its part on SIGTERM (one per shard, replaced each time)."""
+    return Path(directory) / "exit" / shard_dir_name(index, num_shards)
+
+
+def startup_source(directory: str | os.PathLike, index: int, num_shards: int) -> tuple[str, Path] | None:
+    """What a starting shard restores: ("exit", its own exit snapshot) when that is newer than the latest
+    complete checkpoint, else ("checkpoint", that checkpoint); None when there is neither.
+
+    Newer means a later manifest (each is written last, so its mtime is when the state was complete).
+    """
+    latest = latest_checkpoint(directory)
+    snapshot = exit_snapshot_path(directory, index, num_shards)
+    if (snapshot / MANIFEST).is_file():
+        try:
+            read_meta(snapshot, "exit snapshot")
+        except CheckpointError as exc:
+            log.warning("ignoring %s: %s", snapshot, exc)
+        else:
+            if latest is None or (snapshot / MANIFEST).stat().st_mtime_ns > (latest / MANIFEST).stat().st_mtime_ns:
+                return "exit", snapshot
+    return None if latest is None else ("checkpoint", latest)
+
+
 def resolve(directory: str | os.PathLike, step: int | None) -> Path:
     if step is None:
         path = latest_checkpoint(directory)

@@ -1,8 +1,10 @@
 """`monolith ps`: run one parameter-server shard until SIGTERM.
 
 Start-up order: restore this shard's part of the latest complete checkpoint (if `--checkpoint-dir`
-has one), then bind and log the readiness line `ready: ps shard i of n serving on HOST:PORT`.
-SIGTERM/SIGINT: stop accepting calls, finish in-flight ones, exit 0.
+has one, or this shard's own exit snapshot when that is newer), then bind and log the readiness line
+`ready: ps shard i of n serving on HOST:PORT`.
+SIGTERM/SIGINT: stop accepting calls, finish in-flight ones, with `--save-on-exit` save this shard's
+state as an exit snapshot (restored at the next start when newer than the latest checkpoint), exit 0.
 """
 from __future__ import annotations
 
@@ -44,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-index", type=int, required=True)
     parser.add_argument("--num-shards", type=int, required=True)
     parser.add_argument("--checkpoint-dir", default=None,
-                        help="restore this shard's part of the latest complete checkpoint here at start-up")
+                        help="restore this shard's part of the latest complete checkpoint here at start-up "
+                             "(or its own exit snapshot, when that is newer)")
+    parser.add_argument("--save-on-exit", action="store_true",
+                        help="on SIGTERM/SIGINT, after in-flight calls finish, save this shard's state to "
+                             "CHECKPOINT_DIR/exit/shard-I-of-N/ (a restart then resumes exactly there)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="Prometheus port (0 = any free port, logged; -1 = off)")
@@ -59,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
     role_logging.configure("ps", args.shard_index)
     if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
         log.error("--shard-index must be in [0, --num-shards), got %d of %d", args.shard_index, args.num_shards)
+        return 2
+    if args.save_on_exit and not args.checkpoint_dir:
+        log.error("--save-on-exit needs --checkpoint-dir (where the exit snapshot goes)")
         return 2
     from ps.kernel_threads import passive_kernel_threads
     from ps.malloc_tuning import tune_malloc
@@ -81,15 +90,16 @@ def main(args: argparse.Namespace) -> int:
     log.info("store kernels warm in %.2fs", warm_up_kernels())
     state = ShardState(args.shard_index, args.num_shards)
     if args.checkpoint_dir:
-        latest = checkpoint.latest_checkpoint(args.checkpoint_dir)
-        if latest is None:
+        source = checkpoint.startup_source(args.checkpoint_dir, args.shard_index, args.num_shards)
+        if source is None:
             log.info("no complete checkpoint in %s: starting empty", args.checkpoint_dir)
         else:
-            log.info("restoring %s", latest)
+            kind, path = source
+            log.info("restoring %s (%s)", path, kind)
             try:
-                state.restore(str(latest))
+                state.restore_own_part(path) if kind == "exit" else state.restore(str(path))
             except (ValueError, OSError) as exc:
-                log.error("cannot restore %s: %s", latest, exc)
+                log.error("cannot restore %s: %s", path, exc)
                 return 1
     metrics.register_shard(state)
     metrics_note = "off"
@@ -108,5 +118,13 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    if args.save_on_exit:
+        snapshot = checkpoint.exit_snapshot_path(args.checkpoint_dir, args.shard_index, args.num_shards)
+        try:
+            _path, rows = state.save(str(snapshot.parent), state.global_step)
+        except (ValueError, OSError) as exc:
+            log.error("exit snapshot to %s failed: %s", snapshot, exc)
+            return 1
+        log.info("exit snapshot saved to %s: %s", snapshot, rows)
     log.info("stopped")
     return 0

@@ -213,6 +213,25 @@ class ShardState:
         log.info("saved step %d: %d tables, %d dense -> %s", step, len(tables), len(dense), final)
         return final, rows
 
+    def restore_own_part(self, part_dir: str | Path) -> dict[str, Any]:
+        """Load everything from a part this same shard wrote (an exit snapshot): tables, dense, global step."""
+        part_dir = Path(part_dir)
+        meta = ckpt.read_meta(part_dir, f"shard part {part_dir}")
+        if (meta["shard_index"], meta["num_shards"]) != (self.shard_index, self.num_shards):
+            raise ckpt.CheckpointError(f"{part_dir} was written by shard {meta['shard_index']} of "
+                                       f"{meta['num_shards']}, not shard {self.shard_index} of {self.num_shards}")
+        tables = {name: EmbeddingTable.load(str(part_dir / e["dir"])) for name, e in meta["tables"].items()}
+        dense = {name: DenseVariable(EmbeddingTable.load(str(part_dir / e["dir"])), tuple(e["shape"]))
+                 for name, e in meta["dense"].items()}
+        with self._lock:
+            self.tables.update(tables)
+            self.dense.update(dense)
+            self._global_step = int(meta["global_step"])
+            self.restored_from = str(part_dir)
+        log.info("restored own part %s: %s", part_dir, {name: t.size for name, t in tables.items()})
+        return {"rows": {name: int(t.size) for name, t in tables.items()}, "dense": sorted(dense),
+                "global_step": int(meta["global_step"])}
+
     def restore(self, checkpoint_path: str) -> dict[str, Any]:
         """Load exactly the ids (and dense variables) this shard owns from a checkpoint of any shard count."""
         path = Path(checkpoint_path)

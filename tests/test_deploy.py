@@ -146,6 +146,8 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
             else:
                 cmd = run_role.service_command(spec, parsed)
                 assert str(port) in cmd
+                if role == "ps":  # an evicted or rolled PS pod saves its state before it goes
+                    assert "--save-on-exit" in cmd and "--checkpoint-dir" in cmd
             metrics = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
             if role in ("ps", "worker"):  # scraped where the process serves its metrics
                 annotations = obj["spec"]["template"]["metadata"]["annotations"]

@@ -209,3 +209,44 @@ def test_sigterm_lets_an_in_flight_save_finish(processes, tmp_path):
     log = processes.log_of(shard.proc)
     assert log.index("signal 15") < log.index("saved step 1") < log.index("stopped")
     client.close()
+
+
+def test_save_on_exit_snapshot_resumes_a_restarted_shard_exactly(processes, tmp_path):
+    """SIGTERM (a pod eviction, a rolling restart) loses nothing with --save-on-exit; a later complete
+    checkpoint wins over an older exit snapshot; the flag without a directory is refused."""
+    d = str(tmp_path / "ckpt")
+    extra = ["--save-on-exit"]
+    shards = start_cluster(processes, 2, checkpoint_dir=d, extra=extra)
+    addresses = [s.address for s in shards]
+    client = PSClient(addresses, retries=8, backoff_s=0.2, timeout_s=60)
+    client.create_tables(TABLES)
+    client.create_dense({n: {**s, "initial_value": np.zeros(s["shape"], np.float32)} for n, s in DENSE.items()})
+    train(client, 2, seed=11)
+    client.save(d, 2)
+    train(client, 2, seed=12)  # state newer than every checkpoint
+    before = state_of(client)
+    for shard in shards:  # shard 0 holds the global step, shard 1 the odd ids
+        assert processes.stop(shard.proc, signal.SIGTERM) == 0, processes.log_of(shard.proc)
+        assert "exit snapshot saved to" in processes.log_of(shard.proc)
+    assert sorted(os.listdir(os.path.join(d, "exit"))) == ["shard-0-of-2", "shard-1-of-2"]
+    assert client.latest_checkpoint(d).endswith("ckpt-2")  # the snapshot is not a coordinated checkpoint
+
+    shards = [wait_ready(processes, start_shard(processes, i, 2, port=s.port, checkpoint_dir=d, extra=extra))
+              for i, s in enumerate(shards)]
+    assert [h["restored_from"] for h in client.health()] == [
+        str(ckpt.exit_snapshot_path(d, i, 2)) for i in range(2)]
+    assert_same_state(state_of(client), before)
+
+    train(client, 1, seed=13)
+    client.save(d, 5)  # newer than the snapshot: a shard killed without a chance to save comes back from it
+    saved = state_of(client)
+    os.killpg(shards[1].proc.pid, signal.SIGKILL)
+    shards[1].proc.wait(10)
+    wait_ready(processes, start_shard(processes, 1, 2, port=shards[1].port, checkpoint_dir=d, extra=extra))
+    assert client.health()[1]["restored_from"].endswith("ckpt-5")
+    assert_same_state(state_of(client), saved)
+    client.close()
+
+    refused = start_shard(processes, 0, 1, extra=["--save-on-exit"])
+    assert refused.wait(60) == 2
+    assert "--save-on-exit needs --checkpoint-dir" in processes.log_of(refused)

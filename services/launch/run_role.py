@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
     parser.add_argument("--checkpoint-dir",
                         help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
+    parser.add_argument("--save-on-exit", action="store_true",
+                        help="ps role: on SIGTERM save an exit snapshot to the checkpoint dir (see `monolith ps`)")
     parser.add_argument("--bind-host", default=None,
                         help="interface the PS and status port listen on (default: all, IPv6 if our address is)")
     parser.add_argument("--wait-timeout", type=float, default=300.0,
@@ -94,6 +96,7 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
                                "--num-shards", str(spec.num("ps")), "--host", bind_host(spec, args))
         checkpoint_dir = args.checkpoint_dir or args.model_dir
         cmd += ["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []
+        cmd += ["--save-on-exit"] if args.save_on_exit else []
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)
