@@ -9,7 +9,8 @@ Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same
 The bare transport is the same (gRPC echo of a Lookup's bytes: ~1,900–2,200 calls/s either way).
 With real handlers, six runs on this shared 2-core machine (load 4–7 from other jobs) gave aio/sync
 ratios of 0.13–0.95 for Lookup and 0.16–1.22 for ApplyGradients; the last three runs (after the
-payload-copy reductions) 0.95, 0.78, 0.94 and 1.22, 0.71, 1.06. aio was never reliably
+payload-copy reductions) 0.95, 0.78, 0.94 and 1.22, 0.71, 1.06. Three later runs on a quiet machine
+gave 1.29, 0.76, 1.00 for Lookup and 1.19, 0.89, 1.05 for ApplyGradients. aio was never reliably
 faster and in earlier runs far slower (plausibly the event-loop thread and the handler thread trading
 the GIL at every numba kernel entry/exit; the sync server's threads wait in C without it).
 So: the simpler model with one kind of thread and a plain shutdown.
