@@ -56,22 +56,9 @@ def _slot_of(key, mask):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _candidate(index, key):
-    """Row of the first slot in key's probe run whose fingerprint matches (unverified), or -1."""
-    mask = np.uint64(index.shape[0] - 1)
-    h, fp = _slot_of(key, mask)
-    while True:
-        s = index[h]
-        if s == 0:
-            return -1
-        if s >> _S32 == fp:
-            return np.int64(s & _LOW32) - 1
-        h = (h + np.uint64(1)) & mask
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _find(index, row_ids, key):
-    """Row of key, or -1: fingerprint matches are confirmed against the stored id."""
+def _find(index, row_ids, key, verify):
+    """Row of key, or -1. A fingerprint match is confirmed against the stored id when `verify`; without,
+    the first match's row is returned unconfirmed (for a caller that confirms it later)."""
     mask = np.uint64(index.shape[0] - 1)
     h, fp = _slot_of(key, mask)
     while True:
@@ -80,7 +67,7 @@ def _find(index, row_ids, key):
             return -1
         if s >> _S32 == fp:
             r = np.int64(s & _LOW32) - 1
-            if row_ids[r] == key:
+            if not verify or row_ids[r] == key:
                 return r
         h = (h + np.uint64(1)) & mask
 
@@ -107,7 +94,7 @@ def probe_rows(index, row_ids, ids, rows, values, out, copy):
                 prefetch(index, np.int64(mix64(ids[i]) & mask))
             p = i - _AHEAD
             if start <= p < end:
-                r = _candidate(index, ids[p])
+                r = _find(index, row_ids, ids[p], False)
                 rows[p] = r
                 if r >= 0:
                     prefetch(row_ids, r)
@@ -117,7 +104,7 @@ def probe_rows(index, row_ids, ids, rows, values, out, copy):
             if start <= g < end:
                 r = rows[g]
                 if r >= 0 and row_ids[r] != ids[g]:
-                    r = _find(index, row_ids, ids[g])
+                    r = _find(index, row_ids, ids[g], True)
                     rows[g] = r
                 if copy:
                     for j in range(values.shape[1]):
