@@ -24,7 +24,7 @@ from ps.initializers import initialize_rows
 from ps.optimizers import OPTIMIZERS, check_step
 from ps.row_store import RowStore
 from ps.rwlock import RWLock
-from ps.table_io import load_arrays, save_arrays
+from ps.table_io import load_arrays, save_rows
 
 log = logging.getLogger(__name__)
 _RESTORE_IGNORED_KEYS = ("initial_capacity",)
@@ -80,6 +80,10 @@ def _as_shard(shard) -> tuple[int, int] | None:
     return k, num
 
 
+class _RowsRenumbered(Exception):
+    """Raised inside a save when eviction or a restore moved rows after the save chose them."""
+
+
 class EmbeddingTable:
     def __init__(self, config: TableConfig) -> None:
         self._cfg = config
@@ -90,6 +94,7 @@ class EmbeddingTable:
         self._filter = AdmissionFilter(config.occurrence_threshold, config.filter_capacity)
         self._lock = RWLock()
         self._max_update_time = 0
+        self._layout_version = 0  # bumped whenever rows are renumbered: a save in progress must start over
 
     @staticmethod
     def _new_index(capacity: int) -> np.ndarray:
@@ -314,6 +319,7 @@ class EmbeddingTable:
             expired = expired_mask(st.update_time[:st.size], self._max_update_time, self._cfg.expire_time_days)
             removed = int(expired.sum())
             if removed:
+                self._layout_version += 1
                 st.keep(np.flatnonzero(~expired))
                 H.rebuild(self._index, st.ids, st.size)
             return removed
@@ -322,20 +328,42 @@ class EmbeddingTable:
     def save(self, directory: str | os.PathLike, shard=None) -> int:
         """Write a verified checkpoint of the unexpired rows (only ids with floormod(id, K) == k for shard=(k, K)).
 
+        Memory-bounded: rows are copied out one chunk file at a time, each chunk under the read lock, so
+        training continues between chunks and every row is saved whole (values, optimizer state and
+        timestamp from one instant). Rows created after the save started are left out. If eviction or a
+        restore renumbers rows meanwhile, the save starts over holding the lock throughout.
         Returns the number of rows written.
         """
         shard = _as_shard(shard)
+        try:
+            return self._save(directory, shard, hold_lock=False)
+        except _RowsRenumbered:
+            log.info("rows were renumbered during the save to %s: saving again under the lock", directory)
         with self._lock.read():
-            st = self._store
+            return self._save(directory, shard, hold_lock=True)
+
+    def _save(self, directory, shard, hold_lock: bool) -> int:
+        st = self._store
+        with contextlib.nullcontext() if hold_lock else self._lock.read():
+            layout_version = self._layout_version
             keep = ~expired_mask(st.update_time[:st.size], self._max_update_time, self._cfg.expire_time_days)
             if shard is not None:
                 keep &= np.mod(st.ids[:st.size], shard[1]) == shard[0]
             idx = np.flatnonzero(keep)
-            arrays = {name: arr[idx] for name, arr in st.arrays().items()}
             sketch = self._filter.sketch.copy()
-            meta = {"config": self.config, "max_update_time": self._max_update_time,
+            layout = [(name, a.dtype, a.shape[1:]) for name, a in st.arrays().items()]
+
+        def read_rows(lo: int, hi: int) -> dict[str, np.ndarray]:
+            with contextlib.nullcontext() if hold_lock else self._lock.read():
+                if self._layout_version != layout_version:
+                    raise _RowsRenumbered()
+                return {name: arr[idx[lo:hi]] for name, arr in st.arrays().items()}
+
+        def final_meta() -> dict:
+            return {"config": self.config, "max_update_time": self._max_update_time,
                     "shard": list(shard) if shard else None}
-        save_arrays(directory, arrays, sketch, meta)
+
+        save_rows(directory, layout, len(idx), read_rows, sketch, final_meta)
         log.info("saved %d rows to %s", len(idx), directory)
         return len(idx)
 
@@ -382,6 +410,7 @@ class EmbeddingTable:
             raise CorruptCheckpointError(f"{directory}: repeated ids in the checkpoint")
         with self._lock.write():
             if clear:
+                self._layout_version += 1
                 st.size = 0
                 self._index[:] = 0
                 self._max_update_time = 0

@@ -8,6 +8,7 @@ written last. The whole directory is staged under a temporary name and renamed i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +20,27 @@ VERSION = 1
 _CHUNK_BYTES = 64 << 20
 
 
-def save_arrays(directory: str | os.PathLike, arrays: dict[str, np.ndarray], sketch: np.ndarray, meta: dict) -> None:
-    """Write equal-length per-row `arrays`, the admission `sketch` and `meta` (JSON) as one checkpoint."""
-    n = len(arrays["ids"])
-    row_bytes = sum(a[:1].nbytes if len(a) else a.itemsize * int(np.prod(a.shape[1:])) for a in arrays.values())
+def save_rows(directory: str | os.PathLike, layout: list[tuple[str, np.dtype, tuple[int, ...]]], n: int,
+              read_rows: Callable[[int, int], dict[str, np.ndarray]], sketch: np.ndarray,
+              final_meta: Callable[[], dict]) -> None:
+    """Write n rows of the per-row arrays in `layout` ((name, dtype, per-row shape)), fetched one chunk file at
+    a time by `read_rows(lo, hi)`, so a save never holds more than one chunk beyond the table itself.
+    `final_meta()` is called after the last chunk (for values that may move while rows are read)."""
+    row_bytes = sum(np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64)) for _, dt, shape in layout)
     rows_per_chunk = max(1, _CHUNK_BYTES // max(1, row_bytes))
-    layout = [{"name": name, "dtype": a.dtype.str, "shape": list(a.shape[1:])} for name, a in arrays.items()]
+    spec = [{"name": name, "dtype": np.dtype(dt).str, "shape": list(shape)} for name, dt, shape in layout]
     chunks, digests = [], {}
     with staged_directory(directory) as tmp:
         for c, start in enumerate(range(0, max(n, 1), rows_per_chunk)):
             stop = min(n, start + rows_per_chunk)
             name = f"rows-{c:05d}.bin"
-            parts = [np.ascontiguousarray(a[start:stop]) for a in arrays.values()]
+            got = read_rows(start, stop)
+            parts = [np.ascontiguousarray(got[entry["name"]], np.dtype(entry["dtype"])) for entry in spec]
             digests[name] = write_file_synced(tmp / name, parts)
             chunks.append({"file": name, "rows": stop - start})
         digests["admission.bin"] = write_file_synced(tmp / "admission.bin", np.ascontiguousarray(sketch))
-        payload = {"format": FORMAT, "version": VERSION, "rows": n, "arrays": layout, "chunks": chunks,
-                   "sketch": {"dtype": sketch.dtype.str, "shape": list(sketch.shape)}, **meta}
+        payload = {"format": FORMAT, "version": VERSION, "rows": n, "arrays": spec, "chunks": chunks,
+                   "sketch": {"dtype": sketch.dtype.str, "shape": list(sketch.shape)}, **final_meta()}
         write_manifest(tmp, payload, digests)
 
 

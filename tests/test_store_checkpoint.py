@@ -177,3 +177,71 @@ def test_shard_filtered_save_and_resharding_restore(tmp_path):
         mine = pending[np.mod(pending, 2) == j]
         t.apply_gradients(mine, np.ones((len(mine), 8)), update_time=100)
         assert t.contains(mine).all()
+
+
+def test_save_while_training_keeps_every_row_whole_and_memory_to_one_chunk(tmp_path, monkeypatch):
+    """Training continues between chunk files; each saved row comes from one instant (its values all equal
+    its update time, as the writer stamps them), and chunks are read one at a time."""
+    import threading
+
+    monkeypatch.setattr(table_io, "_CHUNK_BYTES", 64 * 1024)  # ~1k rows per chunk file
+    t = EmbeddingTable.from_dict({"dim": 8, "optimizer": {"type": "sgd", "learning_rate": 0.1}})
+    ids = np.arange(20_000, dtype=np.int64)
+    t.assign(ids, np.zeros((ids.size, 8), np.float32))
+    largest = []
+    real_save_rows = table_io.save_rows
+
+    def spying_save_rows(directory, layout, n, read_rows, sketch, final_meta):
+        def read(lo, hi):
+            got = read_rows(lo, hi)
+            largest.append(max(a.shape[0] for a in got.values()))
+            return got
+        return real_save_rows(directory, layout, n, read, sketch, final_meta)
+
+    monkeypatch.setattr("ps.table.save_rows", spying_save_rows)
+    stop = threading.Event()
+
+    def writer():
+        c = 1
+        while not stop.is_set():
+            t.assign(ids, np.full((ids.size, 8), c, np.float32), update_time=c)
+            c += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while t.max_update_time < 3:
+            pass
+        assert t.save(tmp_path / "t") == ids.size
+    finally:
+        stop.set()
+        thread.join()
+    _payload, arrays, _ = table_io.load_arrays(tmp_path / "t")
+    np.testing.assert_array_equal(arrays["values"], np.repeat(arrays["update_time"][:, None], 8, axis=1))
+    row_bytes = 8 * 4 + 8 + 8  # values, id, update time
+    assert len(largest) == -(-ids.size // (64 * 1024 // row_bytes)) and max(largest) * row_bytes <= 64 * 1024
+    assert EmbeddingTable.load(tmp_path / "t").size == ids.size
+
+
+def test_rows_renumbered_during_a_save_make_it_start_over_under_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_io, "_CHUNK_BYTES", 4 * 1024)
+    t = EmbeddingTable.from_dict({"dim": 4, "optimizer": {"type": "sgd", "learning_rate": 0.1},
+                                  "expire_time_days": 1})
+    old, new = np.arange(0, 500, dtype=np.int64), np.arange(500, 1000, dtype=np.int64)
+    t.assign(old, np.ones((500, 4), np.float32), update_time=0)
+    t.assign(new, np.full((500, 4), 2.0, np.float32), update_time=86_400)
+    real_save_rows = table_io.save_rows
+    evicted = []
+
+    def evicting_save_rows(directory, layout, n, read_rows, sketch, final_meta):
+        def read(lo, hi):
+            if not evicted:
+                evicted.append(t.evict_expired())  # compacts rows between two chunks of the first attempt
+            return read_rows(lo, hi)
+        return real_save_rows(directory, layout, n, read, sketch, final_meta)
+
+    monkeypatch.setattr("ps.table.save_rows", evicting_save_rows)
+    assert t.save(tmp_path / "t") == 500 and evicted == [500]
+    back = EmbeddingTable.load(tmp_path / "t")
+    np.testing.assert_array_equal(back.contains(old), False)
+    np.testing.assert_array_equal(back.lookup(new), np.full((500, 4), 2.0, np.float32))
