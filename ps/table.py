@@ -24,7 +24,7 @@ from ps.initializers import initialize_rows
 from ps.optimizers import OPTIMIZERS, check_step
 from ps.row_store import RowStore
 from ps.rwlock import RWLock
-from ps.table_io import load_arrays, save_rows
+from ps.table_io import SavedRows, save_rows
 
 log = logging.getLogger(__name__)
 _RESTORE_IGNORED_KEYS = ("initial_capacity",)
@@ -369,13 +369,12 @@ class EmbeddingTable:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> EmbeddingTable:
-        payload, arrays, sketch = load_arrays(directory)
-        cfg = dict(payload["config"])
+        saved = SavedRows.open(directory)
         try:
-            table = cls(TableConfig.from_dict(cfg))
+            table = cls(TableConfig.from_dict(dict(saved.payload["config"])))
         except (ValueError, TypeError) as exc:
             raise CorruptCheckpointError(f"{directory}: invalid table config in the manifest: {exc}") from exc
-        table._ingest(directory, payload, arrays, sketch, None, clear=True)
+        table._ingest(directory, saved, None, clear=True)
         return table
 
     def restore(self, directory: str | os.PathLike, shard=None, clear: bool = False) -> int:
@@ -385,27 +384,26 @@ class EmbeddingTable:
         shard's directory into each new shard). `clear` empties this table first. Returns rows restored.
         """
         shard = _as_shard(shard)
-        payload, arrays, sketch = load_arrays(directory)
+        saved = SavedRows.open(directory)
         mine = {k: v for k, v in self._config_dict.items() if k not in _RESTORE_IGNORED_KEYS}
-        theirs = {k: v for k, v in payload["config"].items() if k not in _RESTORE_IGNORED_KEYS}
+        theirs = {k: v for k, v in saved.payload["config"].items() if k not in _RESTORE_IGNORED_KEYS}
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"cannot restore {directory}: its table config differs in {diff}: "
                              f"saved {[theirs.get(k) for k in diff]} vs this table {[mine.get(k) for k in diff]}")
-        return self._ingest(directory, payload, arrays, sketch, shard, clear)
+        return self._ingest(directory, saved, shard, clear)
 
-    def _ingest(self, directory, payload: dict, arrays: dict, sketch: np.ndarray, shard, clear: bool) -> int:
+    def _ingest(self, directory, saved: SavedRows, shard, clear: bool) -> int:
+        """Every check (layout, repeated ids) runs before the table changes; rows then go in one chunk file at a
+        time, so a restore needs memory for one chunk beyond the table."""
         st = self._store
         expected = {name: (a.dtype, a.shape[1:]) for name, a in st.arrays().items()}
-        found = {name: (a.dtype, a.shape[1:]) for name, a in arrays.items()}
-        if expected != found:
-            raise CorruptCheckpointError(f"{directory}: row arrays {sorted(found)} do not match the config's "
+        if expected != saved.layout:
+            raise CorruptCheckpointError(f"{directory}: row arrays {sorted(saved.layout)} do not match the config's "
                                          f"{sorted(expected)}")
-        ids = arrays["ids"]
+        ids = saved.ids()
         if shard is not None:
-            sel = np.flatnonzero(np.mod(ids, shard[1]) == shard[0])
-            arrays = {name: a[sel] for name, a in arrays.items()}
-            ids = arrays["ids"]
+            ids = ids[np.mod(ids, shard[1]) == shard[0]]
         if len(H.dedup(ids)[0]) != len(ids):
             raise CorruptCheckpointError(f"{directory}: repeated ids in the checkpoint")
         with self._lock.write():
@@ -414,12 +412,16 @@ class EmbeddingTable:
                 st.size = 0
                 self._index[:] = 0
                 self._max_update_time = 0
-            rows = self._probe(ids)
-            absent = np.flatnonzero(rows < 0)
-            if len(absent):
-                rows[absent] = self._insert(ids[absent], init_values=False)
-            for name, arr in st.arrays().items():
-                arr[rows] = arrays[name]
-            self._filter.merge(sketch, replace=clear)
-            self._max_update_time = max(self._max_update_time, int(payload["max_update_time"]))
+            for chunk in saved.chunks():
+                if shard is not None:
+                    sel = np.flatnonzero(np.mod(chunk["ids"], shard[1]) == shard[0])
+                    chunk = {name: a[sel] for name, a in chunk.items()}
+                rows = self._probe(np.ascontiguousarray(chunk["ids"]))
+                absent = np.flatnonzero(rows < 0)
+                if len(absent):
+                    rows[absent] = self._insert(chunk["ids"][absent], init_values=False)
+                for name, arr in st.arrays().items():
+                    arr[rows] = chunk[name]
+            self._filter.merge(saved.sketch, replace=clear)
+            self._max_update_time = max(self._max_update_time, int(saved.payload["max_update_time"]))
         return len(ids)

@@ -8,7 +8,8 @@ written last. The whole directory is staged under a temporary name and renamed i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +45,74 @@ def save_rows(directory: str | os.PathLike, layout: list[tuple[str, np.dtype, tu
         write_manifest(tmp, payload, digests)
 
 
+@dataclass
+class SavedRows:
+    """A verified table checkpoint whose rows are read one chunk file at a time (bounded memory)."""
+
+    directory: Path
+    payload: dict
+    sketch: np.ndarray
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> SavedRows:
+        """Check the manifest, every file's checksum, the format and each chunk file's size for its rows."""
+        directory = Path(directory)
+        payload = read_manifest(directory)
+        if payload.get("format") != FORMAT or payload.get("version") != VERSION:
+            raise CorruptCheckpointError(
+                f"{directory}: not a table checkpoint of format {FORMAT} v{VERSION} "
+                f"(found {payload.get('format')!r} v{payload.get('version')!r})")
+        saved = cls(directory, payload, np.empty(0))
+        if sum(c["rows"] for c in payload["chunks"]) != payload["rows"]:
+            raise CorruptCheckpointError(f"{directory}: chunk rows do not add up to the manifest's {payload['rows']}")
+        for chunk in payload["chunks"]:
+            path = directory / chunk["file"]
+            size, want = path.stat().st_size, chunk["rows"] * saved._row_bytes
+            if size != want:
+                raise CorruptCheckpointError(f"{path}: {size} bytes, {want} expected for {chunk['rows']} rows")
+        spec = payload["sketch"]
+        sketch = np.fromfile(directory / "admission.bin", np.dtype(spec["dtype"]))
+        if sketch.size != int(np.prod(spec["shape"])):
+            raise CorruptCheckpointError(f"{directory / 'admission.bin'}: wrong size")
+        saved.sketch = sketch.reshape(spec["shape"])
+        return saved
+
+    @property
+    def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        return {e["name"]: (np.dtype(e["dtype"]), tuple(e["shape"])) for e in self.payload["arrays"]}
+
+    @property
+    def _row_bytes(self) -> int:
+        return sum(dt.itemsize * int(np.prod(shape, dtype=np.int64)) for dt, shape in self.layout.values())
+
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """Each chunk file's per-row arrays (read-only views of that file's bytes)."""
+        for chunk in self.payload["chunks"]:
+            data = (self.directory / chunk["file"]).read_bytes()
+            out, offset = {}, 0
+            for name, (dtype, shape) in self.layout.items():
+                count = chunk["rows"] * int(np.prod(shape, dtype=np.int64))
+                out[name] = np.frombuffer(data, dtype, count, offset).reshape((chunk["rows"], *shape))
+                offset += count * dtype.itemsize
+            yield out
+
+    def ids(self) -> np.ndarray:
+        """Every saved id, in row order, reading only the ids (the first array of each chunk file)."""
+        names = list(self.layout)
+        if names[0] != "ids":
+            return np.concatenate([c["ids"] for c in self.chunks()] or [np.empty(0, np.int64)])
+        dtype = self.layout["ids"][0]
+        parts = []
+        for chunk in self.payload["chunks"]:
+            with open(self.directory / chunk["file"], "rb") as f:
+                parts.append(np.frombuffer(f.read(chunk["rows"] * dtype.itemsize), dtype))
+        return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 def load_arrays(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
-    """Verify and read a checkpoint: returns (manifest payload, per-row arrays, admission sketch)."""
-    directory = Path(directory)
-    payload = read_manifest(directory)
-    if payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise CorruptCheckpointError(
-            f"{directory}: not a table checkpoint of format {FORMAT} v{VERSION} "
-            f"(found {payload.get('format')!r} v{payload.get('version')!r})")
-    layout = payload["arrays"]
-    parts: dict[str, list[np.ndarray]] = {spec["name"]: [] for spec in layout}
-    for chunk in payload["chunks"]:
-        data = (directory / chunk["file"]).read_bytes()
-        offset = 0
-        for spec in layout:
-            name = spec["name"]
-            dtype = np.dtype(spec["dtype"])
-            count = chunk["rows"] * int(np.prod(spec["shape"], dtype=np.int64))
-            if offset + count * dtype.itemsize > len(data):
-                raise CorruptCheckpointError(f"{directory / chunk['file']}: too short for array {name!r}")
-            parts[name].append(np.frombuffer(data, dtype, count, offset).reshape([chunk["rows"]] + spec["shape"]))
-            offset += count * dtype.itemsize
-        if offset != len(data):
-            raise CorruptCheckpointError(f"{directory / chunk['file']}: {len(data) - offset} unexpected trailing bytes")
-    arrays = {name: np.concatenate(p) if len(p) > 1 else p[0] for name, p in parts.items()}
-    if any(len(a) != payload["rows"] for a in arrays.values()):
-        raise CorruptCheckpointError(f"{directory}: row count differs from the manifest's {payload['rows']}")
-    spec = payload["sketch"]
-    sketch = np.fromfile(directory / "admission.bin", np.dtype(spec["dtype"]))
-    if sketch.size != int(np.prod(spec["shape"])):
-        raise CorruptCheckpointError(f"{directory / 'admission.bin'}: wrong size")
-    return payload, arrays, sketch.reshape(spec["shape"])
+    """Verify and read a whole checkpoint: (manifest payload, per-row arrays, admission sketch)."""
+    saved = SavedRows.open(directory)
+    parts = list(saved.chunks())
+    arrays = {name: np.concatenate([p[name] for p in parts]) if parts else np.empty((0, *shape), dtype)
+              for name, (dtype, shape) in saved.layout.items()}
+    return saved.payload, arrays, saved.sketch

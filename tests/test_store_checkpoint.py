@@ -245,3 +245,27 @@ def test_rows_renumbered_during_a_save_make_it_start_over_under_the_lock(tmp_pat
     back = EmbeddingTable.load(tmp_path / "t")
     np.testing.assert_array_equal(back.contains(old), False)
     np.testing.assert_array_equal(back.lookup(new), np.full((500, 4), 2.0, np.float32))
+
+
+def test_restore_reads_one_chunk_file_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_io, "_CHUNK_BYTES", 16 * 1024)
+    t = EmbeddingTable.from_dict(CFG)
+    _train(t, _batches(3))
+    t.save(tmp_path / "t")
+    seen = []
+    real_chunks = table_io.SavedRows.chunks
+
+    def spying_chunks(self):
+        for chunk in real_chunks(self):
+            seen.append(len(chunk["ids"]))
+            yield chunk
+
+    monkeypatch.setattr(table_io.SavedRows, "chunks", spying_chunks)
+    back = EmbeddingTable.load(tmp_path / "t")
+    assert len(seen) > 5 and sum(seen) == t.size == back.size
+    ids = t._store.ids[:t.size]
+    for name, arr in _state(back, ids).items():
+        np.testing.assert_array_equal(arr, _state(t, ids)[name], err_msg=name)
+    halves = [EmbeddingTable.from_dict(CFG) for _ in range(2)]
+    assert sum(h.restore(tmp_path / "t", shard=(k, 2)) for k, h in enumerate(halves)) == t.size
+    np.testing.assert_array_equal(halves[1].contains(ids), np.mod(ids, 2) == 1)
