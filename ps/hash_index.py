@@ -42,6 +42,8 @@ _ROW_LEAD = 32
 """Pipelined probes prefetch a candidate row this many ids ahead of verifying (and copying) it."""
 _PIPE_CHUNK = 8192
 """Ids per pipeline (one per parallel work item): long enough to amortise its ramp-up."""
+_RING = 64
+"""Candidate rows in flight per pipeline: a power of two above _ROW_LEAD."""
 _LOW32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 MAX_ROWS = (1 << 32) - 1
@@ -74,19 +76,21 @@ def _find(index, row_ids, key, verify):
 
 @njit(**_PARALLEL)
 def probe_rows(index, row_ids, ids, rows, values, out, copy):
-    """rows[i] = row of ids[i] (-1 absent); with `copy`, also out[i] = values[rows[i]] (zeros when absent).
+    """With `copy`, out[i] = values[row of ids[i]] (zeros when absent); without, rows[i] = row of ids[i] (-1 absent).
 
     A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids before its probe reads
     the fingerprint-matching candidate row, whose stored id (and, with `copy`, its values) is
     prefetched _ROW_LEAD ids before it is verified (and copied). So the dependent random misses of
     many ids are in flight at once, and each row is copied soon after its prefetch, while still in
-    L1/L2. A fingerprint false match (about 1 in 4 billion) falls back to a full probe.
+    L1/L2. Candidates wait in a small ring, not a full-length array. A fingerprint false match (about 1
+    in 4 billion) falls back to a full probe.
     """
     n = ids.shape[0]
     mask = np.uint64(index.shape[0] - 1)
     zero = np.float32(0.0)
     lead = _AHEAD + _ROW_LEAD
     for c in prange((n + _PIPE_CHUNK - 1) // _PIPE_CHUNK):
+        ring = np.empty(_RING, np.int64)
         start = c * _PIPE_CHUNK
         end = min(n, start + _PIPE_CHUNK)
         for i in range(start, end + lead):
@@ -95,20 +99,21 @@ def probe_rows(index, row_ids, ids, rows, values, out, copy):
             p = i - _AHEAD
             if start <= p < end:
                 r = _find(index, row_ids, ids[p], False)
-                rows[p] = r
+                ring[p & (_RING - 1)] = r
                 if r >= 0:
                     prefetch(row_ids, r)
                     if copy:
                         prefetch_row(values, r)
             g = p - _ROW_LEAD
             if start <= g < end:
-                r = rows[g]
+                r = ring[g & (_RING - 1)]
                 if r >= 0 and row_ids[r] != ids[g]:
                     r = _find(index, row_ids, ids[g], True)
-                    rows[g] = r
                 if copy:
                     for j in range(values.shape[1]):
                         out[g, j] = values[r, j] if r >= 0 else zero
+                else:
+                    rows[g] = r
 
 
 @njit(nogil=True, cache=True)
@@ -118,9 +123,9 @@ def probe(index, row_ids, ids, rows):
 
 
 @njit(nogil=True, cache=True)
-def lookup_rows(index, row_ids, values, ids, rows, out):
-    """probe() and out[i] = values[rows[i]] (zeros when absent), in one pass."""
-    probe_rows(index, row_ids, ids, rows, values, out, True)
+def lookup_rows(index, row_ids, values, ids, out):
+    """out[i] = values[row of ids[i]] (zeros when absent), in one pass."""
+    probe_rows(index, row_ids, ids, np.empty(0, np.int64), values, out, True)
 
 
 @njit(**_SERIAL)

@@ -231,9 +231,8 @@ class EmbeddingTable:
                                 or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {shape}")
         dest = out if out is not None and dtype == np.float32 else np.empty(shape, np.float32)
-        rows = np.empty(len(ids), np.int64)
         with _threads_for(dest.size), self._lock.read():
-            H.lookup_rows(self._index, self._store.ids, self._store.values, ids, rows, dest)
+            H.lookup_rows(self._index, self._store.ids, self._store.values, ids, dest)
         if dtype == np.float32:
             return dest
         if out is None:
