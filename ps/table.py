@@ -20,6 +20,7 @@ from ps.admission import AdmissionFilter
 from ps.atomic_files import CorruptCheckpointError
 from ps.config import TableConfig
 from ps.expiry import expired_mask
+from ps.half_floats import to_float16
 from ps.initializers import initialize_rows
 from ps.optimizers import OPTIMIZERS, check_step
 from ps.row_store import RowStore
@@ -235,10 +236,7 @@ class EmbeddingTable:
             H.lookup_rows(self._index, self._store.ids, self._store.values, ids, dest)
         if dtype == np.float32:
             return dest
-        if out is None:
-            return dest.astype(np.float16)
-        np.copyto(out, dest, casting="same_kind")
-        return out
+        return to_float16(dest, out)
 
     def contains(self, ids) -> np.ndarray:
         ids = _as_ids(ids)

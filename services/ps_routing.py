@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ps.half_floats import to_float32
 from ps.hash_index import gather
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -74,6 +75,10 @@ def _sum_by_inverse(values, inverse, m):
     return out
 
 
+def _widened(rows: np.ndarray) -> np.ndarray:
+    return to_float32(rows) if rows.dtype == np.float16 else rows
+
+
 @dataclass
 class Routed:
     """ids split by owning shard; `unique[order[bounds[s]:bounds[s+1]]]` go to shard s."""
@@ -104,11 +109,10 @@ class Routed:
         else:  # scatter each shard's rows to their unique positions (widening float16 on the way)
             rows = out if self.inverse is None else np.empty((self.unique.size, dim), np.float32)
             for shard, got in parts:
-                rows[self.positions(shard)] = got
+                rows[self.positions(shard)] = _widened(got)
             if rows is out:
                 return out
-        if rows.dtype != np.float32:
-            rows = rows.astype(np.float32)  # float16 transport: widen the unique rows only
+        rows = _widened(rows)  # float16 transport: widen the unique rows only
         if self.inverse is None:
             out[...] = rows
         else:
