@@ -11,7 +11,7 @@ shared: the minimum time is the least noisy estimate).
 array as the gather limit does (and as a server can);
 insert is total time over all batches including growth (TF's variable is pre-allocated). On this VM growth
 is dominated by the first touch of memory the machine has never used: copying 16 MiB into fresh pages took
-38 ms, into reused pages 0.7 ms; a second growing table in the same process inserts ~5x faster.
+38 ms, into reused pages 0.7 ms; a second growing table in the same process inserts 2-5x faster.
 
 Run: `python benchmarks/store_bench.py` (also run by `make bench`). Options: --rows, --batch, --reps.
 """
