@@ -183,6 +183,7 @@ def test_save_while_training_keeps_every_row_whole_and_memory_to_one_chunk(tmp_p
     """Training continues between chunk files; each saved row comes from one instant (its values all equal
     its update time, as the writer stamps them), and chunks are read one at a time."""
     import threading
+    import time
 
     monkeypatch.setattr(table_io, "_CHUNK_BYTES", 64 * 1024)  # ~1k rows per chunk file
     t = EmbeddingTable.from_dict({"dim": 8, "optimizer": {"type": "sgd", "learning_rate": 0.1}})
@@ -210,8 +211,10 @@ def test_save_while_training_keeps_every_row_whole_and_memory_to_one_chunk(tmp_p
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while t.max_update_time < 3:
-            pass
+        deadline = time.monotonic() + 60
+        while t.max_update_time < 3:  # the writer is running
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.001)
         assert t.save(tmp_path / "t") == ids.size
     finally:
         stop.set()
