@@ -68,13 +68,18 @@ def _segment_to_proto(seg: Any, out: ps_pb2.Segment, where: str) -> None:
     _params_to_proto(rest, out.extra, where)
 
 
+def _pop_number(rest: dict, key: str, field: str, kinds: type | tuple[type, ...], noun: str):
+    """rest.pop(key), refused unless it is one of `kinds` (never a bool): "<field> must be <noun>, got ..."."""
+    value = rest.pop(key)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ValueError(f"{field} must be {noun}, got {value!r}")
+    return value
+
+
 def _dim_init_opt_to_proto(rest: dict, out, where: str, dim_field: str) -> None:
     """Move `dim`, `initializer` and `optimizer` (those present) from `rest` into `out` (a segment or table)."""
     if "dim" in rest:
-        dim = rest.pop("dim")
-        if not isinstance(dim, int) or isinstance(dim, bool):
-            raise ValueError(f"{dim_field} must be an int, got {dim!r}")
-        out.dim = dim
+        out.dim = _pop_number(rest, "dim", dim_field, int, "an int")
     if "initializer" in rest:
         _typed_to_proto(rest.pop("initializer"), out.initializer, f"{where}.initializer")
     if "optimizer" in rest:
@@ -98,15 +103,11 @@ def table_config_to_proto(name: str, config: dict[str, Any]) -> ps_pb2.TableConf
             _segment_to_proto(seg, msg.segments.add(), f"{where}.segments[{i}]")
     _dim_init_opt_to_proto(rest, msg, where, f"{where}: dim")
     if "occurrence_threshold" in rest:
-        value = rest.pop("occurrence_threshold")
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{where}: occurrence_threshold must be an int, got {value!r}")
-        msg.occurrence_threshold = value
+        msg.occurrence_threshold = _pop_number(rest, "occurrence_threshold", f"{where}: occurrence_threshold", int,
+                                               "an int")
     if "expire_time_days" in rest:
-        value = rest.pop("expire_time_days")
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"{where}: expire_time_days must be a number, got {value!r}")
-        msg.expire_time_days = float(value)
+        msg.expire_time_days = float(_pop_number(rest, "expire_time_days", f"{where}: expire_time_days",
+                                                 (int, float), "a number"))
     _params_to_proto(rest, msg.extra, where)
     return msg
 

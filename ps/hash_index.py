@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ps.prefetch import prefetch, prefetch_row, row_ahead
+from ps.prefetch import prefetch, prefetch_row, prefetch_rows_ahead, row_ahead
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -163,9 +163,7 @@ def gather(values, rows, out):
 def scatter_rows(values, rows, src, add):
     """values[rows[i]] = src[i] (or += when `add`), skipping rows[i] < 0; rows are distinct."""
     for i in prange(rows.shape[0]):
-        ra = row_ahead(rows, i)
-        if ra >= 0:
-            prefetch_row(values, ra)
+        prefetch_rows_ahead(rows, i, (values,))
         r = rows[i]
         if r >= 0:
             if add:

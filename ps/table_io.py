@@ -65,9 +65,10 @@ class SavedRows:
         saved = cls(directory, payload, np.empty(0))
         if sum(c["rows"] for c in payload["chunks"]) != payload["rows"]:
             raise CorruptCheckpointError(f"{directory}: chunk rows do not add up to the manifest's {payload['rows']}")
+        row_bytes = saved._row_bytes
         for chunk in payload["chunks"]:
             path = directory / chunk["file"]
-            size, want = path.stat().st_size, chunk["rows"] * saved._row_bytes
+            size, want = path.stat().st_size, chunk["rows"] * row_bytes
             if size != want:
                 raise CorruptCheckpointError(f"{path}: {size} bytes, {want} expected for {chunk['rows']} rows")
         spec = payload["sketch"]
@@ -87,10 +88,11 @@ class SavedRows:
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """Each chunk file's per-row arrays (read-only views of that file's bytes)."""
+        layout = self.layout
         for chunk in self.payload["chunks"]:
             data = (self.directory / chunk["file"]).read_bytes()
             out, offset = {}, 0
-            for name, (dtype, shape) in self.layout.items():
+            for name, (dtype, shape) in layout.items():
                 count = chunk["rows"] * int(np.prod(shape, dtype=np.int64))
                 out[name] = np.frombuffer(data, dtype, count, offset).reshape((chunk["rows"], *shape))
                 offset += count * dtype.itemsize
