@@ -91,3 +91,51 @@ class TwoHeadModel(TinyDNN):
             tf.reduce_mean(tf.square(score - label))
         return EstimatorSpec(label={"ctr": label, "score": label}, pred=preds, loss=loss, classification=[True, False],
                              optimizer=tf.keras.optimizers.Adagrad(0.1))
+
+
+def monolith_examples(b: dict, features=FEATURES) -> list[bytes]:
+    """The rows of a batch dict as serialized Monolith `Example`s (ids in fid_v2 lists, the label)."""
+    from protos import example_pb2
+
+    out = []
+    for i in range(len(b["label"])):
+        ex = example_pb2.Example(label=[float(b["label"][i])])
+        for f in features:
+            ex.named_feature.add(name=f).feature.fid_v2_list.value.extend(int(v) for v in b[f][i])
+        out.append(ex.SerializeToString())
+    return out
+
+
+class ServingDNN(TinyDNN):
+    """Two heads over TinyDNN's features (f2 read through f1's table) and an extra output, served from
+    Monolith `Example`s."""
+
+    def model_fn(self, features, mode):
+        from worker.entry import RandomUniformInitializer
+
+        self.create_embedding_feature_column("f0")
+        self.create_embedding_feature_column("f1")
+        self.create_embedding_feature_column("f2", shared_name="f1")
+        x = self.lookup_embedding_slice(list(FEATURES), "vec", slice_dim=DIM,
+                                        initializer=RandomUniformInitializer(-0.1, 0.1),
+                                        optimizer=self.emb_optimizer, out_type="concat")
+        hidden = tf.keras.layers.Dense(8, activation="tanh", kernel_initializer=tf.keras.initializers.GlorotUniform(1))(x)
+        logits = tf.reshape(tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(2))(hidden),
+                            [-1])
+        score = tf.reshape(tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(3))(hidden),
+                           [-1])
+        preds = {"ctr": tf.sigmoid(logits), "score": score}
+        self.add_extra_output("hidden", hidden)
+        if mode == ModeKeys.PREDICT:
+            return EstimatorSpec(pred=preds)
+        label = features["label"]
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits)) + \
+            tf.reduce_mean(tf.square(score - label))
+        return EstimatorSpec(label={"ctr": label, "score": label}, pred=preds, loss=loss, classification=[True, False],
+                             optimizer=tf.keras.optimizers.Adagrad(0.1))
+
+    def serving_input_receiver_fn(self):
+        from worker.monolith_inputs import parse_examples
+
+        return ({"examples": tf.TensorSpec([None], tf.string)},
+                lambda inputs: parse_examples(inputs["examples"], FEATURES, with_label=True))

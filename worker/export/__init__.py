@@ -1,0 +1,1 @@
+"""Exporting trained models as TensorFlow SavedModels that serve without custom ops or project code."""

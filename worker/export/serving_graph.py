@@ -1,0 +1,233 @@
+"""The model's serving computation, built from the user's unchanged `model_fn`.
+
+parse the serving input (`serving_input_receiver_fn`) -> the distinct ids of each sparse feature ->
+their rows (from tables inside the SavedModel, or fed in by the entry server after a lookup on the
+serving PS shards) -> `model_fn` in PREDICT mode reading them through `worker.lookup_inputs`, exactly
+as the worker's step does, so exported predictions equal `Estimator.predict`.
+
+A first trace ("discovery") creates the dense variables and finds which features the model reads
+from which tables, what heads and extra outputs it has, and what the serving input parses.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from services.sample_gen import ParserArgs
+from worker import monolith_inputs
+from worker.estimator_spec import ModeKeys
+from worker.export.exported_tables import check_keys, signature_key
+from worker.lookup_inputs import LookupInputs, lookup_inputs
+from worker.native_task_context import NativeTaskContext, with_ctx
+from worker.variable_reuse import VariableReuse
+
+log = logging.getLogger(__name__)
+
+RowsOf = Callable[[str, str, tf.Tensor], tf.Tensor]   # (feature, table, distinct ids) -> [n, dim] float32
+
+
+def ids_key(table: str) -> str:
+    return f"ids__{signature_key(table)}"
+
+
+def rows_key(table: str) -> str:
+    return f"rows__{signature_key(table)}"
+
+
+class _OnDemand(dict):
+    """Rows/index of a feature, computed when a feature column first asks for them."""
+
+    def __init__(self, keys, resolve: Callable[[str], None]) -> None:
+        super().__init__()
+        self._keys, self._resolve = set(keys), resolve
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def __missing__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        self._resolve(key)
+        return dict.__getitem__(self, key)
+
+
+@dataclass
+class Discovery:
+    feature_tables: dict[str, str] = field(default_factory=dict)   # sparse feature read -> its table
+    heads: list[str] = field(default_factory=list)
+    extra_outputs: dict[str, list[str]] = field(default_factory=dict)  # signature -> its output keys
+    parser_args: list[ParserArgs] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted(set(self.feature_tables.values()))
+
+    def table_features(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for feature, table in sorted(self.feature_tables.items()):
+            out.setdefault(table, []).append(feature)
+        return out
+
+
+def _extra_tensors(name: str, value) -> dict[str, tf.Tensor]:
+    if isinstance(value, tf.Tensor):
+        return {name: value}
+    if isinstance(value, dict) and value and all(isinstance(v, tf.Tensor) for v in value.values()):
+        return {signature_key(f"{name}_{k}"): v for k, v in value.items()}
+    return {}
+
+
+class ServingGraph:
+    def __init__(self, model, table_dims: dict[str, int]) -> None:
+        receiver = model.create_serving_input_receiver_fn()
+        spec = receiver() if callable(receiver) else None
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], dict) and callable(spec[1])):
+            raise ValueError(f"{type(model).__name__}.serving_input_receiver_fn() must return ({{input name: "
+                             f"tf.TensorSpec}}, parse_fn(inputs) -> features), got {spec!r}")
+        self.model = model
+        self.input_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in spec[0].items()}
+        for k in self.input_specs:
+            if not k.isidentifier():
+                raise ValueError(f"serving input name {k!r} must be an identifier (letters, digits, '_')")
+        self.parse = spec[1]
+        self.table_dims = dict(table_dims)
+        self.reuse = VariableReuse()
+        self.task_ctx = NativeTaskContext(num_ps=0, ps_index=0, num_workers=1, worker_index=0,
+                                          model_name=type(model).__name__, sync_backend=None, server_type="export")
+        self.discovery = self._discover()
+
+    # --- building blocks ---------------------------------------------------------------------------
+    def _sparse(self, inputs) -> tuple[dict, dict[str, tf.RaggedTensor]]:
+        features = self.parse(inputs)
+        if not isinstance(features, dict):
+            raise ValueError(f"the serving parse function must return a dict of features, got {type(features)}")
+        ragged = {k: v for k, v in features.items() if isinstance(v, tf.RaggedTensor)}
+        for k, v in ragged.items():
+            if v.dtype != tf.int64 or v.ragged_rank != 1:
+                raise ValueError(f"sparse serving feature {k!r} must be a ragged int64 [batch, None] tensor, got {v}")
+        return features, ragged
+
+    def _table_of(self, feature: str) -> str:
+        fc = self.model.fc_dict.get(feature)
+        if fc is None:
+            raise ValueError(f"feature {feature!r} has no embedding feature column")
+        table = fc.slot.name
+        if table not in self.table_dims:
+            raise ValueError(f"table {table!r} (feature {feature!r}) is not in the checkpoint "
+                             f"(tables: {sorted(self.table_dims)})")
+        return table
+
+    def _run(self, features: dict, ragged: dict[str, tf.RaggedTensor], rows_of: RowsOf, used: set[str]):
+        rows = _OnDemand(ragged, lambda f: resolve(f))
+        index = _OnDemand(ragged, lambda f: resolve(f))
+
+        def resolve(f: str) -> None:
+            uniq, idx = tf.unique(ragged[f].values, out_idx=tf.int32)
+            dict.__setitem__(rows, f, rows_of(f, self._table_of(f), uniq))
+            dict.__setitem__(index, f, idx)
+            used.add(f)
+
+        inputs = LookupInputs(rows, index, {f: v.row_splits for f, v in ragged.items()})
+        model_fn = self.model.create_model_fn()
+        with self.reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx):
+            return model_fn(features, ModeKeys.PREDICT)
+
+    def _discover(self) -> Discovery:
+        found = Discovery()
+
+        def probe(inputs):
+            features, ragged = self._sparse(inputs)
+            used: set[str] = set()
+            out = self._run(features, ragged, lambda f, t, ids: tf.zeros([tf.size(ids), self.table_dims[t]]), used)
+            found.feature_tables.update({f: self._table_of(f) for f in used})
+            found.heads[:] = out.head_names  # the probe may be traced twice (variable creation)
+            for name, value in out.extra_outputs.items():
+                tensors = _extra_tensors(name, value)
+                if tensors:
+                    found.extra_outputs[name] = list(tensors)
+                else:
+                    log.info("extra output %r is not a tensor (or dict of tensors): not exported", name)
+            return tf.constant(0)
+
+        with monolith_inputs.recording() as records:
+            tf.function(probe, input_signature=[self.input_specs], autograph=False).get_concrete_function()
+        found.parser_args = list(records)
+        check_keys(found.tables)
+        for name in found.extra_outputs:
+            if name in ("serving_default", "lookup", "raw_lookup", "hashtable_assign", "embedding_ids"):
+                raise ValueError(f"extra output name {name!r} collides with an exported signature name")
+        log.info("serving graph: heads %s, features -> tables %s, extra outputs %s", found.heads,
+                 found.feature_tables, sorted(found.extra_outputs))
+        return found
+
+    # --- what the exporters save -------------------------------------------------------------------
+    def assign_dense(self, values: dict[str, np.ndarray]) -> None:
+        """Give the model's trainable variables the checkpoint's dense values (`dense_<i>` by creation order)."""
+        trainable = self.reuse.trainable
+        missing = [f"dense_{i:04d}" for i in range(len(trainable)) if f"dense_{i:04d}" not in values]
+        if missing:
+            raise ValueError(f"the checkpoint lacks dense values {missing} for the model's {len(trainable)} trainable "
+                             f"variables (was it written by this model?)")
+        for i, var in enumerate(trainable):
+            value = values[f"dense_{i:04d}"]
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(f"dense_{i:04d}: checkpoint shape {value.shape}, model variable {var.name} "
+                                 f"has {tuple(var.shape)}")
+            var.assign(value)
+
+    def _outputs(self, out, signature: str) -> dict[str, tf.Tensor]:
+        if signature == "serving_default":
+            return {h: tf.identity(p) for h, p in zip(out.head_names, out.preds)}
+        return {k: tf.identity(v) for k, v in _extra_tensors(signature, out.extra_outputs[signature]).items()}
+
+    def signatures(self) -> list[str]:
+        return ["serving_default", *sorted(self.discovery.extra_outputs)]
+
+    def standalone_function(self, signature: str, rows_of_table: Callable[[str, tf.Tensor], tf.Tensor]):
+        """serving inputs -> outputs, rows read from tables inside the SavedModel."""
+        def serve(inputs):
+            features, ragged = self._sparse(inputs)
+            out = self._run(features, ragged, lambda f, t, ids: rows_of_table(t, ids), set())
+            return self._outputs(out, signature)
+
+        return tf.function(serve, input_signature=[self.input_specs], autograph=False)
+
+    def _table_ids(self, ragged: dict[str, tf.RaggedTensor]):
+        """Distinct ids per table (features sharing a table send each id once) and, per feature, where each of
+        its distinct ids sits in its table's list."""
+        table_ids, positions = {}, {}
+        for table, members in self.discovery.table_features().items():
+            uniqs = [tf.unique(ragged[f].values, out_idx=tf.int32)[0] for f in members]
+            ids, inverse = tf.unique(tf.concat(uniqs, axis=0), out_idx=tf.int32)
+            table_ids[table] = ids
+            offsets = tf.math.cumsum([tf.size(u) for u in uniqs], exclusive=True)
+            for i, (f, u) in enumerate(zip(members, uniqs)):
+                positions[f] = inverse[offsets[i]:offsets[i] + tf.size(u)]
+        return table_ids, positions
+
+    def ids_function(self):
+        """Entry sub-model: serving inputs -> the distinct ids of every table (`ids__<table>`)."""
+        def embedding_ids(inputs):
+            _, ragged = self._sparse(inputs)
+            table_ids, _ = self._table_ids(ragged)
+            return {ids_key(t): tf.identity(ids) for t, ids in table_ids.items()}
+
+        return tf.function(embedding_ids, input_signature=[self.input_specs], autograph=False)
+
+    def entry_function(self, signature: str):
+        """Entry sub-model: serving inputs + `rows__<table>` (rows of `ids__<table>`, in order) -> outputs."""
+        spec = dict(self.input_specs)
+        for t in self.discovery.tables:
+            spec[rows_key(t)] = tf.TensorSpec([None, self.table_dims[t]], tf.float32, name=rows_key(t))
+
+        def serve(inputs):
+            features, ragged = self._sparse({k: inputs[k] for k in self.input_specs})
+            _, positions = self._table_ids(ragged)
+            out = self._run(features, ragged, lambda f, t, ids: tf.gather(inputs[rows_key(t)], positions[f]), set())
+            return self._outputs(out, signature)
+
+        return tf.function(serve, input_signature=[spec], autograph=False)
