@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==26.3"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	# requires `tensorflow` (the GPU wheel) by name: installed without dependencies, pinned by the lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c requirements.lock tensorflow-serving-api
 	touch $(STAMP)
 
 protos: $(STAMP) $(PROTO_OUT)

@@ -18,6 +18,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dispatcher": ("dispatcher.dispatcher_main", "run the tf.data service dispatcher"),
     "dsworker": ("dispatcher.dsworker_main", "run one tf.data service data worker"),
     "train": ("worker.train_main", "train a model in this process (local or against PS shards)"),
+    # export and serving
+    "export": ("worker.export.export_main", "export a checkpoint as SavedModels (standalone or distributed)"),
+    "serve": ("serving.serve_main", "serve exported models over TF Serving's PredictionService"),
+    "serve-ps": ("serving.serving_ps", "run one read-only serving PS shard of a distributed export"),
+    "warmup": ("worker.export.warmup", "generate or decode TF Serving warmup files"),
+    "saved-model-graph": ("worker.export.saved_model_graph", "write a SavedModel's graph for TensorBoard"),
 }
 
 

@@ -30,7 +30,7 @@ from worker.export import export_context
 from worker.export.checkpoint_reader import CheckpointReader
 from worker.export.export_context import ENTRY, ExportContext, ExportMode
 from worker.export.exported_tables import ServingTable, ServingTables, signature_key
-from worker.export.serving_graph import ServingGraph
+from worker.export.serving_graph import ServingGraph, ids_key, rows_key
 from worker.export.warmup import ASSETS_EXTRA, DEFAULT_MAX_RECORDS, WARMUP_FILE, gen_prediction_log, \
     write_warmup_file
 
@@ -200,7 +200,9 @@ class DistributedExporter(BaseExporter):
             signatures = {"embedding_ids": graph.ids_function()}
             signatures.update({name: graph.entry_function(name) for name in graph.signatures()})
             signatures.update(_context_signatures(ctx, ENTRY))
-            meta = {"num_serving_shards": m, "tables": {t: graph.table_dims[t] for t in graph.discovery.tables},
+            meta = {"num_serving_shards": m,
+                    "tables": {t: {"dim": graph.table_dims[t], "ids": ids_key(t), "rows": rows_key(t)}
+                               for t in graph.discovery.tables},
                     "serving_signatures": graph.signatures(), "inputs": sorted(graph.input_specs),
                     "version": version, "global_step": checkpoint.global_step}
             assets = {"entry.json": json.dumps(meta, indent=1).encode()}

@@ -1,0 +1,148 @@
+"""One loaded model version: its SavedModel, its public signatures, and `predict`.
+
+A standalone export answers by itself. A distributed entry export (it carries `assets.extra/entry.json`)
+answers in three steps: its `embedding_ids` signature gives the distinct ids of every table, the serving
+PS shards return their rows (`services.ps_client`), and the requested signature runs with those rows as
+extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
+
+Inputs are checked against the SignatureDef (names, dtypes, shapes) before anything runs, and errors the
+graph raises on bad data (undecodable protos, wrong sizes) come back as INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError, Unavailable
+from serving.tensors import dtype_name
+
+log = logging.getLogger(__name__)
+
+ENTRY_META = "assets.extra/entry.json"
+_BAD_DATA = (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.OutOfRangeError)
+
+
+def read_signature_defs(path: str | Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The `serve` MetaGraph's SignatureDefs, straight from saved_model.pb."""
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    except Exception as exc:  # OSError, DecodeError
+        raise FailedPrecondition(f"{path}: unreadable saved_model.pb ({exc})") from None
+    for meta in saved.meta_graphs:
+        if "serve" in meta.meta_info_def.tags:
+            return dict(meta.signature_def)
+    raise FailedPrecondition(f"{path}: no MetaGraph tagged 'serve'")
+
+
+def _shape_ok(info: meta_graph_pb2.TensorInfo, shape: tuple[int, ...]) -> bool:
+    if info.tensor_shape.unknown_rank:
+        return True
+    dims = [d.size for d in info.tensor_shape.dim]
+    return len(dims) == len(shape) and all(d < 0 or d == s for d, s in zip(dims, shape))
+
+
+def _shape_text(info: meta_graph_pb2.TensorInfo) -> str:
+    if info.tensor_shape.unknown_rank:
+        return "any"
+    return "[" + ", ".join("?" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim) + "]"
+
+
+def check_inputs(signature: str, sig: meta_graph_pb2.SignatureDef, inputs: dict[str, np.ndarray]) -> None:
+    missing = sorted(set(sig.inputs) - set(inputs))
+    unknown = sorted(set(inputs) - set(sig.inputs))
+    if missing or unknown:
+        raise InvalidArgument(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; missing {missing}, "
+                              f"unknown {unknown}")
+    for name, value in inputs.items():
+        info = sig.inputs[name]
+        want = tf.dtypes.as_dtype(info.dtype)
+        got_ok = value.dtype == object if want == tf.string else value.dtype == want.as_numpy_dtype
+        if not got_ok:
+            got = "DT_STRING" if value.dtype == object else tf.dtypes.as_dtype(value.dtype).name
+            raise InvalidArgument(f"signature {signature!r} input {name!r}: expects {dtype_name(info.dtype)}, "
+                                  f"got {got}")
+        if not _shape_ok(info, value.shape):
+            raise InvalidArgument(f"signature {signature!r} input {name!r}: expects shape {_shape_text(info)}, "
+                                  f"got {list(value.shape)}")
+
+
+class Servable:
+    """A model version; `ps_client` (services.ps_client.PSClient) is needed for distributed entries."""
+
+    def __init__(self, name: str, version: int, path: str | Path, ps_client=None) -> None:
+        self.name, self.version, self.path = name, int(version), Path(path)
+        self.signature_defs = read_signature_defs(self.path)
+        meta_path = self.path / ENTRY_META
+        self.entry = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        if self.entry is not None:
+            if ps_client is None:
+                raise FailedPrecondition(f"{self.path} is the entry of a distributed export: serve it with "
+                                         "--ps-addresses (the serving PS shards)")
+            self._check_shards(ps_client)
+        self.ps_client = ps_client
+        self.module = tf.saved_model.load(str(self.path))
+        self.public = self._public_signatures()
+
+    def _check_shards(self, client) -> None:
+        want = self.entry["num_serving_shards"]
+        if client.num_shards != want:
+            raise FailedPrecondition(f"{self.path} was exported for {want} serving PS shards, "
+                                     f"{client.num_shards} addresses given")
+        for i, health in enumerate(client.health()):
+            served = Path(health.get("restored_from", "")).name
+            if served != self.entry["version"]:
+                raise FailedPrecondition(f"serving PS shard {i} ({client.addresses[i]}) serves version {served!r}, "
+                                         f"this entry is version {self.entry['version']!r}")
+
+    def _public_signatures(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        if self.entry is None:
+            return {k: v for k, v in self.signature_defs.items() if not k.startswith("__")}
+        rows_inputs = {t["rows"] for t in self.entry["tables"].values()}
+        out = {}
+        for name in self.entry["serving_signatures"]:
+            sig = meta_graph_pb2.SignatureDef()
+            sig.CopyFrom(self.signature_defs[name])
+            for key in rows_inputs:
+                del sig.inputs[key]
+            out[name] = sig
+        return out
+
+    def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter: Iterable[str] = ()
+                ) -> dict[str, np.ndarray]:
+        sig = self.public.get(signature)
+        if sig is None:
+            raise NotFound(f"model {self.name!r} version {self.version} has no signature {signature!r} "
+                           f"(signatures: {sorted(self.public)})")
+        wanted = list(output_filter)
+        unknown = [o for o in wanted if o not in sig.outputs]
+        if unknown:
+            raise InvalidArgument(f"output_filter {unknown}: signature {signature!r} outputs {sorted(sig.outputs)}")
+        check_inputs(signature, sig, inputs)
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        try:
+            if self.entry is not None:
+                tensors.update(self._rows(tensors))
+            out = self.module.signatures[signature](**tensors)
+        except _BAD_DATA as exc:
+            raise InvalidArgument(f"signature {signature!r}: {exc.message}") from None
+        return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
+
+    def _rows(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        from services.ps_client import PSError, PSUnavailable
+
+        ids = self.module.signatures["embedding_ids"](**tensors)
+        tables = self.entry["tables"]
+        try:
+            rows = self.ps_client.lookup_many({t: ids[meta["ids"]].numpy() for t, meta in tables.items()})
+        except PSUnavailable as exc:
+            raise Unavailable(f"serving PS lookup failed: {exc}") from None
+        except PSError as exc:
+            raise ServingError(f"serving PS lookup failed: {exc}") from None
+        return {meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()}
