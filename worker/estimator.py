@@ -79,6 +79,8 @@ class Estimator:
                                           model_name=type(model).__name__, sync_backend=None, server_type="worker")
         self.last_train_stats: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
+        # called as listener.after_save(global_step, checkpoint_path) after every checkpoint (e.g. exporters)
+        self.checkpoint_listeners: list = []
 
     # --- building ----------------------------------------------------------------------------------
     def _dataset(self, mode: str) -> tf.data.Dataset:
@@ -343,6 +345,8 @@ class Estimator:
         path = self.backend.save(self.config.model_dir, step, self.config.keep_checkpoint_max)
         log.info("checkpoint at global step %d: %s", step, path)
         self.last_checkpoint = path
+        for listener in self.checkpoint_listeners:
+            listener.after_save(step, path)
         return path
 
     @staticmethod

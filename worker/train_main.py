@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-checkpoints-secs", type=float, default=None)
     parser.add_argument("--keep-checkpoint-max", type=int, default=5)
     parser.add_argument("--progress", action="store_true", help="show a live progress line")
+    parser.add_argument("--export-base", default=None,
+                        help="the chief exports a SavedModel after every checkpoint under this directory")
+    parser.add_argument("--export-mode", choices=("standalone", "distributed"), default="standalone")
+    parser.add_argument("--num-serving-shards", type=int, default=1, help="serving PS shards of a distributed export")
 
 
 def load_model_class(spec: str):
@@ -61,6 +65,16 @@ def _metric_hooks(model, port: int) -> list:
     if model.p.metrics.enable_throughput_hook:
         hooks.append(ThroughputMetricHook(type(model).__name__, start_time_secs=time.time(), run_every_n_secs=5))
     return hooks
+
+
+def _export_listener(args: argparse.Namespace):
+    from worker.export.export_hooks import ExportSaverListener
+    from worker.export.export_main import exporter_for
+
+    model = load_model_class(args.model)()  # the exporter traces its own copy of the model
+    exporter = exporter_for(model, args.model_dir, args.export_base, args.export_mode, args.num_serving_shards,
+                            global_step_as_timestamp=True)
+    return ExportSaverListener(args.model_dir, model.create_serving_input_receiver_fn(), exporter)
 
 
 def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoint: str | None) -> dict:
@@ -95,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
         keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress)
     hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
     est = Estimator(model, config, hooks=hooks)
+    if args.export_base and config.is_chief:
+        est.checkpoint_listeners.append(_export_listener(args))
     try:
         est.train(0)  # builds, restores (chief) or waits for the chief
         start_step = est.backend.global_step()

@@ -125,3 +125,10 @@ def _single_row(directory: Path) -> np.ndarray:
     if values.shape[0] != 1:
         raise ExportCheckpointError(f"{directory}: a dense variable must be one row, found {values.shape[0]}")
     return np.array(values[0], np.float32)
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints under `model_dir` (either layout), oldest first."""
+    root = Path(model_dir)
+    local = {int(p.name[5:]) for p in root.glob("ckpt-*") if p.name[5:].isdigit() and (p / "state.json").is_file()}
+    return sorted(local | {step for step, _ in ps_checkpoint.complete_checkpoints(root)})
