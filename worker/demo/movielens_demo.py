@@ -1,7 +1,8 @@
 """`make demo`: MovieLens-100K on 2 PS shards + 2 asynchronous workers, all local processes.
 
 Prepares (downloads once, then re-uses the cached copy) the data, trains for a few epochs, evaluates
-test AUC on the chief, checkpoints, and prints the run summary.
+test AUC on the chief, checkpoints, prints the run summary, then exports the model, serves it and
+prints one prediction made through a TF Serving client stub.
 """
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     for role, url in sorted(output.urls.items()):
         print(f"metrics {role:<11} {url} (served while the job ran)")
     print(f"wall time           {time.perf_counter() - started:.1f}s")
-    return 0
+    from worker.demo.serving_demo import export_and_serve
+
+    return export_and_serve(MODEL, model_dir)
 
 
 if __name__ == "__main__":

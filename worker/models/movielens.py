@@ -36,6 +36,22 @@ def make_dataset(part: MovieLens, batch_size: int, shuffle_seed: int | None = No
     return ds.batch(batch_size).map(gather, num_parallel_calls=2, deterministic=True).prefetch(4)
 
 
+def monolith_examples(part: MovieLens, start: int, end: int) -> list[bytes]:
+    """Ratings start..end-1 as serialized Monolith `Example`s (each feature's ids in a fid_v2 list, the
+    label in `label`): what a client sends the served model."""
+    from protos import example_pb2
+
+    out = []
+    for i in range(start, end):
+        ex = example_pb2.Example(label=[float(part.columns["label"][i])])
+        for name in SINGLE_FEATURES:
+            ex.named_feature.add(name=name).feature.fid_v2_list.value.append(int(part.columns[name][i]))
+        genres = part.genre_values[part.genre_splits[i]:part.genre_splits[i + 1]]
+        ex.named_feature.add(name="genres").feature.fid_v2_list.value.extend(int(g) for g in genres)
+        out.append(ex.SerializeToString())
+    return out
+
+
 class MovieRankingModel(MonolithModel):
     def __init__(self, params=None, data_dir: str | None = None, embedding_dim: int = 16, learning_rate: float = 0.1,
                  batch_size: int = 256, seed: int = 0) -> None:
@@ -54,6 +70,13 @@ class MovieRankingModel(MonolithModel):
         if mode == ModeKeys.TRAIN:
             return make_dataset(train, self.batch_size, shuffle_seed=self.seed)
         return make_dataset(test, self.batch_size)
+
+    def serving_input_receiver_fn(self):
+        """Served from serialized Monolith `Example`s, parsed in the graph with core TF ops."""
+        from worker.monolith_inputs import parse_examples
+
+        return ({"examples": tf.TensorSpec([None], tf.string)},
+                lambda inputs: parse_examples(inputs["examples"], FEATURES, with_label=True))
 
     def model_fn(self, features, mode):
         for name in FEATURES:

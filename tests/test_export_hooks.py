@@ -1,0 +1,114 @@
+"""The seed's export_hooks and export_state_utils tests (facts §7.8), on our checkpoint layout
+(`<model_dir>/ckpt-<step>` directories instead of `model.ckpt-<step>` prefixes)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from protos.export_pb2 import ServingEntry, ServingModelState
+from tests.tiny_models import TinyDNN
+from worker.estimator import Estimator
+from worker.export import export_context
+from worker.export.export_context import ExportMode
+from worker.export.export_hooks import ExportSaverListener, get_global_step
+from worker.export.export_state import STATE_FILE, get_export_saver_listener_state, \
+    overwrite_export_saver_listener_state
+from worker.run_config import RunConfig
+
+
+class FakeExporter:
+    """Stands in for a SavedModel exporter (as the seed's mock does): records calls, creates a directory."""
+
+    def __init__(self, export_base: str, as_dict: bool = False) -> None:
+        self.export_base, self.as_dict, self.calls = export_base, as_dict, []
+
+    def export_saved_model(self, serving_input_receiver_fn, checkpoint_path):
+        self.calls.append(checkpoint_path)
+        step = get_global_step(checkpoint_path)
+        if self.as_dict:
+            dirs = {name: os.path.join(self.export_base, name, str(step)) for name in ("entry", "ps_0")}
+            for d in dirs.values():
+                os.makedirs(d)
+            return {k: v.encode() for k, v in dirs.items()}
+        path = os.path.join(self.export_base, str(step))
+        os.makedirs(path)
+        return path.encode()
+
+
+def test_state_round_trip(tmp_path):
+    state = ServingModelState(entries=[ServingEntry(export_dir="a", global_step=1)])
+    overwrite_export_saver_listener_state(str(tmp_path), state)
+    assert get_export_saver_listener_state(str(tmp_path)) == state
+    assert (tmp_path / STATE_FILE).is_file() and not (tmp_path / f"{STATE_FILE}-tmp").exists()
+    assert get_export_saver_listener_state(str(tmp_path / "missing")) == ServingModelState()
+
+
+def _estimator(model_dir: str, keep: int = 5) -> Estimator:
+    return Estimator(TinyDNN(), RunConfig(model_dir=model_dir, keep_checkpoint_max=keep))
+
+
+def test_basic(tmp_path):
+    model_dir, export_base = str(tmp_path / "model"), str(tmp_path / "export")
+    exporter = FakeExporter(export_base)
+    est = _estimator(model_dir)
+    est.checkpoint_listeners.append(ExportSaverListener(model_dir, None, exporter))
+    est.train(10)
+    est.save(10)
+    assert exporter.calls == [os.path.join(model_dir, "ckpt-10")]
+    state = get_export_saver_listener_state(export_base)
+    assert list(state.entries) == [ServingEntry(export_dir=os.path.join(export_base, "10"), global_step=10)]
+
+
+def test_exporter_returns_dict(tmp_path):
+    model_dir, export_base = str(tmp_path / "model"), str(tmp_path / "export")
+    est = _estimator(model_dir)
+    est.checkpoint_listeners.append(ExportSaverListener(model_dir, None, FakeExporter(export_base, as_dict=True)))
+    est.train(1)
+    est.save(1)
+    for name in ("entry", "ps_0"):
+        entries = get_export_saver_listener_state(os.path.join(export_base, name)).entries
+        assert [(e.export_dir, e.global_step) for e in entries] == [(os.path.join(export_base, name, "1"), 1)]
+
+
+def test_deleted(tmp_path):
+    model_dir, export_base = str(tmp_path / "model"), str(tmp_path / "export")
+    est = _estimator(model_dir, keep=1)
+    est.checkpoint_listeners.append(ExportSaverListener(model_dir, None, FakeExporter(export_base)))
+    est.train(1)
+    est.save(1)
+    est.train(2)
+    est.save(2)
+    state = get_export_saver_listener_state(export_base)
+    assert [(e.export_dir, e.global_step) for e in state.entries] == [(os.path.join(export_base, "2"), 2)]
+    assert sorted(p for p in os.listdir(export_base) if p != STATE_FILE) == ["2"]
+
+
+def test_exempt_steps_are_kept(tmp_path):
+    model_dir, export_base = str(tmp_path / "model"), str(tmp_path / "export")
+    est = _estimator(model_dir, keep=1)
+    est.checkpoint_listeners.append(ExportSaverListener(model_dir, None, FakeExporter(export_base),
+                                                        exempt_checkpoint_paths=[f"{model_dir}/ckpt-1"]))
+    for step in (1, 2, 3):
+        est.train(step)
+        est.save(step)
+    assert [e.global_step for e in get_export_saver_listener_state(export_base).entries] == [1, 3]
+
+
+def test_global_step_of_checkpoint_paths():
+    assert get_global_step("/m/ckpt-12") == 12 and get_global_step("/m/model.ckpt-7") == 7
+    with pytest.raises(ValueError, match="not a checkpoint path"):
+        get_global_step("/m/ckpt-x")
+
+
+def test_export_mode_is_global_and_not_nestable():
+    assert not export_context.is_exporting()
+    with export_context.enter_export_mode(ExportMode.DISTRIBUTED) as ctx:
+        assert export_context.is_exporting_distributed() and export_context.get_current_export_ctx() is ctx
+        assert export_context.is_dry_run_or_exporting() and not export_context.is_exporting_standalone()
+        with pytest.raises(RuntimeError, match="cannot be nested"):
+            with export_context.enter_export_mode(ExportMode.STANDALONE):
+                pass
+        ctx.add_signature("ps_0", "lookup", {}, lambda: {})
+        assert ctx.sub_graph_num == 1 and [s.name for s in ctx.signatures("ps_0")] == ["lookup"]
+    assert not export_context.is_exporting() and export_context.get_current_export_ctx() is None
