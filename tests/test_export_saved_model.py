@@ -1,0 +1,153 @@
+"""Standalone and distributed exports of a locally trained model: predictions equal Estimator.predict in a
+fresh process that imports TensorFlow only; tables, signatures, warmup files and bad checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.tiny_models import ServingDNN, make_batches, monolith_examples
+from worker.entry import SgdOptimizer
+from worker.estimator import Estimator
+from worker.export.checkpoint_reader import CheckpointReader, ExportCheckpointError
+from worker.export.saved_model_exporters import DistributedExporter, StandaloneExporter
+from worker.export.warmup import WARMUP_FILE, decode_warmup_file, read_warmup_file
+from worker.run_config import RunConfig
+
+_FRESH = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    path, inputs, out = sys.argv[1:4]
+    model = tf.saved_model.load(path)
+    examples = np.load(inputs, allow_pickle=True)["examples"]
+    result = model.signatures["serving_default"](examples=tf.constant(list(examples)))
+    hidden = model.signatures["hidden"](examples=tf.constant(list(examples)))["hidden"]
+    np.savez(out, **{k: v.numpy() for k, v in result.items()}, hidden=hidden.numpy())
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("worker", "ps", "services", "serving",
+                                                                          "numba", "protos"))))
+""")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("model"))
+    est = Estimator(ServingDNN(SgdOptimizer(0.3)), RunConfig(model_dir=model_dir, save_checkpoints_steps=20))
+    est.train(40)
+    preds = list(est.predict())
+    est.close()
+    examples = [e for b in make_batches() for e in monolith_examples(b)]
+    return model_dir, preds, examples
+
+
+def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_process(trained, tmp_path):
+    model_dir, preds, examples = trained
+    export_dir = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path / "export")).export_saved_model().decode()
+    assert os.path.basename(export_dir).isdigit()
+    np.savez(tmp_path / "in.npz", examples=np.array(examples, dtype=object))
+    done = subprocess.run([sys.executable, "-c", _FRESH, export_dir, str(tmp_path / "in.npz"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []     # no project module, no numba
+    out = np.load(tmp_path / "out.npz")
+    for head in ("ctr", "score"):
+        np.testing.assert_allclose(out[head], np.array([p[head] for p in preds]), rtol=0, atol=1e-6)
+    assert out["hidden"].shape == (len(examples), 8)
+
+
+def test_standalone_tables_lookup_and_assign(trained, tmp_path):
+    model_dir, _, _ = trained
+    model = tf.saved_model.load(StandaloneExporter(ServingDNN(), model_dir, str(tmp_path)).export_saved_model().decode())
+    reader = CheckpointReader.open(model_dir)
+    ids, values = reader.table_rows("f1")
+    got = model.signatures["lookup"](f0=tf.constant([], tf.int64), f1=tf.constant([ids[3], 10**12, ids[0]]))
+    np.testing.assert_array_equal(got["f1"].numpy(), np.stack([values[3], np.zeros(4, np.float32), values[0]]))
+    res = model.signatures["hashtable_assign"](
+        f0_id=tf.constant([], tf.int64), f0_value=tf.zeros([0, 4]),
+        f1_id=tf.constant([10**12, ids[3], 10**12]), f1_value=tf.constant([[1.0] * 4, [2.0] * 4, [3.0] * 4]))
+    assert res["f1_result"].numpy() == 3
+    got = model.signatures["lookup"](f0=tf.constant([], tf.int64), f1=tf.constant([10**12, ids[3], ids[0]]))
+    np.testing.assert_array_equal(got["f1"].numpy(), np.stack([[3.0] * 4, [2.0] * 4, values[0]]))
+
+
+def test_float16_export_is_close(trained, tmp_path):
+    model_dir, preds, examples = trained
+    path = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path), float16=True).export_saved_model().decode()
+    out = tf.saved_model.load(path).signatures["serving_default"](examples=tf.constant(examples[:64]))
+    np.testing.assert_allclose(out["ctr"].numpy(), [p["ctr"] for p in preds[:64]], atol=2e-3)
+
+
+def test_warmup_file_is_tf_serving_format(trained, tmp_path):
+    model_dir, _, _ = trained
+    path = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path), warmup_records=128,
+                              model_name="m").export_saved_model().decode()
+    logs = read_warmup_file(os.path.join(path, "assets.extra", WARMUP_FILE))
+    signatures = [entry.predict_log.request.model_spec.signature_name for entry in logs]
+    assert "serving_default" in signatures and "hidden" in signatures
+    for entry in logs:
+        assert entry.predict_log.request.model_spec.name == "m"
+        assert tf.make_ndarray(entry.predict_log.request.inputs["examples"]).shape == (64,)
+    # serving_default with two heads: one more request per head, filtered to it
+    assert sorted(tuple(e.predict_log.request.output_filter) for e in logs if e.predict_log.request.output_filter) \
+        == [("ctr",), ("score",)]
+    text = decode_warmup_file(os.path.join(path, "assets.extra", WARMUP_FILE))
+    assert len(text) == len(logs) and "string_val: ..." in text[0] and "\\" not in text[0]
+
+
+def test_existing_version_is_never_overwritten(trained, tmp_path):
+    model_dir, _, _ = trained
+    exporter = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path), global_step_as_timestamp=True, warmup=False)
+    first = exporter.export_saved_model().decode()
+    assert os.path.basename(first) == "40"
+    marker = os.path.join(first, "marker")
+    open(marker, "w").close()
+    assert exporter.export_saved_model().decode() == first and os.path.exists(marker)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_distributed_export_reshards_rows(trained, tmp_path):
+    model_dir, _, examples = trained
+    out = DistributedExporter(ServingDNN(), model_dir, str(tmp_path), num_serving_shards=3,
+                              global_step_as_timestamp=True).export_saved_model()
+    assert sorted(out) == ["entry", "ps_0", "ps_1", "ps_2"] and out["entry"].decode().endswith("entry/40")
+    reader = CheckpointReader.open(model_dir)
+    all_ids, all_values = reader.table_rows("f1")
+    seen = []
+    for i in range(3):
+        shard = tf.saved_model.load(out[f"ps_{i}"].decode())
+        assert {"lookup", "raw_lookup", "hashtable_assign"} <= set(shard.signatures)
+        ids = shard.tables.by_name["f1"].ids.numpy() if hasattr(shard, "tables") else None
+        assert ids is not None and (np.mod(ids, 3) == i).all()
+        seen.extend(ids.tolist())
+        raw = shard.signatures["raw_lookup"](id=tf.constant(np.concatenate([ids[:1], ids[:2]])),
+                                             id_split=tf.constant([0, 1, 3], tf.int64))["flat_emb"].numpy()
+        f0_ids, f0_values = reader.table_rows("f0")
+        want_f0 = f0_values[list(f0_ids).index(ids[0])] if ids[0] in f0_ids else np.zeros(4)
+        want_f1 = all_values[[list(all_ids).index(x) for x in ids[:2]]]
+        np.testing.assert_array_equal(raw, np.concatenate([want_f0, want_f1.reshape(-1)]))
+    assert sorted(seen) == sorted(all_ids.tolist())
+    entry = tf.saved_model.load(out["entry"].decode())
+    ids = entry.signatures["embedding_ids"](examples=tf.constant(examples[:5]))
+    assert set(ids) == {"ids__f0", "ids__f1"}
+
+
+def test_bad_checkpoints_get_clear_errors(trained, tmp_path):
+    model_dir, _, _ = trained
+    with pytest.raises(ExportCheckpointError, match="no complete checkpoint"):
+        StandaloneExporter(ServingDNN(), str(tmp_path / "empty"), str(tmp_path / "e")).export_saved_model()
+    broken = tmp_path / "broken"
+    os.system(f"cp -r {model_dir} {broken}")
+    latest = sorted(p for p in os.listdir(broken) if p.startswith("ckpt-"))[-1]
+    chunk = next((broken / latest / "tables" / "f1").glob("rows-*.bin"))
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(ExportCheckpointError, match="rows-00000.bin"):
+        StandaloneExporter(ServingDNN(), str(broken), str(tmp_path / "e")).export_saved_model(
+            checkpoint_path=str(broken / latest))
+    assert not (tmp_path / "e").exists() or not [p for p in os.listdir(tmp_path / "e") if not p.startswith(".")]
