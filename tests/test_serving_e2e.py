@@ -1,0 +1,239 @@
+"""End to end: a model trained on 3 PS shards, exported standalone and distributed (2 serving PS shards),
+served by `monolith serve` and queried with TF Serving's own `PredictionServiceStub`; version switches
+under load; every bad input gets its status code and the servers keep answering."""
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.example import example_pb2 as tf_example_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from protos import ps_pb2, ps_pb2_grpc
+from tests.processes import ProcessGroup
+from tests.ps_cluster import start_cluster
+from tests.serving_cluster import start_serve, start_serve_ps, wait_address
+from tests.tiny_models import ServingDNN, make_batches, monolith_examples
+from worker.entry import SgdOptimizer
+from worker.estimator import Estimator
+from worker.export.saved_model_exporters import DistributedExporter, StandaloneExporter
+from worker.run_config import RunConfig
+
+pytestmark = pytest.mark.slow
+STEPS = (10, 20, 30, 40)
+
+
+class Cluster:
+    def __init__(self, tmp) -> None:
+        self.group = ProcessGroup()
+        self.model_dir = str(tmp / "model")
+        self.standalone_base, self.dist_base = str(tmp / "standalone"), str(tmp / "distributed")
+        self.examples = [e for b in make_batches()[:4] for e in monolith_examples(b)]
+
+    def standalone(self, step: int) -> str:
+        return StandaloneExporter(ServingDNN(), self.model_dir, self.standalone_base, global_step_as_timestamp=True,
+                                  warmup_records=64).export_saved_model(
+            checkpoint_path=f"{self.model_dir}/ckpt-{step}").decode()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("serving"))
+    try:
+        shards = start_cluster(c.group, 3)
+        est = Estimator(ServingDNN(SgdOptimizer(0.3)),
+                        RunConfig(model_dir=c.model_dir, ps_addresses=[s.address for s in shards]))
+        for step in STEPS:
+            est.train(step)
+            est.save(step)
+        c.reference = list(est.predict())[:len(c.examples)]
+        est.close()
+        for s in shards:
+            c.group.stop(s.proc)
+        dist = DistributedExporter(ServingDNN(), c.model_dir, c.dist_base, num_serving_shards=2,
+                                   global_step_as_timestamp=True, warmup_records=64).export_saved_model()
+        c.standalone(STEPS[0])
+        c.serve_ps = [start_serve_ps(c.group, dist[f"ps_{i}"].decode()) for i in range(2)]
+        standalone = start_serve(c.group, c.standalone_base, "--max-request-mb", "1")
+        c.ps_addresses = [wait_address(c.group, p) for p in c.serve_ps]
+        distributed = start_serve(c.group, c.dist_base, "--ps-addresses", ",".join(c.ps_addresses),
+                                  "--ps-timeout-s", "2")
+        c.standalone_address, c.dist_address = wait_address(c.group, standalone), wait_address(c.group, distributed)
+        yield c
+    finally:
+        c.group.close()
+
+
+def _stub(address: str):
+    return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+
+
+def _request(serialized, name="default", version=None, signature="serving_default", **inputs):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = name
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = version
+    if serialized is not None:
+        req.inputs["examples"].CopyFrom(tf.make_tensor_proto(np.array(serialized, dtype=object)))
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    return req
+
+
+def _served_version(stub) -> int:
+    return stub.Predict(_request([b""]), timeout=30).model_spec.version.value
+
+
+def test_version_switch_under_load(cluster):
+    stub = _stub(cluster.standalone_address)
+    assert _served_version(stub) == STEPS[0]
+    seen, failures, stop = [], [], threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(stub.Predict(_request(cluster.examples[:16]), timeout=30).model_spec.version.value)
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for step in STEPS[1:]:
+            cluster.standalone(step)
+        deadline = time.monotonic() + 240
+        while (not seen or seen[-1] != STEPS[-1]) and time.monotonic() < deadline and not failures:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert seen[-1] == STEPS[-1] and set(seen) <= set(STEPS)
+    firsts = [seen.index(v) for v in STEPS if v in seen]
+    assert firsts == sorted(firsts)     # versions came in order
+    status = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(cluster.standalone_address)).GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "default"}), timeout=30)
+    assert [s.version for s in status.model_version_status] == [30, 40]   # the last 2 stay loaded
+
+
+@pytest.mark.parametrize("which", ["standalone", "distributed"])
+def test_served_predictions_equal_estimator_predict(cluster, which):
+    if which == "standalone":
+        cluster.standalone(STEPS[-1])      # no-op when the switch test made it
+        address = cluster.standalone_address
+        deadline = time.monotonic() + 240
+        while _served_version(_stub(address)) != STEPS[-1] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    else:
+        address = cluster.dist_address
+    response = _stub(address).Predict(_request(cluster.examples, version=STEPS[-1]), timeout=60)
+    for head in ("ctr", "score"):
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[head]),
+                                   [p[head] for p in cluster.reference], rtol=0, atol=1e-6)
+    meta = _stub(address).GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec={"name": "default"}, metadata_field=["signature_def"]), timeout=30)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(sig_map)
+    assert {"serving_default", "hidden"} <= set(sig_map.signature_def)
+    assert list(sig_map.signature_def["serving_default"].inputs) == ["examples"]
+    assert set(sig_map.signature_def["serving_default"].outputs) == {"ctr", "score"}
+    filtered = _stub(address).Predict(_request(cluster.examples[:3], signature="hidden"), timeout=30)
+    assert tf.make_ndarray(filtered.outputs["hidden"]).shape == (3, 8)
+
+
+def test_classify_and_regress(cluster):
+    stub = _stub(cluster.standalone_address)
+    examples = [tf_example_pb2.Example(), tf_example_pb2.Example()]
+    req = classification_pb2.ClassificationRequest()
+    req.model_spec.name = "default"
+    req.input.example_list.examples.extend(examples)
+    result = stub.Classify(req, timeout=30).result.classifications
+    predicted = stub.Predict(_request([b"", b""]), timeout=30).outputs
+    assert [[c.label for c in r.classes] for r in result] == [["ctr", "score"]] * 2
+    np.testing.assert_allclose([r.classes[0].score for r in result], tf.make_ndarray(predicted["ctr"]), atol=1e-6)
+    reg = regression_pb2.RegressionRequest()
+    reg.model_spec.name = "default"
+    reg.input.example_list.examples.extend(examples)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Regress(reg, timeout=30)
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "one float output" in exc.value.details()
+
+
+def _bad_requests(examples):
+    return [
+        ("unknown model", _request(examples, name="nope"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        ("unknown version", _request(examples, version=12345), grpc.StatusCode.NOT_FOUND, "no version 12345"),
+        ("unknown signature", _request(examples, signature="nope"), grpc.StatusCode.NOT_FOUND, "no signature"),
+        ("wrong input name", _request(None, inputs=np.array([b""], dtype=object)), grpc.StatusCode.INVALID_ARGUMENT,
+         "missing ['examples'], unknown ['inputs']"),
+        ("wrong dtype", _request(None, examples=np.zeros(3, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "expects DT_STRING, got float32"),
+        ("wrong shape", _request(None, examples=np.array([[b"a", b"b"]], dtype=object)),
+         grpc.StatusCode.INVALID_ARGUMENT, "expects shape [?], got [1, 2]"),
+        ("undecodable", _request([b"\xff\xff\xff\x01garbage"]), grpc.StatusCode.INVALID_ARGUMENT, "signature"),
+        ("oversized", _request([b"x" * (2 << 20)]), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ]
+
+
+def test_bad_inputs_get_their_status_and_the_server_keeps_answering(cluster):
+    stub = _stub(cluster.standalone_address)
+    cases = _bad_requests(cluster.examples[:2])
+    filtered = _request(cluster.examples[:2])
+    filtered.output_filter.append("nope")
+    cases.append(("unknown output", filtered, grpc.StatusCode.INVALID_ARGUMENT, "output_filter ['nope']"))
+    for what, request, code, text in cases:
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Predict(request, timeout=30)
+        assert exc.value.code() == code, (what, exc.value.details())
+        assert text in (exc.value.details() or ""), (what, exc.value.details())
+        assert stub.Predict(_request(cluster.examples[:2]), timeout=30).outputs["ctr"].dtype  # still serving
+    raw = grpc.insecure_channel(cluster.standalone_address).unary_unary(
+        "/tensorflow.serving.PredictionService/Predict", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as exc:
+        raw(b"\xff\xff\xff\xff", timeout=30)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed PredictRequest" in exc.value.details()
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": "default"}, metadata_field=["nope"]), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.Predict(_request(cluster.examples[:2]), timeout=30).outputs["ctr"].dtype
+
+
+def test_serving_ps_is_read_only(cluster):
+    stub = ps_pb2_grpc.ParameterServerStub(grpc.insecure_channel(cluster.ps_addresses[0]))
+    update = ps_pb2.UpdateRequest(tables=[ps_pb2.TableUpdate(table="f0", ids=np.zeros(1, np.int64).tobytes(),
+                                                              values=np.zeros(4, np.float32).tobytes())])
+    for method, request in (("Assign", update), ("ApplyGradients", ps_pb2.ApplyGradientsRequest()),
+                            ("GlobalStep", ps_pb2.GlobalStepRequest(increment=1))):
+        with pytest.raises(grpc.RpcError) as exc:
+            getattr(stub, method)(request, timeout=30)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "read-only" in exc.value.details()
+    assert stub.Health(ps_pb2.HealthRequest(), timeout=30).restored_from.endswith("ps_0/40")
+
+
+def test_a_serving_ps_shard_down_is_unavailable_naming_it(cluster):
+    stub = _stub(cluster.dist_address)
+    cluster.group.stop(cluster.serve_ps[1])
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Predict(_request(cluster.examples[:8]), timeout=60)
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"PS shard 1 ({cluster.ps_addresses[1]})" in exc.value.details()
+    meta = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec={"name": "default"}, metadata_field=["signature_def"]), timeout=30)
+    assert meta.model_spec.version.value == STEPS[-1]      # the entry server itself still answers
