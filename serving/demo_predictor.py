@@ -22,7 +22,8 @@ def predict(saved_model_path: str, signature: str, inputs_for) -> dict[str, np.n
         raise ValueError(f"{saved_model_path} has no signature {signature!r} (has {sorted(sigs)})")
     module = tf.saved_model.load(saved_model_path)
     inputs = inputs_for(sigs[signature])
-    return {k: v.numpy() for k, v in module.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    outputs = module.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,10 @@ class PredictionServer:
     def regress(self, request) -> regression_pb2.RegressionResponse:
         servable, signature, outputs, n = self._examples_signature(request, "Regress")
         heads = self._per_example(outputs, n)
-        value = heads.get("outputs") if "outputs" in heads else (next(iter(heads.values())) if len(heads) == 1 else None)
+        if "outputs" in heads:
+            value = heads["outputs"]
+        else:
+            value = next(iter(heads.values())) if len(heads) == 1 else None
         if value is None:
             raise FailedPrecondition(f"signature {signature!r} cannot regress: it needs one float output with one "
                                      f"value per example (or one named 'outputs'), has {sorted(outputs)}")

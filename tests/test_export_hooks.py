@@ -12,8 +12,11 @@ from worker.estimator import Estimator
 from worker.export import export_context
 from worker.export.export_context import ExportMode
 from worker.export.export_hooks import ExportSaverListener, get_global_step
-from worker.export.export_state import STATE_FILE, get_export_saver_listener_state, \
-    overwrite_export_saver_listener_state
+from worker.export.export_state import (
+    STATE_FILE,
+    get_export_saver_listener_state,
+    overwrite_export_saver_listener_state,
+)
 from worker.run_config import RunConfig
 
 

@@ -64,7 +64,8 @@ def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_proc
 
 def test_standalone_tables_lookup_and_assign(trained, tmp_path):
     model_dir, _, _ = trained
-    model = tf.saved_model.load(StandaloneExporter(ServingDNN(), model_dir, str(tmp_path)).export_saved_model().decode())
+    path = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path)).export_saved_model().decode()
+    model = tf.saved_model.load(path)
     reader = CheckpointReader.open(model_dir)
     ids, values = reader.table_rows("f1")
     got = model.signatures["lookup"](f0=tf.constant([], tf.int64), f1=tf.constant([ids[3], 10**12, ids[0]]))

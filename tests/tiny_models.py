@@ -119,7 +119,8 @@ class ServingDNN(TinyDNN):
         x = self.lookup_embedding_slice(list(FEATURES), "vec", slice_dim=DIM,
                                         initializer=RandomUniformInitializer(-0.1, 0.1),
                                         optimizer=self.emb_optimizer, out_type="concat")
-        hidden = tf.keras.layers.Dense(8, activation="tanh", kernel_initializer=tf.keras.initializers.GlorotUniform(1))(x)
+        hidden = tf.keras.layers.Dense(8, activation="tanh",
+                                       kernel_initializer=tf.keras.initializers.GlorotUniform(1))(x)
         logits = tf.reshape(tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(2))(hidden),
                             [-1])
         score = tf.reshape(tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(3))(hidden),

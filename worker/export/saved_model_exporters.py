@@ -31,8 +31,7 @@ from worker.export.checkpoint_reader import CheckpointReader
 from worker.export.export_context import ENTRY, ExportContext, ExportMode
 from worker.export.exported_tables import ServingTable, ServingTables, signature_key
 from worker.export.serving_graph import ServingGraph, ids_key, rows_key
-from worker.export.warmup import ASSETS_EXTRA, DEFAULT_MAX_RECORDS, WARMUP_FILE, gen_prediction_log, \
-    write_warmup_file
+from worker.export.warmup import ASSETS_EXTRA, DEFAULT_MAX_RECORDS, WARMUP_FILE, gen_prediction_log, write_warmup_file
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,8 @@ class BaseExporter:
         for t in graph.discovery.tables:
             ids, values = checkpoint.table_rows(t, shard)
             if values.shape[1] != graph.table_dims[t]:
-                raise ValueError(f"table {t!r}: checkpoint rows have dim {values.shape[1]}, config {graph.table_dims[t]}")
+                raise ValueError(f"table {t!r}: checkpoint rows have dim {values.shape[1]}, "
+                                 f"config {graph.table_dims[t]}")
             if self.float16:
                 values = values.astype(np.float16).astype(np.float32)
             tables[t] = ServingTable(t, ids, values, float16=self.float16)
