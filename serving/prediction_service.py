@@ -162,8 +162,8 @@ class PredictionServer:
 
     @staticmethod
     def _per_example(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        """Float outputs with one value per example ([n] or [n, 1])."""
-        return {k: np.reshape(v, [-1]) for k, v in outputs.items()
+        """Float outputs with one value per example ([n] or [n, 1]), by name."""
+        return {k: np.reshape(v, [-1]) for k, v in sorted(outputs.items())
                 if v.dtype.kind == "f" and v.size == n and v.shape[:1] == (n,)}
 
     def classify(self, request) -> classification_pb2.ClassificationResponse:

@@ -20,6 +20,8 @@ from worker.export.saved_model_exporters import DistributedExporter, StandaloneE
 from worker.export.warmup import WARMUP_FILE, decode_warmup_file, read_warmup_file
 from worker.run_config import RunConfig
 
+pytestmark = pytest.mark.slow
+
 _FRESH = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -46,9 +48,17 @@ def trained(tmp_path_factory):
     return model_dir, preds, examples
 
 
-def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_process(trained, tmp_path):
+@pytest.fixture(scope="module")
+def standalone(trained, tmp_path_factory):
+    """One standalone export (warmup requests for model "m") shared by the tests that only read it."""
+    base = tmp_path_factory.mktemp("standalone")
+    return StandaloneExporter(ServingDNN(), trained[0], str(base), warmup_records=128,
+                              model_name="m").export_saved_model().decode()
+
+
+def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_process(trained, standalone, tmp_path):
     model_dir, preds, examples = trained
-    export_dir = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path / "export")).export_saved_model().decode()
+    export_dir = standalone
     assert os.path.basename(export_dir).isdigit()
     np.savez(tmp_path / "in.npz", examples=np.array(examples, dtype=object))
     done = subprocess.run([sys.executable, "-c", _FRESH, export_dir, str(tmp_path / "in.npz"), str(tmp_path / "out")],
@@ -62,10 +72,9 @@ def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_proc
     assert out["hidden"].shape == (len(examples), 8)
 
 
-def test_standalone_tables_lookup_and_assign(trained, tmp_path):
+def test_standalone_tables_lookup_and_assign(trained, standalone):
     model_dir, _, _ = trained
-    path = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path)).export_saved_model().decode()
-    model = tf.saved_model.load(path)
+    model = tf.saved_model.load(standalone)  # loaded state only: the export on disk is unchanged
     reader = CheckpointReader.open(model_dir)
     ids, values = reader.table_rows("f1")
     got = model.signatures["lookup"](f0=tf.constant([], tf.int64), f1=tf.constant([ids[3], 10**12, ids[0]]))
@@ -85,10 +94,8 @@ def test_float16_export_is_close(trained, tmp_path):
     np.testing.assert_allclose(out["ctr"].numpy(), [p["ctr"] for p in preds[:64]], atol=2e-3)
 
 
-def test_warmup_file_is_tf_serving_format(trained, tmp_path):
-    model_dir, _, _ = trained
-    path = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path), warmup_records=128,
-                              model_name="m").export_saved_model().decode()
+def test_warmup_file_is_tf_serving_format(standalone):
+    path = standalone
     logs = read_warmup_file(os.path.join(path, "assets.extra", WARMUP_FILE))
     signatures = [entry.predict_log.request.model_spec.signature_name for entry in logs]
     assert "serving_default" in signatures and "hidden" in signatures

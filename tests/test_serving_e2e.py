@@ -165,7 +165,7 @@ def test_classify_and_regress(cluster):
     req.input.example_list.examples.extend(examples)
     result = stub.Classify(req, timeout=30).result.classifications
     predicted = stub.Predict(_request([b"", b""]), timeout=30).outputs
-    assert [[c.label for c in r.classes] for r in result] == [["ctr", "score"]] * 2
+    assert [[c.label for c in r.classes] for r in result] == [["ctr", "score"]] * 2   # one class per head, by name
     np.testing.assert_allclose([r.classes[0].score for r in result], tf.make_ndarray(predicted["ctr"]), atol=1e-6)
     reg = regression_pb2.RegressionRequest()
     reg.model_spec.name = "default"
