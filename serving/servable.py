@@ -104,13 +104,14 @@ class Servable:
     def _public_signatures(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         if self.entry is None:
             return {k: v for k, v in self.signature_defs.items() if not k.startswith("__")}
-        rows_inputs = {t["rows"] for t in self.entry["tables"].values()}
+        # clients send the serving inputs (those of `embedding_ids`) and get the serving signature's outputs
         out = {}
         for name in self.entry["serving_signatures"]:
             sig = meta_graph_pb2.SignatureDef()
             sig.CopyFrom(self.signature_defs[name])
-            for key in rows_inputs:
-                del sig.inputs[key]
+            sig.inputs.clear()
+            for key, info in self.signature_defs["embedding_ids"].inputs.items():
+                sig.inputs[key].CopyFrom(info)
             out[name] = sig
         return out
 
@@ -128,21 +129,26 @@ class Servable:
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:
-                tensors.update(self._rows(tensors))
+                tensors = self._entry_inputs(signature, tensors)
             out = self.module.signatures[signature](**tensors)
         except _BAD_DATA as exc:
             raise InvalidArgument(f"signature {signature!r}: {exc.message}") from None
         return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
 
-    def _rows(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _entry_inputs(self, signature: str, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """`embedding_ids` (parsed features, distinct ids per table), the rows of those ids from the serving PS
+        shards: the inputs of the entry's dense signature."""
         from services.ps_client import PSError, PSUnavailable
 
-        ids = self.module.signatures["embedding_ids"](**tensors)
+        parsed = self.module.signatures["embedding_ids"](**tensors)
         tables = self.entry["tables"]
         try:
-            rows = self.ps_client.lookup_many({t: ids[meta["ids"]].numpy() for t, meta in tables.items()})
+            rows = self.ps_client.lookup_many({t: parsed[meta["ids"]].numpy() for t, meta in tables.items()})
         except PSUnavailable as exc:
             raise Unavailable(f"serving PS lookup failed: {exc}") from None
         except PSError as exc:
             raise ServingError(f"serving PS lookup failed: {exc}") from None
-        return {meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()}
+        wanted = self.signature_defs[signature].inputs
+        inputs = {k: v for k, v in parsed.items() if k in wanted}
+        inputs.update({meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()})
+        return inputs

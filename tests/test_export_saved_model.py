@@ -143,7 +143,8 @@ def test_distributed_export_reshards_rows(trained, tmp_path):
     assert sorted(seen) == sorted(all_ids.tolist())
     entry = tf.saved_model.load(out["entry"].decode())
     ids = entry.signatures["embedding_ids"](examples=tf.constant(examples[:5]))
-    assert set(ids) == {"ids__f0", "ids__f1"}
+    assert {k for k in ids if k.startswith("ids__")} == {"ids__f0", "ids__f1"}
+    assert {"feat__f2__values", "feat__f2__splits", "feat__label", "pos__f2"} <= set(ids)
 
 
 def test_bad_checkpoints_get_clear_errors(trained, tmp_path):

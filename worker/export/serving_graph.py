@@ -38,6 +38,14 @@ def rows_key(table: str) -> str:
     return f"rows__{signature_key(table)}"
 
 
+def feature_key(feature: str, part: str = "") -> str:
+    return f"feat__{signature_key(feature)}" + (f"__{part}" if part else "")
+
+
+def positions_key(feature: str) -> str:
+    return f"pos__{signature_key(feature)}"
+
+
 class _OnDemand(dict):
     """Rows/index of a feature, computed when a feature column first asks for them."""
 
@@ -61,6 +69,8 @@ class Discovery:
     heads: list[str] = field(default_factory=list)
     extra_outputs: dict[str, list[str]] = field(default_factory=dict)  # signature -> its output keys
     parser_args: list[ParserArgs] = field(default_factory=list)
+    ragged: list[str] = field(default_factory=list)                      # every sparse feature parsed
+    dense_specs: dict[str, tf.TensorSpec] = field(default_factory=dict)  # every other feature parsed
 
     @property
     def tables(self) -> list[str]:
@@ -144,6 +154,9 @@ class ServingGraph:
             used: set[str] = set()
             out = self._run(features, ragged, lambda f, t, ids: tf.zeros([tf.size(ids), self.table_dims[t]]), used)
             found.feature_tables.update({f: self._table_of(f) for f in used})
+            found.ragged[:] = sorted(ragged)
+            found.dense_specs.update({k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in features.items()
+                                      if k not in ragged and isinstance(v, tf.Tensor)})
             found.heads[:] = out.head_names  # the probe may be traced twice (variable creation)
             for name, value in out.extra_outputs.items():
                 tensors = _extra_tensors(name, value)
@@ -157,6 +170,7 @@ class ServingGraph:
             tf.function(probe, input_signature=[self.input_specs], autograph=False).get_concrete_function()
         found.parser_args = list(records)
         check_keys(found.tables)
+        check_keys(found.ragged + list(found.dense_specs))
         for name in found.extra_outputs:
             if name in ("serving_default", "lookup", "raw_lookup", "hashtable_assign", "embedding_ids"):
                 raise ValueError(f"extra output name {name!r} collides with an exported signature name")
@@ -210,24 +224,43 @@ class ServingGraph:
         return table_ids, positions
 
     def ids_function(self):
-        """Entry sub-model: serving inputs -> the distinct ids of every table (`ids__<table>`)."""
+        """Entry sub-model: serving inputs -> the distinct ids of every table (`ids__<table>`), and the parsed
+        features with each feature's positions in its table's ids, so the dense part does not parse again."""
         def embedding_ids(inputs):
-            _, ragged = self._sparse(inputs)
-            table_ids, _ = self._table_ids(ragged)
-            return {ids_key(t): tf.identity(ids) for t, ids in table_ids.items()}
+            features, ragged = self._sparse(inputs)
+            table_ids, positions = self._table_ids(ragged)
+            out = {ids_key(t): tf.identity(ids) for t, ids in table_ids.items()}
+            out.update({positions_key(f): tf.identity(p) for f, p in positions.items()})
+            for f in self.discovery.ragged:
+                out[feature_key(f, "values")] = tf.identity(ragged[f].values)
+                out[feature_key(f, "splits")] = tf.cast(ragged[f].row_splits, tf.int64)
+            out.update({feature_key(k): tf.identity(features[k]) for k in self.discovery.dense_specs})
+            return out
 
         return tf.function(embedding_ids, input_signature=[self.input_specs], autograph=False)
 
     def entry_function(self, signature: str):
-        """Entry sub-model: serving inputs + `rows__<table>` (rows of `ids__<table>`, in order) -> outputs."""
-        spec = dict(self.input_specs)
-        for t in self.discovery.tables:
+        """Entry sub-model: `embedding_ids`' features and positions + `rows__<table>` (rows of `ids__<table>`,
+        in order) -> outputs."""
+        d = self.discovery
+        spec = {}
+        for f in d.ragged:
+            spec[feature_key(f, "values")] = tf.TensorSpec([None], tf.int64, name=feature_key(f, "values"))
+            spec[feature_key(f, "splits")] = tf.TensorSpec([None], tf.int64, name=feature_key(f, "splits"))
+        for k, v in d.dense_specs.items():
+            spec[feature_key(k)] = tf.TensorSpec(v.shape, v.dtype, name=feature_key(k))
+        for f in d.feature_tables:
+            spec[positions_key(f)] = tf.TensorSpec([None], tf.int32, name=positions_key(f))
+        for t in d.tables:
             spec[rows_key(t)] = tf.TensorSpec([None, self.table_dims[t]], tf.float32, name=rows_key(t))
 
         def serve(inputs):
-            features, ragged = self._sparse({k: inputs[k] for k in self.input_specs})
-            _, positions = self._table_ids(ragged)
-            out = self._run(features, ragged, lambda f, t, ids: tf.gather(inputs[rows_key(t)], positions[f]), set())
+            ragged = {f: tf.RaggedTensor.from_row_splits(inputs[feature_key(f, "values")],
+                                                         inputs[feature_key(f, "splits")], validate=False)
+                      for f in d.ragged}
+            features = {**{k: inputs[feature_key(k)] for k in d.dense_specs}, **ragged}
+            out = self._run(features, ragged,
+                            lambda f, t, ids: tf.gather(inputs[rows_key(t)], inputs[positions_key(f)]), set())
             return self._outputs(out, signature)
 
         return tf.function(serve, input_signature=[spec], autograph=False)
