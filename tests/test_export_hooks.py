@@ -115,3 +115,20 @@ def test_export_mode_is_global_and_not_nestable():
         ctx.add_signature("ps_0", "lookup", {}, lambda: {})
         assert ctx.sub_graph_num == 1 and [s.name for s in ctx.signatures("ps_0")] == ["lookup"]
     assert not export_context.is_exporting() and export_context.get_current_export_ctx() is None
+
+
+@pytest.mark.slow
+def test_monolith_train_exports_after_every_checkpoint(tmp_path):
+    import argparse
+
+    from worker import train_main
+
+    parser = argparse.ArgumentParser()
+    train_main.add_arguments(parser)
+    args = parser.parse_args(["--model", "tests.tiny_models:ServingDNN", "--model-dir", str(tmp_path / "m"),
+                              "--max-steps", "4", "--save-checkpoints-steps", "2", "--keep-checkpoint-max", "1",
+                              "--export-base", str(tmp_path / "e")])
+    assert train_main.main(args) == 0
+    entries = get_export_saver_listener_state(str(tmp_path / "e")).entries
+    assert [(os.path.basename(e.export_dir), e.global_step) for e in entries] == [("4", 4)]  # step 2 deleted
+    assert sorted(p for p in os.listdir(tmp_path / "e") if not p.startswith(".")) == ["4", STATE_FILE]
