@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'peer':<32} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'calls':>7}")
     for name, r in results.items():
         print(f"{name:<32} {r['p50'] * 1e3:8.2f} {r['p99'] * 1e3:8.2f} {r['qps']:8.0f} {r['calls']:7d}")

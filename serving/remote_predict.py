@@ -21,6 +21,15 @@ def _get_tensor_signature_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
+def _paths(structure, prefix: str = "") -> list[tuple[str, object]]:
+    """(path, leaf) in tf.nest.flatten's order (dict keys sorted), paths joined with '/'."""
+    if isinstance(structure, dict):
+        return [p for k in sorted(structure) for p in _paths(structure[k], f"{prefix}/{k}" if prefix else str(k))]
+    if isinstance(structure, (list, tuple)):
+        return [p for i, v in enumerate(structure) for p in _paths(v, f"{prefix}/{i}" if prefix else str(i))]
+    return [(prefix, structure)]
+
+
 def _spec(value) -> tf.TensorSpec:
     t = tf.convert_to_tensor(value)
     shape = t.shape.as_list()
@@ -38,7 +47,7 @@ class RemotePredictHelper:
         self._define_remote_func(export_ctx, sub_model)
 
     def _define_remote_func(self, export_ctx, sub_model: str) -> None:
-        paths = tf.nest.flatten_with_joined_string_paths(self._input_tensors)
+        paths = _paths(self._input_tensors)
         self._input_names = [_get_tensor_signature_name(p) or f"input_{i}" for i, (p, _) in enumerate(paths)]
         if len(set(self._input_names)) != len(self._input_names):
             raise ValueError(f"input names {self._input_names} collide")
@@ -58,7 +67,7 @@ class RemotePredictHelper:
             export_ctx.add_signature(sub_model, self._name, self.input_specs, signature)
 
     def _flat_outputs(self, outputs) -> dict:
-        paths = tf.nest.flatten_with_joined_string_paths(outputs)
+        paths = _paths(outputs)
         names = [_get_tensor_signature_name(p) or "output" for p, _ in paths]
         if len(set(names)) != len(names):
             raise ValueError(f"output names {names} collide")
