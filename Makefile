@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # glibc returns every large temporary to the OS by default (page faults on each RPC): keep them.
 export MALLOC_MMAP_THRESHOLD_ := 67108864
 export MALLOC_TRIM_THRESHOLD_ := 268435456
-# numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernel_threads.py).
+# numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernels/threads.py).
 export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup protos prometheus-server test demo bench lint clean

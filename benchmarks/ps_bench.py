@@ -4,7 +4,7 @@ One PS process (per server model), this process as the client, loopback. Each ca
 Zipf-distributed ids (a=1.2 over a 1M-row table, dim 16); the client dedupes them (~15% unique), so
 the wire carries the unique ids and their rows. Peers measured in the same run, each named by what it
 moves per call (request bytes in, reply bytes out):
-  (a) gRPC echo on the same server model (`ps.server.serve`, same threads and options) that returns a
+  (a) gRPC echo on the same server model (`ps.service.server.serve`, same threads and options) that returns a
       preallocated reply of the given size: the cost of gRPC itself;
   (b) a raw TCP socket echo with preallocated buffers: the ceiling of the loopback.
 Each peer runs with two payloads:
@@ -41,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ps.kernel_threads import ENV as KERNEL_THREADS_ENV  # noqa: E402
-from ps.malloc_tuning import ENV as MALLOC_ENV  # noqa: E402
+from ps.kernels.threads import ENV as KERNEL_THREADS_ENV  # noqa: E402
+from services.malloc_tuning import ENV as MALLOC_ENV  # noqa: E402
 from services.ports import free_port  # noqa: E402
 
 IDS_PER_CALL = 65_536
@@ -60,7 +60,7 @@ def serve_grpc_echo(model: str, port: int) -> None:
     """Same `serve()` as the PS: request = 8-byte reply size + payload; reply = a preallocated payload."""
     import grpc
 
-    from ps.server import serve
+    from ps.service.server import serve
 
     replies: dict[int, bytes] = {}
 
@@ -188,9 +188,9 @@ def main() -> int:
 
     import grpc
 
-    from ps.kernel_threads import passive_kernel_threads
-    from ps.malloc_tuning import tune_malloc
-    from ps.server import grpc_options
+    from ps.kernels.threads import passive_kernel_threads
+    from ps.service.server import grpc_options
+    from services.malloc_tuning import tune_malloc
     from services.ps_client import PSClient
     from services.ps_routing import route
 

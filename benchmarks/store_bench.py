@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from ps.malloc_tuning import tune_malloc  # noqa: E402
-from ps.row_store import aligned_empty  # noqa: E402
-from ps.table import EmbeddingTable  # noqa: E402
+from ps.store.row_store import aligned_empty  # noqa: E402
+from ps.store.table import EmbeddingTable  # noqa: E402
+from services.malloc_tuning import tune_malloc  # noqa: E402
 
 DIM = 16
 OPTIMIZERS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ps.optimizers import OPTIMIZERS
+from ps.store.optimizers import OPTIMIZERS
 
 INITIALIZERS: dict[str, dict[str, object]] = {
     "zeros": {},

@@ -11,7 +11,7 @@ import sys
 
 # subcommand -> (module exposing `add_arguments(parser)` and `main(args) -> int`, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "ps": ("ps.server_main", "run one parameter-server shard"),
+    "ps": ("ps.__main__", "run one parameter-server shard"),
     "run": ("services.launch.run_role", "start this process's role from MLP_*/TF_CONFIG"),
     "local": ("services.launch.local_cluster", "run a whole cluster as local processes"),
     "ray": ("services.launch.ray_cluster", "run the cluster as Ray actors"),

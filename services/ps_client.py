@@ -25,21 +25,21 @@ import grpc
 import numpy as np
 
 from protos import ps_pb2, ps_pb2_grpc
-from ps import checkpoint as ckpt
-from ps.config_codec import optimizer_to_proto, table_config_to_proto
-from ps.fast_messages import (
+from ps.kernels.hash_index import all_finite
+from ps.kernels.threads import passive_kernel_threads
+from ps.persist import checkpoint as ckpt
+from ps.service.server import DEFAULT_MAX_MESSAGE_BYTES
+from ps.sharding import dense_owner
+from ps.wire.config_codec import optimizer_to_proto, table_config_to_proto
+from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
     decode_lookup_response,
     encode_updates,
 )
-from ps.hash_index import all_finite
-from ps.kernel_threads import passive_kernel_threads
-from ps.malloc_tuning import tune_malloc
-from ps.server import DEFAULT_MAX_MESSAGE_BYTES
-from ps.sharding import dense_owner
-from ps.wire import F16, F32, IDS, rows_from_bytes
+from ps.wire.tensors import F16, F32, IDS, rows_from_bytes
+from services.malloc_tuning import tune_malloc
 from services.ps_routing import Routed, route, sum_duplicates
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class PSClient:
 
     @staticmethod
     def _stub(channel: grpc.Channel) -> ps_pb2_grpc.ParameterServerStub:
-        """The generated stub, except that row payloads skip protobuf objects (see ps.fast_messages):
+        """The generated stub, except that row payloads skip protobuf objects (see ps.wire.fast_messages):
         Lookup replies are decoded in place and update requests arrive here already encoded."""
         stub = ps_pb2_grpc.ParameterServerStub(channel)
         service = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
@@ -314,7 +314,7 @@ class PSClient:
                  learning_rates: Mapping[str, Any] | None = None) -> dict[int, bytes]:
         """Validate {table: (ids, values)} and encode one request per shard (nothing is sent here).
 
-        `scalars` are the request's int64 fields by number (see ps.fast_messages.encode_updates)."""
+        `scalars` are the request's int64 fields by number (see ps.wire.fast_messages.encode_updates)."""
         per_shard: dict[int, list] = {}
         sizes: dict[int, int] = {}
         learning_rates = learning_rates or {}

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ps.half_floats import to_float32
-from ps.hash_index import gather
+from ps.kernels.half_floats import to_float32
+from ps.kernels.hash_index import gather
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -5,8 +5,8 @@ import re
 import subprocess
 import time
 
-from ps.kernel_threads import ENV as KERNEL_THREADS_ENV
-from ps.malloc_tuning import ENV as MALLOC_ENV
+from ps.kernels.threads import ENV as KERNEL_THREADS_ENV
+from services.malloc_tuning import ENV as MALLOC_ENV
 from services.ports import free_port
 from tests.processes import ProcessGroup
 

@@ -98,7 +98,7 @@ def _worker_metrics_port(group, proc) -> int:
 def test_prometheus_scrapes_a_ps_and_a_training_worker(processes, tmp_path):
     from tests.cluster_parts import require
 
-    require("ps.server_main", "worker.train_main")
+    require("ps.__main__", "worker.train_main")
     from tests.ps_cluster import start_shard, wait_ready
 
     # ports chosen up front so Prometheus starts while the PS and the worker import TensorFlow

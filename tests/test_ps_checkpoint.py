@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2
-from ps import checkpoint as ckpt
+from ps.persist import checkpoint as ckpt
 from services.ps_client import PSClient, PSError, PSUnavailable
 from tests.ps_cluster import start_cluster, start_shard, wait_ready
 

@@ -14,7 +14,7 @@ from tests.processes import wait_for
 from tests.scrape import Scrape
 from tests.test_launch_lifecycle import RUN, hand_made_env
 
-cluster_parts.require("ps.server_main", "services.ps_client")
+cluster_parts.require("ps.__main__", "services.ps_client")
 
 pytestmark = pytest.mark.slow
 

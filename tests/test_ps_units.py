@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from ps import checkpoint as ckpt
-from ps.config_codec import table_config_from_proto, table_config_to_proto
+from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
-from ps.wire import ids_from_bytes, rows_from_bytes
+from ps.wire.config_codec import table_config_from_proto, table_config_to_proto
+from ps.wire.tensors import ids_from_bytes, rows_from_bytes
 from services.ps_routing import route, sum_duplicates
 
 CONFIGS = [
@@ -145,10 +145,10 @@ def test_passive_kernel_threads_applies_only_before_numba_starts_its_pool():
 
     script = (
         "import os, numpy as np\n"
-        "from ps.kernel_threads import passive_kernel_threads\n"
+        "from ps.kernels.threads import passive_kernel_threads\n"
         "first = passive_kernel_threads(); value = os.environ.get('OMP_WAIT_POLICY')\n"
         "del os.environ['OMP_WAIT_POLICY']\n"
-        "from ps.hash_index import probe\n"
+        "from ps.kernels.hash_index import probe\n"
         "probe(np.zeros(16, np.uint64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.empty(1, np.int64))\n"
         "print(first, value, passive_kernel_threads(), 'OMP_WAIT_POLICY' in os.environ)\n"
     )

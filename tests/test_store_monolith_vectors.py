@@ -10,7 +10,7 @@ Where our semantics match Monolith's the vectors must hold. Not reproduced, on p
 import numpy as np
 import pytest
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 
 def _table(opt, dim, **extra):

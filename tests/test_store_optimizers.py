@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 DIM = 4
 INIT = 0.05

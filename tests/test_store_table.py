@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 
 def _sgd(dim=2, **extra):
@@ -257,7 +257,7 @@ def test_config_is_normalized_json_and_round_trips():
 
 
 def _unmix64(x: int) -> int:
-    """Inverse of ps.hash_index.mix64 (MurmurHash3's finalizer is a bijection on 64 bits), as a signed id."""
+    """Inverse of ps.kernels.hash_index.mix64 (MurmurHash3's finalizer is a bijection on 64 bits), as a signed id."""
     mask = (1 << 64) - 1
     for mult in (0xC4CEB9FE1A85EC53, 0xFF51AFD7ED558CCD):
         x ^= x >> 33
@@ -269,7 +269,7 @@ def _unmix64(x: int) -> int:
 def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
     """Slots keep only a 32-bit fingerprint: ids whose hashes agree in it (and in the home slot) must still
     map to their own rows, and an absent one must not read its twin's row, in every probe path."""
-    from ps.hash_index import mix64
+    from ps.kernels.hash_index import mix64
 
     fp = 0x9E3779B9
     twins = np.array([_unmix64(fp << 32 | k << 28 | 5) for k in range(4)], np.int64)
@@ -288,7 +288,7 @@ def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
 
 
 def test_rows_beyond_the_slot_format_are_refused_before_allocating():
-    from ps.hash_index import MAX_ROWS
+    from ps.kernels.hash_index import MAX_ROWS
 
     t = EmbeddingTable.from_dict({"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0}})
     with pytest.raises(ValueError, match="at most 4,294,967,295 rows per shard"):

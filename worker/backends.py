@@ -63,7 +63,7 @@ class LocalBackend:
 
     # sparse
     def create_tables(self, configs: dict[str, dict]) -> None:
-        from ps.table import EmbeddingTable
+        from ps.store.table import EmbeddingTable
 
         for name, cfg in configs.items():
             if name not in self.tables:
@@ -150,7 +150,7 @@ class LocalBackend:
         return final
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:
-        from ps.table import EmbeddingTable
+        from ps.store.table import EmbeddingTable
 
         steps = list_checkpoints(model_dir)
         if not steps:

@@ -7,14 +7,14 @@ no locks. Each optimizer is a `_*_row` function over 1-D views of one row (which
 driver that runs it over rows in parallel, or, for rows wider than BLOCK (a dense parameter stored as a
 1-row table), over (row, column-block) items so one wide row still uses every thread.
 Scalars arrive as float32 so LLVM keeps float32 lanes. Formulas follow TensorFlow's
-ResourceSparseApply* kernels (see ps/optimizers.py for the deviations from Monolith that we chose).
+ResourceSparseApply* kernels (see ps/store/optimizers.py for the deviations from Monolith that we chose).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ps.prefetch import prefetch_rows_ahead
+from ps.kernels.cache_prefetch import prefetch_rows_ahead
 
 _OPTS = dict(nogil=True, cache=True, error_model="numpy", parallel=True)
 _ROW = dict(nogil=True, cache=True, error_model="numpy", inline="always")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ps import optimizer_kernels as K
+from ps.kernels import optimizer_kernels as K
 
 _f32 = np.float32
 

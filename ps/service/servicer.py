@@ -20,10 +20,12 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from ps import checkpoint as ckpt
-from ps import metrics
-from ps.config_codec import optimizer_from_proto, table_config_from_proto
-from ps.fast_messages import (
+from ps.kernels.hash_index import all_finite
+from ps.persist import checkpoint as ckpt
+from ps.service import rpc_metrics as metrics
+from ps.store.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
+from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto
+from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
@@ -31,9 +33,7 @@ from ps.fast_messages import (
     decode_updates,
     encode_lookup_response,
 )
-from ps.hash_index import all_finite
-from ps.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
-from ps.wire import F32, ids_from_bytes, rows_from_bytes
+from ps.wire.tensors import F32, ids_from_bytes, rows_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ParameterServerServicer:
         methods = {
             "CreateTables": (_proto_parser(ps_pb2.CreateTablesRequest), self.create_tables),
             "Lookup": (_proto_parser(ps_pb2.LookupRequest), self.lookup),
-            # row payloads are read in place (memoryviews of the request), see ps.fast_messages
+            # row payloads are read in place (memoryviews of the request), see ps.wire.fast_messages
             "ApplyGradients": (lambda raw: decode_updates(raw, "ApplyGradientsRequest"), self.apply_gradients),
             "Assign": (lambda raw: decode_updates(raw, "UpdateRequest"), self.assign),
             "AssignAdd": (lambda raw: decode_updates(raw, "UpdateRequest"), self.assign_add),

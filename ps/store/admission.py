@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps.hash_index import mix64
+from ps.kernels.hash_index import mix64
 
 DEPTH = 4
 _SATURATE = 65535

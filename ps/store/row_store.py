@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ps.config import TableConfig
-from ps.optimizers import OPTIMIZERS
+from ps.store.optimizers import OPTIMIZERS
 
 _ALIGN = 64
 

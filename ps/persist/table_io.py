@@ -3,7 +3,7 @@
 Layout of a table directory: `rows-NNNNN.bin` (each holds every per-row array for a contiguous range of
 rows, back to back, in the order of the manifest's "arrays" list), `admission.bin`, and `MANIFEST.json`
 written last. The whole directory is staged under a temporary name and renamed into place
-(ps.atomic_files).
+(ps.persist.atomic_files).
 """
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ps.atomic_files import CorruptCheckpointError, read_manifest, staged_directory, write_file_synced, write_manifest
+from ps.persist.atomic_files import (
+    CorruptCheckpointError,
+    read_manifest,
+    staged_directory,
+    write_file_synced,
+    write_manifest,
+)
 
 FORMAT = "monolith-ps-embedding-table"
 VERSION = 1

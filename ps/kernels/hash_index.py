@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ps.prefetch import prefetch, prefetch_row, prefetch_rows_ahead, row_ahead
+from ps.kernels.cache_prefetch import prefetch, prefetch_row, prefetch_rows_ahead, row_ahead
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
 _PARALLEL = dict(_SERIAL, parallel=True)

@@ -15,7 +15,7 @@ import threading
 
 from services import role_logging
 
-log = logging.getLogger("ps.server")
+log = logging.getLogger("ps.service.server")
 
 
 def warm_up_kernels() -> float:
@@ -25,7 +25,7 @@ def warm_up_kernels() -> float:
 
     import numpy as np
 
-    from ps.table import EmbeddingTable
+    from ps.store.table import EmbeddingTable
 
     start = time.perf_counter()
     for optimizer in ({"type": "sgd", "learning_rate": 0.1}, {"type": "adagrad", "learning_rate": 0.1}):
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="Prometheus port (0 = any free port, logged; -1 = off)")
     parser.add_argument("--server-model", choices=("sync", "aio"), default="sync",
-                        help="grpc thread-pool server or grpc.aio on uvloop (see ps/server.py)")
+                        help="grpc thread-pool server or grpc.aio on uvloop (see ps/service/server.py)")
     parser.add_argument("--threads", type=int, default=8, help="RPC handler threads")
     parser.add_argument("--max-message-mb", type=int, default=512, help="largest request/response accepted")
     parser.add_argument("--grace-s", type=float, default=10.0, help="time in-flight calls get on SIGTERM")
@@ -69,8 +69,8 @@ def main(args: argparse.Namespace) -> int:
     if args.save_on_exit and not args.checkpoint_dir:
         log.error("--save-on-exit needs --checkpoint-dir (where the exit snapshot goes)")
         return 2
-    from ps.kernel_threads import passive_kernel_threads
-    from ps.malloc_tuning import tune_malloc
+    from ps.kernels.threads import passive_kernel_threads
+    from services.malloc_tuning import tune_malloc
 
     tune_malloc()
     passive_kernel_threads()
@@ -78,10 +78,11 @@ def main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
 
-    from ps import checkpoint, metrics
-    from ps.server import serve
-    from ps.servicer import ParameterServerServicer
-    from ps.shard_state import ShardState
+    from ps.persist import checkpoint
+    from ps.service import rpc_metrics as metrics
+    from ps.service.server import serve
+    from ps.service.servicer import ParameterServerServicer
+    from ps.store.shard_state import ShardState
     from services import exit_hook
     from services.metrics import start_metrics_server
 

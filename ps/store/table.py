@@ -15,17 +15,17 @@ import os
 import numba
 import numpy as np
 
-from ps import hash_index as H
-from ps.admission import AdmissionFilter
-from ps.atomic_files import CorruptCheckpointError
 from ps.config import TableConfig
-from ps.expiry import expired_mask
-from ps.half_floats import to_float16
-from ps.initializers import initialize_rows
-from ps.optimizers import OPTIMIZERS, check_step
-from ps.row_store import RowStore
-from ps.rwlock import RWLock
-from ps.table_io import SavedRows, save_rows
+from ps.kernels import hash_index as H
+from ps.kernels.half_floats import to_float16
+from ps.persist.atomic_files import CorruptCheckpointError
+from ps.persist.table_io import SavedRows, save_rows
+from ps.store.admission import AdmissionFilter
+from ps.store.expiry import expired_mask
+from ps.store.initializers import initialize_rows
+from ps.store.optimizers import OPTIMIZERS, check_step
+from ps.store.row_store import RowStore
+from ps.store.rwlock import RWLock
 
 log = logging.getLogger(__name__)
 _RESTORE_IGNORED_KEYS = ("initial_capacity",)

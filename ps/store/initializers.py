@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from ps.config import InitializerConfig
-from ps.hash_index import mix64
+from ps.kernels.hash_index import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

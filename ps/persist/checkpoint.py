@@ -1,7 +1,7 @@
 """Coordinated checkpoint layout: `D/ckpt-<step>/shard-<i>-of-<n>/` per shard, then `MANIFEST.json` last.
 
 A checkpoint exists only once its manifest does: every shard first publishes its own directory with
-an atomic rename (its own checksummed `MANIFEST.json` inside, via `ps.atomic_files`), then the
+an atomic rename (its own checksummed `MANIFEST.json` inside, via `ps.persist.atomic_files`), then the
 coordinator (the client) checks every shard's manifest and writes the checkpoint's manifest atomically.
 A crash at any point leaves either the previous state or an incomplete directory that
 `latest_checkpoint` never returns. Ids are filtered by owner at restore time, so a checkpoint
@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ps import atomic_files
-from ps.atomic_files import MANIFEST_NAME as MANIFEST
+from ps.persist import atomic_files
+from ps.persist.atomic_files import MANIFEST_NAME as MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ps import atomic_files
-from ps import checkpoint as ckpt
+from ps.persist import atomic_files
+from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ps.atomic_files import read_manifest, staged_directory, write_manifest
-from ps.table import EmbeddingTable
+from ps.persist.atomic_files import read_manifest, staged_directory, write_manifest
+from ps.store.table import EmbeddingTable
 
 log = logging.getLogger(__name__)
 _OLD_SLOT_NAME = re.compile(r"^fc_slot_[0-9]*$")
