@@ -42,7 +42,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 demo: setup
-	$(BIN)/python -m worker.demo.movielens_demo
+	$(BIN)/python -m launch.demo
 
 bench: setup
 	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

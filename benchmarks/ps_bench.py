@@ -143,7 +143,7 @@ class Children:
 
 def start_ps(children: Children, index: int, num_shards: int, model: str) -> str:
     port = free_port()
-    proc = children.start(["-m", "services.cli", "ps", "--port", str(port), "--shard-index", str(index),
+    proc = children.start(["-m", "launch.cli", "ps", "--port", str(port), "--shard-index", str(index),
                            "--num-shards", str(num_shards), "--server-model", model, "--metrics-port", "-1"])
     return f"127.0.0.1:{port}", proc
 
@@ -188,11 +188,11 @@ def main() -> int:
 
     import grpc
 
+    from ps.client.client import PSClient
+    from ps.client.routing import route
     from ps.kernels.threads import passive_kernel_threads
     from ps.service.server import grpc_options
     from services.malloc_tuning import tune_malloc
-    from services.ps_client import PSClient
-    from services.ps_routing import route
 
     tune_malloc()
     passive_kernel_threads()

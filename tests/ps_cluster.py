@@ -24,7 +24,7 @@ class Shard:
 
 def start_shard(group: ProcessGroup, index: int, num_shards: int, port: int | None = None,
                 checkpoint_dir: str | None = None, extra: list[str] | None = None) -> subprocess.Popen:
-    args = ["-m", "services.cli", "ps", "--port", str(port or free_port()), "--shard-index", str(index),
+    args = ["-m", "launch.cli", "ps", "--port", str(port or free_port()), "--shard-index", str(index),
             "--num-shards", str(num_shards), "--grace-s", "2", *(extra or [])]
     if checkpoint_dir:
         args += ["--checkpoint-dir", checkpoint_dir]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from launch import run_role
 from services.cluster_spec import ClusterSpec
-from services.launch import run_role
 from services.mlp_env import MLPEnv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,8 +160,8 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
 def test_ps_readiness_probe_calls_the_health_rpc():
     sts = _objects()[("StatefulSet", "monolith-ps")]
     probe = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
-    assert probe[:3] == ["python", "-m", "services.launch.health_probe"]
-    assert (REPO / "services" / "launch" / "health_probe.py").exists()
+    assert probe[:3] == ["python", "-m", "launch.health_probe"]
+    assert (REPO / "launch" / "health_probe.py").exists()
 
 
 def read_env_file(path: Path) -> dict[str, str]:

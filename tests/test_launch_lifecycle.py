@@ -1,6 +1,6 @@
 """`monolith run` lifecycle without the PS or worker code: config errors, bounded waits, job-status joins.
 
-The "worker" here is the real job-status server a worker's launcher runs (services.launch.job_status),
+The "worker" here is the real job-status server a worker's launcher runs (launch.job_status),
 driven from the test so the data-service processes' reaction to each worker state can be observed.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from services.launch.job_status import JobWatcher, StatusServer, query_status
+from launch.job_status import JobWatcher, StatusServer, query_status
 from services.ports import free_port
 from tests.processes import wait_for
 
@@ -28,7 +28,7 @@ def hand_made_env(roles: dict[str, list[int]], role: str, index: int) -> dict[st
     return env
 
 
-RUN = ["-m", "services.cli", "run", "--bind-host", "127.0.0.1", "--poll-interval", "0.2"]
+RUN = ["-m", "launch.cli", "run", "--bind-host", "127.0.0.1", "--poll-interval", "0.2"]
 
 
 def test_missing_variable_is_named_and_exit_status_is_2(processes):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2
+from ps.client.client import PSClient, PSError, PSNotFound
 from ps.store.table import EmbeddingTable
-from services.ps_client import PSClient, PSError, PSNotFound
 from tests.ps_cluster import start_shard, wait_ready
 
 pytestmark = pytest.mark.slow

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
+from ps.client.routing import route, sum_duplicates
 from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
 from ps.wire.config_codec import table_config_from_proto, table_config_to_proto
 from ps.wire.tensors import ids_from_bytes, rows_from_bytes
-from services.ps_routing import route, sum_duplicates
 
 CONFIGS = [
     {"dim": 8, "initializer": {"type": "zeros"},

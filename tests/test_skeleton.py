@@ -2,12 +2,12 @@
 import subprocess
 import sys
 
-from services.cli import SUBCOMMANDS, main
+from launch.cli import SUBCOMMANDS, main
 from services.ports import free_port
 
 
 def test_cli_lists_every_role():
-    out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for name in SUBCOMMANDS:
         assert name in out.stdout

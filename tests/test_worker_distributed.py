@@ -18,7 +18,7 @@ def start_ps(processes, num_shards: int) -> list[str]:
     addresses = []
     for i in range(num_shards):
         port = free_port()
-        processes.start(["-m", "services.cli", "ps", "--port", str(port), "--shard-index", str(i),
+        processes.start(["-m", "launch.cli", "ps", "--port", str(port), "--shard-index", str(i),
                          "--num-shards", str(num_shards)], name=f"ps{i}")
         addresses.append(f"127.0.0.1:{port}")
     return addresses
@@ -92,7 +92,7 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
     summary = tmp_path / "summary.json"
     workers = []
     for i in range(2):
-        args = ["-m", "services.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", addresses,
+        args = ["-m", "launch.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", addresses,
                 "--worker-index", str(i), "--num-workers", "2", "--model-dir", str(tmp_path / "m"),
                 "--max-steps", "800", "--staleness", "1", "--save-checkpoints-steps", "400"]
         if i == 0:
@@ -113,7 +113,7 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    from services.cli import main
+    from launch.cli import main
 
     with pytest.raises(ValueError, match="pkg.module:Class"):
         main(["train", "--model", "nocolon", "--model-dir", str(tmp_path), "--max-steps", "1"])
@@ -128,7 +128,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
 def test_workers_read_through_the_tf_data_service(tmp_path):
     import io
 
-    from services.launch.local_cluster import run_local_cluster
+    from launch.local_cluster import run_local_cluster
 
     summary = tmp_path / "summary.json"
     out = io.StringIO()

@@ -162,7 +162,7 @@ def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
 def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
     import json
 
-    from services.cli import main
+    from launch.cli import main
     from services.metrics import stop_metrics_server
     from services.ports import free_port
     from tests.scrape import scrape

@@ -41,7 +41,7 @@ def spawn(
 
 def monolith_command(*args: str) -> list[str]:
     """argv for a `monolith <subcommand>` child, run with this interpreter (works without the script)."""
-    return ["-m", "services.cli", *args]
+    return ["-m", "launch.cli", *args]
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 20.0, group: bool = False) -> int:

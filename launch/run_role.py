@@ -17,10 +17,10 @@ import logging
 import shlex
 import time
 
+from launch.job_status import JobWatcher, StatusServer
+from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services import exit_hook, role_logging
 from services.cluster_spec import ClusterSpec
-from services.launch.job_status import JobWatcher, StatusServer
-from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.mlp_env import MLPEnvError, check_port, split_addr
 from services.ports import free_port
 
@@ -166,7 +166,7 @@ def _wait_for_peers(spec: ClusterSpec, timeout: float, flag: SignalFlag) -> None
                                   f"(from {spec.source}); is it running and reachable?")
         log.info("%s:%d is up at %s", role, index, addr)
     if spec.num("ps"):
-        from services.ps_client import PSClient
+        from ps.client.client import PSClient
 
         client = PSClient(spec.addresses("ps"))
         try:

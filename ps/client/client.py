@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from protos import ps_pb2, ps_pb2_grpc
+from ps.client.routing import Routed, route, sum_duplicates
 from ps.kernels.hash_index import all_finite
 from ps.kernels.threads import passive_kernel_threads
 from ps.persist import checkpoint as ckpt
@@ -40,7 +41,6 @@ from ps.wire.fast_messages import (
 )
 from ps.wire.tensors import F16, F32, IDS, rows_from_bytes
 from services.malloc_tuning import tune_malloc
-from services.ps_routing import Routed, route, sum_duplicates
 
 log = logging.getLogger(__name__)
 

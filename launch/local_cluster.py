@@ -17,10 +17,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
+from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services import role_logging
 from services.cluster_spec import mlp_environment
-from services.launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
-from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.ports import free_port
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""`python -m services.launch.health_probe --ps host:port`: exit 0 iff the PS shard answers its Health RPC.
+"""`python -m launch.health_probe --ps host:port`: exit 0 iff the PS shard answers its Health RPC.
 
 Kubernetes readiness probes run this inside the PS container (deploy/k8s/ps.yaml): a shard whose port is
 open but whose service is not serving yet is not ready.
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ps", required=True, help="host:port of the PS shard")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
-    from services.ps_client import PSClient
+    from ps.client.client import PSClient
 
     client = PSClient([args.ps])
     try:

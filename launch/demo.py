@@ -44,7 +44,7 @@ class MetricsURLCollector:
 
 
 def launch(num_ps: int, num_workers: int, model: str, model_dir: str, train_args: list[str], out) -> int:
-    from services.launch.local_cluster import run_local_cluster
+    from launch.local_cluster import run_local_cluster
 
     return run_local_cluster(num_ps, num_workers, model, model_dir, train_args=train_args, out=out, metrics=True)
 

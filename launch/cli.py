@@ -12,9 +12,9 @@ import sys
 # subcommand -> (module exposing `add_arguments(parser)` and `main(args) -> int`, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ps": ("ps.__main__", "run one parameter-server shard"),
-    "run": ("services.launch.run_role", "start this process's role from MLP_*/TF_CONFIG"),
-    "local": ("services.launch.local_cluster", "run a whole cluster as local processes"),
-    "ray": ("services.launch.ray_cluster", "run the cluster as Ray actors"),
+    "run": ("launch.run_role", "start this process's role from MLP_*/TF_CONFIG"),
+    "local": ("launch.local_cluster", "run a whole cluster as local processes"),
+    "ray": ("launch.ray_cluster", "run the cluster as Ray actors"),
     "dispatcher": ("dispatcher.dispatcher_main", "run the tf.data service dispatcher"),
     "dsworker": ("dispatcher.dsworker_main", "run one tf.data service data worker"),
     "train": ("worker.train_main", "train a model in this process (local or against PS shards)"),
