@@ -10,9 +10,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from worker.metrics_eval import auc
 from worker.models.movielens import HIDDEN, make_dataset
 from worker.models.movielens_data import FEATURES, SINGLE_FEATURES, MovieLens
+from worker.runtime.evaluation import auc
 
 
 class KerasMovieRanking:

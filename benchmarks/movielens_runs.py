@@ -9,10 +9,10 @@ import time
 
 from movielens_keras import KerasMovieRanking
 
-from worker.estimator import Estimator
 from worker.models.movielens import MovieRankingModel
 from worker.models.movielens_data import load_movielens
-from worker.run_config import RunConfig
+from worker.runtime.estimator import Estimator
+from worker.runtime.run_config import RunConfig
 
 MODEL = "worker.models.movielens:MovieRankingModel"
 

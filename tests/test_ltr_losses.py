@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests import ltr_reference as ref
-from worker.losses import ltr
+from worker.modeling.losses import ltr
 
 SUM, NONZERO = "weighted_sum", "weighted_sum_by_nonzero_weights"
 TOL = dict(rel=1e-5, abs=1e-5)

@@ -6,8 +6,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from worker.hooks.base import StepContext, StepResult
-from worker.hooks.profiler import Tf2ProfilerHook
+from worker.modeling.hooks.base import StepContext, StepResult
+from worker.modeling.hooks.profiler import Tf2ProfilerHook
 
 pytestmark = pytest.mark.slow
 

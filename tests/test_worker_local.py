@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from tests.tiny_models import FEATURES, VOCAB, TinyDNN
-from worker.backends import list_checkpoints
 from worker.model import Estimator, RunConfig, SgdOptimizer
 from worker.models.ffm import NUM_EXAMPLES, NUM_SLOTS, TestFFMModel, generate_ffm_examples
+from worker.runtime.backends import list_checkpoints
 
 
 def test_ffm_trains_evaluates_and_predicts(tmp_path):
@@ -128,10 +128,10 @@ def test_hooks_protocol_and_unknown_fetch(tmp_path):
 
 
 def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
-    from worker.entry import ZerosInitializer
-    from worker.estimator_spec import EstimatorSpec
-    from worker.learning_rate_functions import PolynomialDecay
-    from worker.native_model import MonolithModel
+    from worker.modeling.estimator_spec import EstimatorSpec
+    from worker.modeling.learning_rate_functions import PolynomialDecay
+    from worker.modeling.native_model import MonolithModel
+    from worker.modeling.segment_configs import ZerosInitializer
 
     class LinearModel(MonolithModel):
         def input_fn(self, mode):
@@ -187,7 +187,7 @@ def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
 
 def test_two_heads_auc_and_mse_over_the_whole_eval_set_and_occurrence_threshold(tmp_path):
     from tests.tiny_models import TwoHeadModel, make_batches
-    from worker.metrics_eval import mse
+    from worker.runtime.evaluation import mse
 
     model = TwoHeadModel(SgdOptimizer(0.2))
     est = Estimator(model, RunConfig(model_dir=str(tmp_path)))

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker import native_task_context
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.feature import FeatureFactory, FeatureSlotConfig
-from worker.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
-from worker.lookup_inputs import LookupInputs, lookup_inputs
-from worker.metrics_eval import auc, mse
-from worker.native_model import MonolithModel
-from worker.native_task import AsyncFunctionManager, NativeContext, NativeTask
-from worker.params import Params
+from worker.modeling import task_context as native_task_context
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.feature import FeatureFactory, FeatureSlotConfig
+from worker.modeling.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.native_task import AsyncFunctionManager, NativeContext, NativeTask
+from worker.modeling.params import Params
+from worker.runtime.evaluation import auc, mse
 
 
 class _Model(MonolithModel):
@@ -277,9 +277,9 @@ def test_add_loss_extra_output_hooks_and_layout():
 
     assert float(trace()) == 6.5
 
-    from worker.hooks.file_metric import FileMetricHook
-    from worker.hooks.kafka_metric import KafkaMetricHook
-    from worker.hooks.step_loss import StepLossMetricHook
+    from worker.modeling.hooks.file_metric import FileMetricHook
+    from worker.modeling.hooks.kafka_metric import KafkaMetricHook
+    from worker.modeling.hooks.step_loss import StepLossMetricHook
 
     m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
     m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
@@ -368,8 +368,8 @@ def test_share_slot_reads_a_feature_again_through_the_same_table():
 
 
 def test_native_context_applies_embedding_gradients_through_the_store():
-    from worker.backends import LocalBackend
-    from worker.entry import SgdOptimizer, ZerosInitializer
+    from worker.modeling.segment_configs import SgdOptimizer, ZerosInitializer
+    from worker.runtime.backends import LocalBackend
 
     factory = FeatureFactory()
     ctx = NativeContext(feature_factory=factory)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import SgdOptimizer, ZerosInitializer
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.native_model import MonolithModel
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.segment_configs import SgdOptimizer, ZerosInitializer
 
 FEATURES = ("f0", "f1", "f2")
 VOCAB, DIM, BATCH, NUM_BATCHES = 40, 4, 32, 30

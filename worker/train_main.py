@@ -52,8 +52,8 @@ def load_model_class(spec: str):
 
 def _metric_hooks(model, port: int) -> list:
     from services.metrics import start_metrics_server
-    from worker.hooks.step_loss import StepLossMetricHook
-    from worker.hooks.throughput import ThroughputMetricHook
+    from worker.modeling.hooks.step_loss import StepLossMetricHook
+    from worker.modeling.hooks.throughput import ThroughputMetricHook
 
     bound = start_metrics_server(port)
     log.info("metrics on http://127.0.0.1:%d/metrics", bound)
@@ -80,8 +80,8 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("worker", args.worker_index)
-    from worker.estimator import Estimator
-    from worker.run_config import RunConfig
+    from worker.runtime.estimator import Estimator
+    from worker.runtime.run_config import RunConfig
 
     model = load_model_class(args.model)()
     if args.batch_size is not None:

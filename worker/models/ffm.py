@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import FtrlOptimizer, RandomUniformInitializer, SgdOptimizer, ZerosInitializer
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.native_model import MonolithModel
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.segment_configs import FtrlOptimizer, RandomUniformInitializer, SgdOptimizer, ZerosInitializer
 
 NUM_SLOTS = 6
 VOCAB_SIZES = [5] * NUM_SLOTS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from worker.losses.ltr.losses import (
+from worker.modeling.losses.ltr.losses import (
     _approx_ndcg_loss,
     _list_mle_loss,
     _mean_squared_loss,
@@ -14,7 +14,7 @@ from worker.losses.ltr.losses import (
     _sigmoid_cross_entropy_loss,
     _softmax_loss,
 )
-from worker.losses.reduction import Reduction
+from worker.modeling.losses.reduction import Reduction
 
 
 class RankingLossKey:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from services.metrics import get_cli
-from worker.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
 
 
 class ThroughputMetricHook(TrainingHook):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from services.kafka_producer import KProducer
-from worker.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ by the sampler, one UTF-8 JSON object:
      "sample_rate": {target: float}, "sample_ratio": float, "container": hostname,
      "extra_float": {key: float}, "extra_int": {key: int}, "extra_str": {key: str}}
 
-`predict`/`label` are what `worker.hooks.vepfs.vepfs_layout_fn` lays out. Sampling is by uid only:
+`predict`/`label` are what `worker.modeling.hooks.vepfs.vepfs_layout_fn` lays out. Sampling is by uid only:
 `splitmix64(uid) / 2**64 < sample_ratio`, so the same users are kept in every step, on every worker and
 for every model. Messages are returned (one per example, b"" where not kept) when they have somewhere
 to go — Kafka or a dump file (`is_fake` in the original) — and otherwise only counted.

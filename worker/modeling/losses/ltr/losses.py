@@ -11,8 +11,8 @@ import math
 
 import tensorflow as tf
 
-from worker.losses.ltr.lambda_weights import DCGLambdaWeight, ListMLELambdaWeight
-from worker.losses.ltr.utils import (
+from worker.modeling.losses.ltr.lambda_weights import DCGLambdaWeight, ListMLELambdaWeight
+from worker.modeling.losses.ltr.utils import (
     _EPSILON,
     _dcg_gain,
     _log_discount,
@@ -22,7 +22,7 @@ from worker.losses.ltr.utils import (
     shuffle_valid_indices,
     sort_by_scores,
 )
-from worker.losses.reduction import Reduction, compute_weighted_loss
+from worker.modeling.losses.reduction import Reduction, compute_weighted_loss
 
 _LOG_EPSILON = math.log(_EPSILON)
 _DEFAULT_REDUCTION = Reduction.SUM_BY_NONZERO_WEIGHTS

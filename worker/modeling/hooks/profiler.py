@@ -5,7 +5,7 @@ import logging
 
 import tensorflow as tf
 
-from worker.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from services.metrics import get_cli
-from worker.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
 
 ALLOWED_DTYPES = (np.dtype(np.float32), np.dtype(np.int32))
 

@@ -3,8 +3,8 @@
 Names match the original module; the losses are also exported without the leading underscore.
 """
 
-from worker.losses.ltr.factory import RankingLossKey, make_loss_fn
-from worker.losses.ltr.lambda_weights import (
+from worker.modeling.losses.ltr.factory import RankingLossKey, make_loss_fn
+from worker.modeling.losses.ltr.lambda_weights import (
     DCGLambdaWeight,
     IdentityLambdaWeight,
     ListMLELambdaWeight,
@@ -14,7 +14,7 @@ from worker.losses.ltr.lambda_weights import (
     create_p_list_mle_lambda_weight,
     create_reciprocal_rank_lambda_weight,
 )
-from worker.losses.ltr.losses import (
+from worker.modeling.losses.ltr.losses import (
     _approx_ndcg_loss,
     _list_mle_loss,
     _mean_squared_loss,
@@ -27,7 +27,7 @@ from worker.losses.ltr.losses import (
     _softmax_loss,
     _sort_and_normalize,
 )
-from worker.losses.ltr.utils import (
+from worker.modeling.losses.ltr.utils import (
     _EPSILON,
     approx_ranks,
     get_batch_idx_size,
@@ -38,7 +38,7 @@ from worker.losses.ltr.utils import (
     shuffle_valid_indices,
     sort_by_scores,
 )
-from worker.losses.reduction import Reduction, compute_weighted_loss
+from worker.modeling.losses.reduction import Reduction, compute_weighted_loss
 
 pairwise_hinge_loss = _pairwise_hinge_loss
 pairwise_logistic_loss = _pairwise_logistic_loss

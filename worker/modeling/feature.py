@@ -10,9 +10,15 @@ from typing import Any
 
 import tensorflow as tf
 
-from worker import combiners as combiners_mod
-from worker import lookup_inputs
-from worker.entry import AdagradOptimizer, FtrlOptimizer, RandomUniformInitializer, ZerosInitializer, to_config
+from worker.modeling import combiners as combiners_mod
+from worker.modeling import lookup_inputs
+from worker.modeling.segment_configs import (
+    AdagradOptimizer,
+    FtrlOptimizer,
+    RandomUniformInitializer,
+    ZerosInitializer,
+    to_config,
+)
 
 
 @dataclass

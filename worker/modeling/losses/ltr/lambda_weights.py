@@ -9,7 +9,7 @@ import abc
 
 import tensorflow as tf
 
-from worker.losses.ltr.utils import _dcg_gain, _log_discount, inverse_max_dcg, label_valid_fn
+from worker.modeling.losses.ltr.utils import _dcg_gain, _log_discount, inverse_max_dcg, label_valid_fn
 
 
 def _ranks(sorted_labels: tf.Tensor) -> tf.Tensor:

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from worker import metrics_eval
-from worker.backends import DenseVariables, LocalBackend, RemoteBackend
-from worker.batch_prep import BatchPreparer, PreparedBatch
-from worker.estimator_spec import ModeKeys
-from worker.hooks.base import StepContext, StepResult
-from worker.lookup_inputs import LookupInputs, lookup_inputs
-from worker.native_task_context import NativeTaskContext, with_ctx
-from worker.prediction_writer import PredictionWriter
-from worker.prefetch import Prefetcher
-from worker.pusher import GradientPusher
-from worker.run_config import RunConfig
-from worker.variable_reuse import VariableReuse
+from worker.modeling.estimator_spec import ModeKeys
+from worker.modeling.hooks.base import StepContext, StepResult
+from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
+from worker.modeling.task_context import NativeTaskContext, with_ctx
+from worker.runtime import evaluation as metrics_eval
+from worker.runtime.backends import DenseVariables, LocalBackend, RemoteBackend
+from worker.runtime.batch_prefetch import Prefetcher
+from worker.runtime.batch_prep import BatchPreparer, PreparedBatch
+from worker.runtime.gradient_pusher import GradientPusher
+from worker.runtime.prediction_writer import PredictionWriter
+from worker.runtime.run_config import RunConfig
+from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
 

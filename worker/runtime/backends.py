@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import keras_optimizer_config
+from worker.modeling.segment_configs import keras_optimizer_config
 
 log = logging.getLogger(__name__)
 

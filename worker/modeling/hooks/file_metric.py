@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from worker.hooks.base import StepContext, StepResult, TrainingHook
-from worker.hooks.partitioned_file import WriteOnlyFileAndStat
-from worker.hooks.vepfs import default_layout_fn, default_parse_fn, vepfs_key_fn
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.partitioned_file import WriteOnlyFileAndStat
+from worker.modeling.hooks.vepfs import default_layout_fn, default_parse_fn, vepfs_key_fn
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import tensorflow as tf
 
-from worker import combiners as combiners_mod
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.feature import FeatureColumn, FeatureFactory, FeatureSlice, FeatureSlotConfig
-from worker.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred  # noqa: F401  (public surface)
-from worker.native_task import NativeContext, NativeTask
-from worker.params import Params
+from worker.modeling import combiners as combiners_mod
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.feature import FeatureColumn, FeatureFactory, FeatureSlice, FeatureSlotConfig
+from worker.modeling.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred  # noqa: F401  (public surface)
+from worker.modeling.native_task import NativeContext, NativeTask
+from worker.modeling.params import Params
 
 log = logging.getLogger(__name__)
 

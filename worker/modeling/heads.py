@@ -5,7 +5,7 @@ import math
 
 import tensorflow as tf
 
-from worker.estimator_spec import ModeKeys
+from worker.modeling.estimator_spec import ModeKeys
 
 
 def get_sigmoid_loss_and_pred(name, logits, label, batch_size=None, sample_rate=1.0, sample_bias=False,

@@ -5,8 +5,8 @@ import abc
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from worker.estimator_spec import ModeKeys
-from worker.params import Params
+from worker.modeling.estimator_spec import ModeKeys
+from worker.modeling.params import Params
 
 
 class NativeContext:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from services.metrics import get_cli
-from worker.hooks.base import StepContext, StepResult, TrainingHook
+from worker.modeling.hooks.base import StepContext, StepResult, TrainingHook
 
 
 class StepLossMetricHook(TrainingHook):

@@ -1,6 +1,6 @@
 """How deep-insight records are parsed, routed to directories and laid out as lines.
 
-Record fields (see `worker.metrics.deep_insight`): `model_name`, `req_time`, `uid`, `predict` and `label`
+Record fields (see `worker.modeling.deep_insight`): `model_name`, `req_time`, `uid`, `predict` and `label`
 ({target: value}); the upper-case `__REQ_TIME__`/`__UID__`/`__FEED_ID__` spellings of other producers
 are honoured first, as in the original.
 """
