@@ -60,6 +60,7 @@ def serve_grpc_echo(model: str, port: int) -> None:
     """Same `serve()` as the PS: request = 8-byte reply size + payload; reply = a preallocated payload."""
     import grpc
 
+    from ps.config import ServerConfig
     from ps.service.server import serve
 
     replies: dict[int, bytes] = {}
@@ -73,7 +74,7 @@ def serve_grpc_echo(model: str, port: int) -> None:
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
-    serve([handler], f"127.0.0.1:{port}", model=model, stop=threading.Event(),
+    serve([handler], ServerConfig(port=port, server_model=model), stop=threading.Event(),
           on_ready=lambda p: print(f"ready {p}", flush=True))
 
 
@@ -188,7 +189,7 @@ def main() -> int:
 
     import grpc
 
-    from ps.client.client import PSClient
+    from ps.client import PSClient
     from ps.client.routing import route
     from ps.kernels.threads import passive_kernel_threads
     from ps.service.server import grpc_options

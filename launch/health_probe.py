@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ps", required=True, help="host:port of the PS shard")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
-    from ps.client.client import PSClient
+    from ps.client import PSClient
 
     client = PSClient([args.ps])
     try:

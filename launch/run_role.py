@@ -166,7 +166,7 @@ def _wait_for_peers(spec: ClusterSpec, timeout: float, flag: SignalFlag) -> None
                                   f"(from {spec.source}); is it running and reachable?")
         log.info("%s:%d is up at %s", role, index, addr)
     if spec.num("ps"):
-        from ps.client.client import PSClient
+        from ps.client import PSClient
 
         client = PSClient(spec.addresses("ps"))
         try:

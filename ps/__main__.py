@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
+from ps.config import SERVER_MODELS, ServerConfig
 from services import role_logging
 
-log = logging.getLogger("ps.service.server")
+log = logging.getLogger("ps.server")
 
 
 def warm_up_kernels() -> float:
@@ -42,33 +44,64 @@ def warm_up_kernels() -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig(port=0)  # the defaults live in the config type
     parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
     parser.add_argument("--shard-index", type=int, required=True)
     parser.add_argument("--num-shards", type=int, required=True)
-    parser.add_argument("--checkpoint-dir", default=None,
+    parser.add_argument("--checkpoint-dir", default=d.checkpoint_dir,
                         help="restore this shard's part of the latest complete checkpoint here at start-up "
                              "(or its own exit snapshot, when that is newer)")
     parser.add_argument("--save-on-exit", action="store_true",
                         help="on SIGTERM/SIGINT, after in-flight calls finish, save this shard's state to "
                              "CHECKPOINT_DIR/exit/shard-I-of-N/ (a restart then resumes exactly there)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    parser.add_argument("--metrics-port", type=int, default=0,
+    parser.add_argument("--host", default=d.host, help="address to bind (0.0.0.0 for all interfaces)")
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
                         help="Prometheus port (0 = any free port, logged; -1 = off)")
-    parser.add_argument("--server-model", choices=("sync", "aio"), default="sync",
+    parser.add_argument("--server-model", choices=SERVER_MODELS, default=d.server_model,
                         help="grpc thread-pool server or grpc.aio on uvloop (see ps/service/server.py)")
-    parser.add_argument("--threads", type=int, default=8, help="RPC handler threads")
-    parser.add_argument("--max-message-mb", type=int, default=512, help="largest request/response accepted")
-    parser.add_argument("--grace-s", type=float, default=10.0, help="time in-flight calls get on SIGTERM")
+    parser.add_argument("--threads", type=int, default=d.threads, help="RPC handler threads")
+    parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20,
+                        help="largest request/response accepted")
+    parser.add_argument("--grace-s", type=float, default=d.grace_s, help="time in-flight calls get on SIGTERM")
+
+
+def config_of(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(port=args.port, shard_index=args.shard_index, num_shards=args.num_shards, host=args.host,
+                        checkpoint_dir=args.checkpoint_dir, save_on_exit=args.save_on_exit,
+                        metrics_port=args.metrics_port, server_model=args.server_model, threads=args.threads,
+                        max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s)
+
+
+def _restore_at_start(state, config: ServerConfig) -> bool:
+    """Load the latest complete checkpoint's part (or this shard's newer exit snapshot); False if that fails."""
+    from ps.persist import checkpoint
+
+    source = checkpoint.startup_source(config.checkpoint_dir, config.shard_index, config.num_shards)
+    if source is None:
+        log.info("no complete checkpoint in %s: starting empty", config.checkpoint_dir)
+        return True
+    kind, path = source
+    log.info("restoring %s (%s)", path, kind)
+    try:
+        state.restore_own_part(path) if kind == "exit" else state.restore(str(path))
+    except (ValueError, OSError) as exc:
+        log.error("cannot restore %s: %s", path, exc)
+        return False
+    return True
 
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("ps", args.shard_index)
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        log.error("--shard-index must be in [0, --num-shards), got %d of %d", args.shard_index, args.num_shards)
+    try:
+        config = config_of(args)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
-    if args.save_on_exit and not args.checkpoint_dir:
-        log.error("--save-on-exit needs --checkpoint-dir (where the exit snapshot goes)")
-        return 2
+    return run(config)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve one shard until SIGTERM/SIGINT; the process exit code."""
     from ps.kernels.threads import passive_kernel_threads
     from services.malloc_tuning import tune_malloc
 
@@ -79,48 +112,37 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
 
     from ps.persist import checkpoint
-    from ps.service import rpc_metrics as metrics
+    from ps.service import rpc_metrics
     from ps.service.server import serve
     from ps.service.servicer import ParameterServerServicer
     from ps.store.shard_state import ShardState
     from services import exit_hook
     from services.metrics import start_metrics_server
 
-    exit_hook.install("ps", args.shard_index)
+    exit_hook.install("ps", config.shard_index)
 
     log.info("store kernels warm in %.2fs", warm_up_kernels())
-    state = ShardState(args.shard_index, args.num_shards)
-    if args.checkpoint_dir:
-        source = checkpoint.startup_source(args.checkpoint_dir, args.shard_index, args.num_shards)
-        if source is None:
-            log.info("no complete checkpoint in %s: starting empty", args.checkpoint_dir)
-        else:
-            kind, path = source
-            log.info("restoring %s (%s)", path, kind)
-            try:
-                state.restore_own_part(path) if kind == "exit" else state.restore(str(path))
-            except (ValueError, OSError) as exc:
-                log.error("cannot restore %s: %s", path, exc)
-                return 1
-    metrics.register_shard(state)
+    state = ShardState(config.shard_index, config.num_shards)
+    if config.checkpoint_dir and not _restore_at_start(state, config):
+        return 1
+    rpc_metrics.register_shard(state)
     metrics_note = "off"
-    if args.metrics_port >= 0:
-        metrics_note = f"{args.host}:{start_metrics_server(args.metrics_port, addr=args.host)}"
-    servicer = ParameterServerServicer(state, args.server_model)
+    if config.metrics_port >= 0:
+        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host)}"
+    servicer = ParameterServerServicer(state, config.server_model)
 
     def ready(port: int) -> None:
         log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s)",
-                 args.shard_index, args.num_shards, args.host, port, args.server_model, metrics_note,
+                 config.shard_index, config.num_shards, config.host, port, config.server_model, metrics_note,
                  state.restored_from or "-")
 
     try:
-        serve([servicer.handler()], f"{args.host}:{args.port}", model=args.server_model, threads=args.threads,
-              max_message_bytes=args.max_message_mb * 1024 * 1024, stop=stop, on_ready=ready, grace_s=args.grace_s)
+        serve([servicer.handler()], config, stop=stop, on_ready=ready)
     except OSError as exc:
         log.error("%s", exc)
         return 1
-    if args.save_on_exit:
-        snapshot = checkpoint.exit_snapshot_path(args.checkpoint_dir, args.shard_index, args.num_shards)
+    if config.save_on_exit:
+        snapshot = checkpoint.exit_snapshot_path(config.checkpoint_dir, config.shard_index, config.num_shards)
         try:
             _path, rows = state.save(str(snapshot.parent), state.global_step)
         except (ValueError, OSError) as exc:
@@ -129,3 +151,9 @@ def main(args: argparse.Namespace) -> int:
         log.info("exit snapshot saved to %s: %s", snapshot, rows)
     log.info("stopped")
     return 0
+
+
+if __name__ == "__main__":  # python -m ps --port P --shard-index i --num-shards n
+    _parser = argparse.ArgumentParser(prog="python -m ps", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

@@ -84,6 +84,10 @@ class OptimizerConfig:
     params: dict
 
     @classmethod
+    def of(cls, spec: OptimizerConfig | object, field: str = "optimizer") -> OptimizerConfig:
+        return spec if isinstance(spec, OptimizerConfig) else cls.from_dict(spec, field)
+
+    @classmethod
     def from_dict(cls, spec: object, field: str = "optimizer") -> OptimizerConfig:
         defaults = {name: opt.defaults for name, opt in OPTIMIZERS.items()}
         kind, params = _typed_params(field, spec, defaults)
@@ -117,6 +121,11 @@ class TableConfig:
     @property
     def dim(self) -> int:
         return sum(s.dim for s in self.segments)
+
+    @classmethod
+    def of(cls, cfg: TableConfig | object) -> TableConfig:
+        """`cfg` itself if it is one, else `from_dict(cfg)`: the one way a user's dict becomes a config."""
+        return cfg if isinstance(cfg, TableConfig) else cls.from_dict(cfg)
 
     @classmethod
     def from_dict(cls, cfg: object) -> TableConfig:
@@ -179,3 +188,78 @@ class TableConfig:
             "initial_capacity": self.initial_capacity,
             "filter_capacity": self.filter_capacity,
         }
+
+
+# -- processes --------------------------------------------------------------------------------------
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+"""The largest request or reply a shard and its clients accept (one default for both ends)."""
+DEFAULT_KEEP_CHECKPOINTS = 5
+"""Complete checkpoints kept per directory."""
+SERVER_MODELS = ("sync", "aio")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one shard process serves: the `monolith ps` flags, with their defaults, checked together."""
+
+    port: int
+    shard_index: int = 0
+    num_shards: int = 1
+    host: str = "127.0.0.1"
+    checkpoint_dir: str | None = None
+    save_on_exit: bool = False
+    metrics_port: int = 0
+    """0: any free port (logged); -1: no metrics server."""
+    server_model: str = "sync"
+    threads: int = 8
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port < 65536, f"--port must be in [0, 65535], got {self.port}")
+        _require(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
+                 f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")
+        _require(not self.save_on_exit or bool(self.checkpoint_dir),
+                 "--save-on-exit needs --checkpoint-dir (where the exit snapshot goes)")
+        _require(self.server_model in SERVER_MODELS,
+                 f"--server-model must be one of {SERVER_MODELS}, got {self.server_model!r}")
+        _require(self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
+        _require(self.max_message_bytes >= 1 << 20, f"max message size must be >= 1 MiB, got {self.max_message_bytes}")
+        _require(self.grace_s >= 0, f"--grace-s must be >= 0, got {self.grace_s}")
+        _require(self.metrics_port >= -1, f"--metrics-port must be >= -1, got {self.metrics_port}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a `PSClient` talks to the shards: deadlines, retries, transport. Defaults are the ones documented
+    on `PSClient`; `PSClient(addresses, timeout_s=...)` overrides single fields."""
+
+    timeout_s: float = 30.0
+    retries: int = 6
+    """Retries of a call that failed UNAVAILABLE (or DEADLINE_EXCEEDED, for idempotent calls)."""
+    backoff_s: float = 0.2
+    max_backoff_s: float = 4.0
+    float16_lookup: bool = False
+    """Rows of a lookup travel as float16 (half the reply bytes; the PS still computes in float32)."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
+    checkpoint_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0 and self.checkpoint_timeout_s > 0,
+                 f"timeout_s and checkpoint_timeout_s must be > 0, got {self.timeout_s}, {self.checkpoint_timeout_s}")
+        _require(self.retries >= 0, f"retries must be >= 0, got {self.retries}")
+        _require(0 <= self.backoff_s <= self.max_backoff_s,
+                 f"need 0 <= backoff_s <= max_backoff_s, got {self.backoff_s}, {self.max_backoff_s}")
+        _require(self.max_message_bytes >= 1 << 16,
+                 f"max_message_bytes must be >= 64 KiB, got {self.max_message_bytes}")
+        _require(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")

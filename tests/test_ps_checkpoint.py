@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2
-from ps.client.client import PSClient, PSError, PSUnavailable
+from ps.client import PSClient
+from ps.errors import PSError, PSUnavailable
 from ps.persist import checkpoint as ckpt
 from tests.ps_cluster import start_cluster, start_shard, wait_ready
 

@@ -5,20 +5,22 @@ Each call dedupes ids per table, sends one RPC per shard for all tables at once 
 shards work in parallel without Python threads), and puts the rows back in the caller's order.
 Bad input raises `ValueError` before anything is sent. Transient failures (UNAVAILABLE, and deadline
 overruns of idempotent calls) are retried with exponential backoff; a shard that stays down raises
-`PSUnavailable` naming the shard and its address.
+`PSUnavailable` naming the shard and its address. A status the shard answers with becomes the class of
+`ps.errors` for it.
 
-Checkpoints (`save`/`restore`) assume the client and the shards see the same filesystem (local disk
-or a shared mount), as the original's HDFS checkpoints do.
+Checkpoints (`save`/`restore`) go through `ps.persist.coordinator`, which assumes the client and the
+shards see the same filesystem (local disk or a shared mount), as the original's HDFS checkpoints do.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,12 +28,13 @@ import numpy as np
 
 from protos import ps_pb2, ps_pb2_grpc
 from ps.client.routing import Routed, route, sum_duplicates
+from ps.config import ClientConfig, OptimizerConfig, TableConfig
+from ps.errors import PSError, PSUnavailable, error_for
 from ps.kernels.hash_index import all_finite
 from ps.kernels.threads import passive_kernel_threads
-from ps.persist import checkpoint as ckpt
-from ps.service.server import DEFAULT_MAX_MESSAGE_BYTES
+from ps.persist.coordinator import CheckpointCoordinator
 from ps.sharding import dense_owner
-from ps.wire.config_codec import optimizer_to_proto, table_config_to_proto
+from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
@@ -48,35 +51,6 @@ _RETRY_ALWAYS = {grpc.StatusCode.UNAVAILABLE}
 _IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict"}
 
 
-class PSError(RuntimeError):
-    """A shard refused or failed a call; names the shard, its address, the method and the status."""
-
-    def __init__(self, message: str, shard: int | None = None, address: str | None = None,
-                 code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.shard, self.address, self.code = shard, address, code
-
-
-class PSInvalidArgument(PSError, ValueError):
-    """The shard rejected the request's content (bad ids, shapes, values, config)."""
-
-
-class PSNotFound(PSError, LookupError):
-    """Unknown table or dense variable on the shard."""
-
-
-class PSUnavailable(PSError, ConnectionError):
-    """The shard did not answer within the retry budget."""
-
-
-_ERROR_TYPES = {
-    grpc.StatusCode.INVALID_ARGUMENT: PSInvalidArgument,
-    grpc.StatusCode.NOT_FOUND: PSNotFound,
-    grpc.StatusCode.UNAVAILABLE: PSUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: PSUnavailable,
-}
-
-
 @dataclass(frozen=True)
 class TableMeta:
     dim: int
@@ -85,9 +59,7 @@ class TableMeta:
 
     @classmethod
     def of(cls, info: ps_pb2.TableInfo) -> TableMeta:
-        config = json.loads(info.config_json) if info.config_json else {}
-        return cls(int(info.dim), tuple(int(d) for d in info.segment_dims),
-                   int(config.get("occurrence_threshold") or 0) > 0)
+        return cls(int(info.dim), tuple(int(d) for d in info.segment_dims), info.config.occurrence_threshold > 0)
 
 
 def _as_ids(ids: Any, where: str) -> np.ndarray:
@@ -118,27 +90,18 @@ def _as_rows(values: Any, n: int, dim: int, where: str) -> np.ndarray:
 
 
 class PSClient:
-    def __init__(self, addresses: Iterable[str], timeout_s: float = 30.0, retries: int = 6,
-                 float16_lookup: bool = False, backoff_s: float = 0.2, max_backoff_s: float = 4.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keep_checkpoints: int = 5,
-                 checkpoint_timeout_s: float = 600.0) -> None:
+    def __init__(self, addresses: Iterable[str], config: ClientConfig | None = None, **overrides: Any) -> None:
+        """`config` (default `ClientConfig()`) with any of its fields overridden by keyword."""
         self.addresses = list(addresses)
         if not self.addresses or not all(isinstance(a, str) and a for a in self.addresses):
             raise ValueError(f"addresses must be a non-empty list of host:port strings, got {addresses!r}")
-        if timeout_s <= 0 or retries < 0:
-            raise ValueError(f"timeout_s must be > 0 and retries >= 0, got {timeout_s}, {retries}")
+        self.config = dataclasses.replace(config or ClientConfig(), **overrides)
         tune_malloc()
         passive_kernel_threads()
         self.num_shards = len(self.addresses)
-        self.timeout_s, self.retries = float(timeout_s), int(retries)
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.float16_lookup = bool(float16_lookup)
-        self.max_message_bytes = int(max_message_bytes)
-        self.keep_checkpoints = int(keep_checkpoints)
-        self.checkpoint_timeout_s = float(checkpoint_timeout_s)
         options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
             # reconnect quickly after a shard restarts (grpc's default backoff grows to 120 s)
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -197,7 +160,7 @@ class PSClient:
     # -- RPC plumbing ----------------------------------------------------------------------------
     def _error(self, shard: int, method: str, exc: grpc.RpcError, attempts: int = 1) -> PSError:
         code = exc.code()
-        cls = _ERROR_TYPES.get(code, PSError)
+        cls = error_for(code.name)
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         return cls(f"PS shard {shard} ({self.addresses[shard]}) {method} failed{tried}: {code.name}: {exc.details()}",
                    shard, self.addresses[shard], code)
@@ -206,17 +169,18 @@ class PSClient:
         return code in _RETRY_ALWAYS or (method in _IDEMPOTENT and code is grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _timeout(self, method: str) -> float:
-        return self.checkpoint_timeout_s if method in ("Save", "Restore") else self.timeout_s
+        return self.config.checkpoint_timeout_s if method in ("Save", "Restore") else self.config.timeout_s
 
     def _call_with_retries(self, shard: int, method: str, request, first_error: grpc.RpcError | None = None):
         error, attempt = first_error, int(first_error is not None)
         while True:
             if error is not None:
-                if attempt > self.retries or not self._retryable(method, error.code()):
+                if attempt > self.config.retries or not self._retryable(method, error.code()):
                     raise self._error(shard, method, error, attempt) from None
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * (0.75 + 0.5 * random.random())
+                cfg = self.config
+                delay = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempt - 1)) * (0.75 + 0.5 * random.random())
                 log.warning("PS shard %d (%s) %s: %s; retry %d/%d in %.2fs", shard, self.addresses[shard], method,
-                            error.code().name, attempt, self.retries, delay)
+                            error.code().name, attempt, self.config.retries, delay)
                 time.sleep(delay)
             try:
                 return getattr(self._stubs[shard], method)(request, timeout=self._timeout(method))
@@ -245,16 +209,21 @@ class PSClient:
         return out
 
     def _check_size(self, what: str, shard: int, nbytes: int) -> None:
-        if nbytes > self.max_message_bytes:
+        if nbytes > self.config.max_message_bytes:
             raise ValueError(f"{what} for shard {shard} would be {nbytes} bytes, above max_message_bytes "
-                             f"{self.max_message_bytes}: split the batch")
+                             f"{self.config.max_message_bytes}: split the batch")
 
     # -- tables ----------------------------------------------------------------------------------
     def create_tables(self, configs: Mapping[str, dict[str, Any]]) -> dict[str, TableMeta]:
         """Create tables on every shard (idempotent; a different config for an existing name is an error)."""
         if not isinstance(configs, Mapping) or not configs:
             raise ValueError("create_tables expects a non-empty {name: config} dict")
-        request = ps_pb2.CreateTablesRequest(tables=[table_config_to_proto(n, c) for n, c in configs.items()])
+        request = ps_pb2.CreateTablesRequest()
+        for name, config in configs.items():
+            try:
+                request.tables.append(table_config_to_proto(name, TableConfig.of(config)))
+            except (ValueError, TypeError) as exc:  # the user's dict is checked here, before anything is sent
+                raise ValueError(f"table {name!r}: {exc}") from None
         responses = self._call_shards("CreateTables", {s: request for s in range(self.num_shards)})
         for info in responses[0].tables:
             self._tables[info.name] = TableMeta.of(info)
@@ -275,8 +244,8 @@ class PSClient:
 
     def lookup_many(self, ids_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Rows for every table in input order (absent ids read as zeros), one RPC per shard."""
-        dtype = ps_pb2.FLOAT16 if self.float16_lookup else ps_pb2.FLOAT32
-        wire = F16 if self.float16_lookup else F32
+        dtype = ps_pb2.FLOAT16 if self.config.float16_lookup else ps_pb2.FLOAT32
+        wire = F16 if self.config.float16_lookup else F32
         plans: dict[str, tuple[TableMeta, Routed]] = {}
         for table, ids in ids_by_table.items():
             meta = self.table_meta(table)
@@ -417,7 +386,10 @@ class PSClient:
                 raise ValueError(f"{where}: shape must be a non-empty list of positive ints, got {shape!r}")
             shape = tuple(int(d) for d in shape)
             msg = ps_pb2.DenseVariable(name=name, shape=shape)
-            optimizer_to_proto(spec.get("optimizer"), msg.optimizer, f"{where}.optimizer")
+            try:
+                optimizer_to_proto(OptimizerConfig.of(spec.get("optimizer")), msg.optimizer)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
             if spec.get("initial_value") is not None:
                 initial = np.asarray(spec["initial_value"], dtype=np.float32)
                 if initial.shape != shape:
@@ -478,31 +450,29 @@ class PSClient:
         return self.increment_global_step(0)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def save(self, checkpoint_dir: str, step: int) -> str:
-        """Coordinated checkpoint: every shard publishes its part, then the manifest is written; keeps the last K."""
-        path = ckpt.checkpoint_path(checkpoint_dir, int(step))
-        path.mkdir(parents=True, exist_ok=True)
-        ckpt.invalidate(path)
-        request = ps_pb2.SaveRequest(checkpoint_path=str(path), step=int(step))
-        self._call_shards("Save", {s: request for s in range(self.num_shards)})
-        ckpt.write_manifest(path, int(step), self.num_shards)
-        removed = ckpt.prune(checkpoint_dir, self.keep_checkpoints)
-        if removed:
-            log.info("removed old checkpoints %s", [p.name for p in removed])
-        return str(path)
+    def _checkpoints(self, checkpoint_dir: str) -> CheckpointCoordinator:
+        return CheckpointCoordinator(checkpoint_dir, self.num_shards, self.config.keep_checkpoints)
 
-    def restore(self, checkpoint_dir: str, step: int | None = None) -> str:
-        """Every shard loads the ids it owns from a complete checkpoint written by any number of shards."""
-        path = ckpt.resolve(checkpoint_dir, step)
+    def _save_parts(self, path: Path, step: int) -> None:
+        request = ps_pb2.SaveRequest(checkpoint_path=str(path), step=step)
+        self._call_shards("Save", {s: request for s in range(self.num_shards)})
+
+    def _restore_parts(self, path: Path) -> None:
         request = ps_pb2.RestoreRequest(checkpoint_path=str(path))
         self._call_shards("Restore", {s: request for s in range(self.num_shards)})
         self._tables.clear()
         self._dense_shapes.clear()
-        return str(path)
 
-    @staticmethod
-    def latest_checkpoint(checkpoint_dir: str) -> str | None:
-        path = ckpt.latest_checkpoint(checkpoint_dir)
+    def save(self, checkpoint_dir: str, step: int) -> str:
+        """Coordinated checkpoint: every shard publishes its part, then the manifest is written; keeps the last K."""
+        return str(self._checkpoints(checkpoint_dir).save(step, self._save_parts))
+
+    def restore(self, checkpoint_dir: str, step: int | None = None) -> str:
+        """Every shard loads the ids it owns from a complete checkpoint written by any number of shards."""
+        return str(self._checkpoints(checkpoint_dir).restore(step, self._restore_parts))
+
+    def latest_checkpoint(self, checkpoint_dir: str) -> str | None:
+        path = self._checkpoints(checkpoint_dir).latest()
         return None if path is None else str(path)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -512,7 +482,7 @@ class PSClient:
         for shard, stub in enumerate(self._stubs):
             entry: dict[str, Any] = {"shard": shard, "address": self.addresses[shard]}
             try:
-                h = stub.Health(ps_pb2.HealthRequest(), timeout=min(self.timeout_s, 5.0))
+                h = stub.Health(ps_pb2.HealthRequest(), timeout=min(self.config.timeout_s, 5.0))
                 entry.update(shard_index=h.shard_index, num_shards=h.num_shards, serving=h.serving, pid=h.pid,
                              uptime_s=h.uptime_s, server_model=h.server_model, num_tables=h.num_tables,
                              num_dense=h.num_dense, restored_from=h.restored_from, global_step=h.global_step)
@@ -536,7 +506,7 @@ class PSClient:
             for t in r.tables:
                 entry = tables.setdefault(t.name, {"rows": 0, "memory_bytes": 0, "dim": t.dim,
                                                    "segment_dims": list(t.segment_dims),
-                                                   "config": json.loads(t.config_json)})
+                                                   "config": table_config_from_proto(t.config).to_dict()})
                 entry["rows"] += t.rows
                 entry["memory_bytes"] += t.memory_bytes
         return {"num_shards": self.num_shards, "tables": tables, "shards": shards,

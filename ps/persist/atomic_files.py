@@ -15,12 +15,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from ps.errors import CorruptCheckpointError
+
 MANIFEST_NAME = "MANIFEST.json"
 _HASH_BLOCK = 1 << 22
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint is missing, truncated, or fails its checksum."""
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

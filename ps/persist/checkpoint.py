@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ps.errors import CheckpointError
 from ps.persist import atomic_files
 from ps.persist.atomic_files import MANIFEST_NAME as MANIFEST
 
@@ -23,10 +24,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or corrupt (the message names the file)."""
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:

@@ -29,10 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-log = logging.getLogger(__name__)
+from ps.config import ServerConfig
 
-MODELS = ("sync", "aio")
-DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -45,19 +44,15 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 def serve(
     handlers: Sequence[grpc.GenericRpcHandler],
-    address: str,
+    config: ServerConfig,
     *,
-    model: str = "sync",
-    threads: int = 8,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     stop: threading.Event,
     on_ready: Callable[[int], None] | None = None,
-    grace_s: float = 10.0,
 ) -> None:
-    """Bind `address` (port 0 = any), call `on_ready(port)`, serve until `stop` is set, drain in-flight calls."""
-    if model not in MODELS:
-        raise ValueError(f"server model must be one of {MODELS}, got {model!r}")
-    options = grpc_options(max_message_bytes)
+    """Bind `config.address` (port 0 = any), call `on_ready(port)`, serve until `stop` is set, drain in-flight
+    calls for at most `config.grace_s`."""
+    model, threads, grace_s, address = config.server_model, config.threads, config.grace_s, config.address
+    options = grpc_options(config.max_message_bytes)
     if model == "sync":
         server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps-rpc"),
                              handlers=handlers, options=options)

@@ -8,7 +8,6 @@ request leaves the shard unchanged, and no exception ever escapes to kill the pr
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import threading
@@ -20,11 +19,12 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
+from ps.config import TableConfig
+from ps.errors import CheckpointError, status_of
 from ps.kernels.hash_index import all_finite
-from ps.persist import checkpoint as ckpt
 from ps.service import rpc_metrics as metrics
-from ps.store.shard_state import ConfigConflict, ShardState, UnknownName, WrongShard
-from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto
+from ps.store.shard_state import ShardState
+from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
@@ -42,15 +42,7 @@ _NP_DTYPES = {ps_pb2.FLOAT32: np.float32, ps_pb2.FLOAT16: np.float16}
 
 
 def _status_of(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, UnknownName):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, ConfigConflict):
-        return grpc.StatusCode.ALREADY_EXISTS
-    if isinstance(exc, WrongShard | ckpt.CheckpointError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, ValueError | TypeError | DecodeError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode[status_of(exc)]
 
 
 def _proto_parser(req_cls) -> Callable:
@@ -69,7 +61,8 @@ def _serialize(response) -> bytes:
 
 def _info(name: str, table, created: bool = False) -> ps_pb2.TableInfo:
     return ps_pb2.TableInfo(
-        name=name, dim=table.dim, segment_dims=list(table.segment_dims), config_json=json.dumps(table.config),
+        name=name, dim=table.dim, segment_dims=list(table.segment_dims),
+        config=table_config_to_proto(name, TableConfig.from_dict(table.config)),
         created=created, rows=int(table.size), memory_bytes=int(table.memory_bytes),
     )
 
@@ -234,10 +227,10 @@ class ParameterServerServicer:
             raise ValueError("Restore: checkpoint_path is empty")
         try:
             result = self.state.restore(request.checkpoint_path)
-        except ckpt.CheckpointError:
+        except CheckpointError:
             raise
         except Exception as exc:  # whatever the store raised on a corrupt or truncated file
-            raise ckpt.CheckpointError(f"cannot restore {request.checkpoint_path}: {exc}") from exc
+            raise CheckpointError(f"cannot restore {request.checkpoint_path}: {exc}") from exc
         return ps_pb2.RestoreResponse(rows=result["rows"], dense=result["dense"], global_step=result["global_step"])
 
     # -- dense ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """One PS shard's state as plain functions over numpy: tables, dense variables, the global step.
 
 No gRPC here (the servicer is a thin translation layer), so every rule is testable in-process.
-Errors are typed so the servicer can map them to status codes: ValueError/TypeError → bad input,
-`UnknownName` → not found, `ConfigConflict` → already exists, `WrongShard` → failed precondition.
+Errors come from `ps.errors`, so the servicer maps them to status codes and the client back to the
+same classes: ValueError/TypeError → bad input, `PSNotFound`, `PSAlreadyExists`, `WrongShard`.
 A failed call leaves the state unchanged: inputs are validated before anything is mutated, and
 restore builds new tables before swapping them in.
 """
@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ps.config import OptimizerConfig, TableConfig
+from ps.errors import CheckpointError, PSAlreadyExists, PSNotFound, WrongShard
 from ps.persist import atomic_files
 from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
@@ -28,19 +30,6 @@ log = logging.getLogger(__name__)
 _DENSE_ID = np.zeros(1, dtype=np.int64)
 
 
-class UnknownName(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class ConfigConflict(Exception):
-    pass
-
-
-class WrongShard(Exception):
-    pass
-
-
 @dataclass
 class DenseVariable:
     """A dense variable is a one-row table (id 0, dim = prod(shape)): the same optimizers, state and save path."""
@@ -49,8 +38,10 @@ class DenseVariable:
     shape: tuple[int, ...]
 
 
-def dense_table_config(shape: tuple[int, ...], optimizer: dict[str, Any]) -> dict[str, Any]:
-    return {"dim": int(math.prod(shape)), "initializer": {"type": "zeros"}, "optimizer": optimizer}
+def dense_table_config(shape: tuple[int, ...], optimizer: OptimizerConfig | dict[str, Any]) -> TableConfig:
+    """A dense variable is a one-row table of dim prod(shape) with the variable's optimizer."""
+    return TableConfig.from_dict({"dim": int(math.prod(shape)), "initializer": {"type": "zeros"},
+                                  "optimizer": OptimizerConfig.of(optimizer).to_dict()})
 
 
 def _check_shape(name: str, shape) -> tuple[int, ...]:
@@ -74,16 +65,16 @@ class ShardState:
         self.restored_from = ""
 
     # -- tables -------------------------------------------------------------------------------
-    def create_table(self, name: str, config: dict[str, Any]) -> tuple[EmbeddingTable, bool]:
+    def create_table(self, name: str, config: TableConfig | dict[str, Any]) -> tuple[EmbeddingTable, bool]:
         """Idempotent: an equal (normalized) config returns the existing table; a different one is a conflict."""
         if not name:
             raise ValueError("table name must be non-empty")
-        table = EmbeddingTable.from_dict(config)
+        table = EmbeddingTable(TableConfig.of(config))
         with self._lock:
             existing = self.tables.get(name)
             if existing is not None:
                 if existing.config != table.config:
-                    raise ConfigConflict(
+                    raise PSAlreadyExists(
                         f"table {name!r} already exists with config {existing.config}, requested {table.config}"
                     )
                 return existing, False
@@ -95,7 +86,7 @@ class ShardState:
         try:
             return self.tables[name]
         except KeyError:
-            raise UnknownName(f"unknown table {name!r} on shard {self.shard_index} "
+            raise PSNotFound(f"unknown table {name!r} on shard {self.shard_index} "
                               f"(known: {sorted(self.tables)[:20]})") from None
 
     def check_owned(self, name: str, ids: np.ndarray) -> None:
@@ -121,13 +112,14 @@ class ShardState:
         if owner != self.shard_index:
             raise WrongShard(f"dense variable {name!r} belongs to shard {owner}, not {self.shard_index}")
 
-    def create_dense(self, name: str, shape, optimizer: dict[str, Any], initial: np.ndarray | None) -> bool:
+    def create_dense(self, name: str, shape, optimizer: OptimizerConfig | dict[str, Any],
+                     initial: np.ndarray | None) -> bool:
         """Idempotent; the first creator's initial value wins."""
         if not name:
             raise ValueError("dense variable name must be non-empty")
         self._check_dense_owner(name)
         shape = _check_shape(name, shape)
-        table = EmbeddingTable.from_dict(dense_table_config(shape, optimizer))
+        table = EmbeddingTable(dense_table_config(shape, optimizer))
         if initial is not None:
             initial = np.asarray(initial, dtype=np.float32)
             if initial.size != table.dim:
@@ -138,7 +130,7 @@ class ShardState:
             existing = self.dense.get(name)
             if existing is not None:
                 if existing.shape != shape or existing.table.config != table.config:
-                    raise ConfigConflict(
+                    raise PSAlreadyExists(
                         f"dense variable {name!r} exists with shape {list(existing.shape)} and config "
                         f"{existing.table.config}, requested shape {list(shape)} and {table.config}"
                     )
@@ -150,7 +142,7 @@ class ShardState:
         try:
             return self.dense[name]
         except KeyError:
-            raise UnknownName(f"unknown dense variable {name!r} on shard {self.shard_index}") from None
+            raise PSNotFound(f"unknown dense variable {name!r} on shard {self.shard_index}") from None
 
     def dense_pull(self, names: list[str]) -> list[tuple[str, tuple[int, ...], np.ndarray]]:
         chosen = names or sorted(self.dense)
@@ -218,7 +210,7 @@ class ShardState:
         part_dir = Path(part_dir)
         meta = ckpt.read_meta(part_dir, f"shard part {part_dir}")
         if (meta["shard_index"], meta["num_shards"]) != (self.shard_index, self.num_shards):
-            raise ckpt.CheckpointError(f"{part_dir} was written by shard {meta['shard_index']} of "
+            raise CheckpointError(f"{part_dir} was written by shard {meta['shard_index']} of "
                                        f"{meta['num_shards']}, not shard {self.shard_index} of {self.num_shards}")
         tables = {name: EmbeddingTable.load(str(part_dir / e["dir"])) for name, e in meta["tables"].items()}
         dense = {name: DenseVariable(EmbeddingTable.load(str(part_dir / e["dir"])), tuple(e["shape"]))

@@ -202,7 +202,7 @@ class RemoteBackend:
     distributed = True
 
     def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0, keep_checkpoints: int = 5) -> None:
-        from ps.client.client import PSClient
+        from ps.client import PSClient
 
         self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
         self.client.wait_until_ready(ready_timeout_s)
