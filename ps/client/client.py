@@ -242,14 +242,17 @@ class PSClient:
     def lookup(self, table: str, ids: Any) -> np.ndarray:
         return self.lookup_many({table: ids})[table]
 
-    def lookup_many(self, ids_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Rows for every table in input order (absent ids read as zeros), one RPC per shard."""
+    def lookup_many(self, ids_by_table: Mapping[str, Any], dedupe: bool = True) -> dict[str, np.ndarray]:
+        """Rows for every table in input order (absent ids read as zeros), one RPC per shard.
+
+        `dedupe=False`: the caller's ids are already distinct (the worker deduplicated them), so they are
+        routed as they are instead of being deduplicated a second time."""
         dtype = ps_pb2.FLOAT16 if self.config.float16_lookup else ps_pb2.FLOAT32
         wire = F16 if self.config.float16_lookup else F32
         plans: dict[str, tuple[TableMeta, Routed]] = {}
         for table, ids in ids_by_table.items():
             meta = self.table_meta(table)
-            plans[table] = (meta, route(_as_ids(ids, f"lookup {table!r}"), self.num_shards))
+            plans[table] = (meta, route(_as_ids(ids, f"lookup {table!r}"), self.num_shards, dedupe=dedupe))
         requests = {}
         for s in range(self.num_shards):
             req = ps_pb2.LookupRequest(dtype=dtype)
@@ -326,8 +329,12 @@ class PSClient:
         self.apply_gradients_many({table: (ids, grads)}, global_step, lrs, update_time)
 
     def apply_gradients_many(self, grads_by_table: Mapping[str, tuple[Any, Any]], global_step: int = 0,
-                             learning_rates: Mapping[str, Any] | None = None, update_time: int = 0) -> None:
-        requests = self._updates("ApplyGradients", grads_by_table, True,
+                             learning_rates: Mapping[str, Any] | None = None, update_time: int = 0,
+                             dedupe: bool = True) -> None:
+        """`apply_gradients` for several tables in one RPC per shard. `dedupe=False`: send the ids as given
+        (the caller summed its duplicates already, or sends every occurrence on purpose; the PS sums
+        whatever repeats it receives)."""
+        requests = self._updates("ApplyGradients", grads_by_table, dedupe,
                                  {APPLY_GLOBAL_STEP: int(global_step), APPLY_UPDATE_TIME: int(update_time)},
                                  learning_rates)
         if requests:

@@ -216,11 +216,12 @@ class RemoteBackend:
             self.client.create_tables(configs)
 
     def lookup(self, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.client.lookup_many(ids) if ids else {}
+        return self.client.lookup_many(ids, dedupe=False) if ids else {}  # the worker deduplicated them
 
     def apply_gradients(self, updates, global_step: int = 0, learning_rates=None) -> None:
         if updates:
-            self.client.apply_gradients_many(updates, global_step=global_step, learning_rates=learning_rates)
+            self.client.apply_gradients_many(updates, global_step=global_step, learning_rates=learning_rates,
+                                             dedupe=False)
 
     def table_sizes(self) -> dict[str, int]:
         return {name: int(t["rows"]) for name, t in self.client.stats()["tables"].items()}

@@ -73,7 +73,7 @@ class Estimator:
         # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
         self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
         self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
-        self.model.ctx.feature_factory.backend = self.backend
+        self.model.ctx.feature_factory.backend = self.backend  # for the model API (ctx.apply_embedding_gradients)
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
                                           model_name=type(model).__name__, sync_backend=None, server_type="worker")
@@ -179,8 +179,9 @@ class Estimator:
         self._create_tables()
         fc_dict = self.model.fc_dict
         feature_tables = {f: fc_dict[f].slot.name for f in meta["used"]}
-        table_dims = {t: self.model.ctx.feature_factory.slots[t].dim for t in set(feature_tables.values())}
-        compiled = _Compiled(mode, fn, BatchPreparer(sparse, feature_tables, table_dims), out.head_names,
+        slots = self.model.ctx.feature_factory.slots
+        counting = frozenset(t for t in feature_tables.values() if slots[t].config.occurrence_threshold > 0)
+        compiled = _Compiled(mode, fn, BatchPreparer(sparse, feature_tables, counting), out.head_names,
                              out.classification, out.optimizer)
         self._attach_dense(compiled)
         self._compiled[mode] = compiled
@@ -319,17 +320,21 @@ class Estimator:
         return self.last_train_stats
 
     def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int) -> int:
-        """Dense and sparse gradients of one step (concurrently when remote), then the global step."""
+        """Dense and sparse gradients of one step (concurrently when remote), then the global step.
+
+        Each table segment's learning rate at `step` comes from its feature slot (the slice's learning-rate
+        function, or its optimizer's rate)."""
         grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
         updates = compiled.prep.table_gradients(batch, grads)
-        factory = self.model.ctx.feature_factory
+        slots = self.model.ctx.feature_factory.slots
+        lrs = {table: slots[table].learning_rates(step) for table in updates}
         if self.config.distributed:
             dense = self._side.submit(self.backend.push_dense, out["dense_grads"], step)
-            factory.apply_gradients(updates, global_step=step)
+            self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
             dense.result()
         else:
             self.backend.push_dense(out["dense_grads"], step)
-            factory.apply_gradients(updates, global_step=step)
+            self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
         return self.backend.increment_global_step()
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
