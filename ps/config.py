@@ -7,9 +7,79 @@ in, so two configs that behave identically compare equal and `from_dict(to_dict(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ps.store.optimizers import OPTIMIZERS
+
+# -- optimizers: config keys, defaults and checks (how they run: ps.store.optimizers) -----------------
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    defaults: dict
+    row_dim: int | None = None
+    """A segment using this optimizer must have exactly this dim (None: any)."""
+    checks: tuple = ()
+    """(key, predicate, message) triples validated at config time."""
+    joint_check: Callable | None = None
+    """params -> (ok, key, message) for constraints spanning several keys."""
+
+    def validate(self, params: dict, field: str) -> None:
+        for key, ok, why in self.checks:
+            if not ok(params[key]):
+                raise ValueError(f"table config: {field}.{key}={params[key]!r}: {why}")
+        if self.joint_check is not None:
+            ok, key, why = self.joint_check(params)
+            if not ok:
+                raise ValueError(f"table config: {field}.{key}={params[key]!r}: {why}")
+        wd = params.get("weight_decay_factor", 0.0)
+        if wd < 0:
+            raise ValueError(f"table config: {field}.weight_decay_factor={wd!r}: must be >= 0")
+
+
+_nonneg = ("must be >= 0", lambda v: v >= 0)
+_unit = ("must be in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _checks(**kw):
+    return tuple((key, pred, why) for key, (why, pred) in kw.items())
+
+
+_WD = {"weight_decay_factor": 0.0}
+_ADAM = {"learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "epsilon": 0.01, **_WD}
+_ADAM_CHECKS = _checks(beta1=_unit, beta2=_unit, epsilon=_nonneg, learning_rate=_nonneg)
+
+OPTIMIZER_SPECS: dict[str, OptimizerSpec] = {o.name: o for o in [
+    OptimizerSpec("sgd", {"learning_rate": 0.01, **_WD}, checks=_checks(learning_rate=_nonneg)),
+    OptimizerSpec("adagrad", {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 0.0, **_WD},
+                  checks=_checks(learning_rate=_nonneg, epsilon=_nonneg, initial_accumulator_value=_nonneg),
+                  joint_check=lambda p: (p["initial_accumulator_value"] > 0 or p["epsilon"] > 0,
+                                         "initial_accumulator_value", "must be > 0 when epsilon is 0")),
+    OptimizerSpec("ftrl", {"learning_rate": 0.01, "learning_rate_power": -0.5, "initial_accumulator_value": 0.1,
+                           "beta": 0.0, "l1_regularization_strength": 0.0, "l2_regularization_strength": 0.0, **_WD},
+                  checks=_checks(learning_rate=("must be > 0", lambda v: v > 0), initial_accumulator_value=_nonneg,
+                                 learning_rate_power=("must be <= 0", lambda v: v <= 0), beta=_nonneg,
+                                 l1_regularization_strength=_nonneg, l2_regularization_strength=_nonneg)),
+    OptimizerSpec("momentum", {"learning_rate": 0.01, "momentum": 0.9, "use_nesterov": False, **_WD},
+                  checks=_checks(learning_rate=_nonneg, momentum=_nonneg)),
+    OptimizerSpec("rmsprop", {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                              "centered": False, **_WD},
+                  checks=_checks(learning_rate=_nonneg, rho=_unit, momentum=_nonneg,
+                                 epsilon=("must be > 0", lambda v: v > 0))),
+    OptimizerSpec("adadelta", {"learning_rate": 0.01, "rho": 0.9, "epsilon": 0.01, **_WD},
+                  checks=_checks(learning_rate=_nonneg, rho=_unit, epsilon=("must be > 0", lambda v: v > 0))),
+    OptimizerSpec("adam", {**_ADAM, "use_nesterov": False}, checks=_ADAM_CHECKS),
+    OptimizerSpec("amsgrad", dict(_ADAM), checks=_ADAM_CHECKS),
+    OptimizerSpec("group_adagrad", {"learning_rate": 0.01, "beta": 0.0, "initial_accumulator_value": 0.1,
+                                    "l2_regularization_strength": 0.0, **_WD},
+                  checks=_checks(learning_rate=_nonneg, beta=_nonneg, initial_accumulator_value=_nonneg,
+                                 l2_regularization_strength=_nonneg)),
+    OptimizerSpec("moving_average", {"momentum": 0.9, **_WD},
+                  checks=_checks(momentum=("must be in [0, 1]", lambda v: 0 <= v <= 1))),
+    OptimizerSpec("batch_softmax", {"learning_rate": 0.1, **_WD}, row_dim=1,
+                  checks=_checks(learning_rate=("must be in [0, 1]", lambda v: 0 <= v <= 1))),
+]}
+"""Defaults are Monolith's proto defaults where Monolith has the optimizer, TensorFlow's otherwise."""
+
 
 INITIALIZERS: dict[str, dict[str, object]] = {
     "zeros": {},
@@ -89,9 +159,9 @@ class OptimizerConfig:
 
     @classmethod
     def from_dict(cls, spec: object, field: str = "optimizer") -> OptimizerConfig:
-        defaults = {name: opt.defaults for name, opt in OPTIMIZERS.items()}
+        defaults = {name: opt.defaults for name, opt in OPTIMIZER_SPECS.items()}
         kind, params = _typed_params(field, spec, defaults)
-        OPTIMIZERS[kind].validate(params, field)
+        OPTIMIZER_SPECS[kind].validate(params, field)
         return cls(kind, params)
 
     def to_dict(self) -> dict:
@@ -158,8 +228,9 @@ class TableConfig:
             if "optimizer" not in seg and top_opt is None:
                 raise _fail(f"{field}.optimizer", None, "an optimizer is required")
             opt = OptimizerConfig.from_dict(seg.get("optimizer", top_opt), f"{field}.optimizer")
-            if OPTIMIZERS[opt.type].row_dim is not None and dim != OPTIMIZERS[opt.type].row_dim:
-                raise _fail(f"{field}.dim", dim, f"optimizer {opt.type!r} needs dim {OPTIMIZERS[opt.type].row_dim}")
+            row_dim = OPTIMIZER_SPECS[opt.type].row_dim
+            if row_dim is not None and dim != row_dim:
+                raise _fail(f"{field}.dim", dim, f"optimizer {opt.type!r} needs dim {row_dim}")
             segments.append(SegmentConfig(dim, InitializerConfig.from_dict(init_spec, f"{field}.initializer"), opt))
         out = cls(
             segments=tuple(segments),

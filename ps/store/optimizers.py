@@ -1,6 +1,7 @@
-"""Optimizer definitions: config keys and defaults, state layout, and how a step calls its kernel.
+"""How each optimizer runs in the store: its state layout and how a step calls its kernel.
 
-Config keys use TensorFlow's names. Deliberate differences from Monolith's C++ optimizers:
+Config keys, defaults and checks are `ps.config.OPTIMIZER_SPECS` (TensorFlow's names). Deliberate
+differences from Monolith's C++ optimizers:
 - ftrl: textbook sign(z) in the L1 term (Monolith uses signbit(z), wrong for λ1 > 0);
   `l2_regularization_strength` is the λ2 of w = −lr·(z − sign(z)·λ1)/(β + √n + lr·λ2), i.e. TF's l2 × 2.
 - momentum: TensorFlow's accumulator (accum = μ·accum + g; w −= lr·accum). Monolith stores the velocity
@@ -11,7 +12,6 @@ Config keys use TensorFlow's names. Deliberate differences from Monolith's C++ o
   (Monolith's restore writes β2^t into the β1^t slot).
 - adagrad: the learning rate is the config's `learning_rate` unless the caller passes per-segment
   `learning_rates` (Monolith always takes the runtime tensor); optional TF-style `epsilon`.
-Defaults are Monolith's proto defaults where Monolith has the optimizer, TensorFlow's otherwise.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ps.config import OPTIMIZER_SPECS
 from ps.kernels import optimizer_kernels as K
 
 _f32 = np.float32
@@ -28,30 +29,12 @@ _f32 = np.float32
 @dataclass(frozen=True)
 class Optimizer:
     name: str
-    defaults: dict
     element_state: Callable[[dict], list[tuple[str, float]]]
     """(name, initial value) of each per-element state array [capacity, segment_dim] (float32)."""
     row_state: Callable[[dict], list[tuple[str, float]]]
     """(name, initial value) of each per-row scalar (float64 columns of one [capacity, k] array)."""
     step: Callable
     """step(w, c0, d, rows, g, lr, wd, global_step, params, elem_states, row_state)"""
-    row_dim: int | None = None
-    checks: tuple = ()
-    """(key, predicate, message) triples validated at config time."""
-    joint_check: Callable | None = None
-    """params -> (ok, key, message) for constraints spanning several keys."""
-
-    def validate(self, params: dict, field: str) -> None:
-        for key, ok, why in self.checks:
-            if not ok(params[key]):
-                raise ValueError(f"table config: {field}.{key}={params[key]!r}: {why}")
-        if self.joint_check is not None:
-            ok, key, why = self.joint_check(params)
-            if not ok:
-                raise ValueError(f"table config: {field}.{key}={params[key]!r}: {why}")
-        wd = params.get("weight_decay_factor", 0.0)
-        if wd < 0:
-            raise ValueError(f"table config: {field}.weight_decay_factor={wd!r}: must be >= 0")
 
 
 def check_step(kind: str, lr: float, global_step: int, field: str) -> None:
@@ -66,14 +49,6 @@ def check_step(kind: str, lr: float, global_step: int, field: str) -> None:
 
 def _none(_p):
     return []
-
-
-_nonneg = ("must be >= 0", lambda v: v >= 0)
-_unit = ("must be in [0, 1)", lambda v: 0 <= v < 1)
-
-
-def _checks(**kw):
-    return tuple((key, pred, why) for key, (why, pred) in kw.items())
 
 
 def _sgd(w, c0, d, rows, g, lr, wd, step, p, es, rs):
@@ -125,47 +100,21 @@ def _batch_softmax(w, c0, d, rows, g, lr, wd, step, p, es, rs):
     K.batch_softmax(w, c0, rows, float(lr), float(step), rs)
 
 
-_WD = {"weight_decay_factor": 0.0}
-_ADAM = {"learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "epsilon": 0.01, **_WD}
-_ADAM_CHECKS = _checks(beta1=_unit, beta2=_unit, epsilon=_nonneg, learning_rate=_nonneg)
 _POWERS = lambda p: [("beta1_power", p["beta1"]), ("beta2_power", p["beta2"])]
 
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in [
-    Optimizer("sgd", {"learning_rate": 0.01, **_WD}, _none, _none, _sgd,
-              checks=_checks(learning_rate=_nonneg)),
-    Optimizer("adagrad", {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 0.0, **_WD},
-              lambda p: [("accumulator", p["initial_accumulator_value"])], _none, _adagrad,
-              checks=_checks(learning_rate=_nonneg, epsilon=_nonneg, initial_accumulator_value=_nonneg),
-              joint_check=lambda p: (p["initial_accumulator_value"] > 0 or p["epsilon"] > 0,
-                                     "initial_accumulator_value", "must be > 0 when epsilon is 0")),
-    Optimizer("ftrl", {"learning_rate": 0.01, "learning_rate_power": -0.5, "initial_accumulator_value": 0.1,
-                       "beta": 0.0, "l1_regularization_strength": 0.0, "l2_regularization_strength": 0.0, **_WD},
-              lambda p: [("accumulator", p["initial_accumulator_value"]), ("linear", 0.0)], _none, _ftrl,
-              checks=_checks(learning_rate=("must be > 0", lambda v: v > 0), initial_accumulator_value=_nonneg,
-                             learning_rate_power=("must be <= 0", lambda v: v <= 0), beta=_nonneg,
-                             l1_regularization_strength=_nonneg, l2_regularization_strength=_nonneg)),
-    Optimizer("momentum", {"learning_rate": 0.01, "momentum": 0.9, "use_nesterov": False, **_WD},
-              lambda p: [("accumulator", 0.0)], _none, _momentum,
-              checks=_checks(learning_rate=_nonneg, momentum=_nonneg)),
-    Optimizer("rmsprop", {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False,
-                          **_WD},
-              lambda p: [("ms", 0.0), ("mom", 0.0)] + ([("mg", 0.0)] if p["centered"] else []), _none, _rmsprop,
-              checks=_checks(learning_rate=_nonneg, rho=_unit, momentum=_nonneg,
-                             epsilon=("must be > 0", lambda v: v > 0))),
-    Optimizer("adadelta", {"learning_rate": 0.01, "rho": 0.9, "epsilon": 0.01, **_WD},
-              lambda p: [("accumulator", 0.0), ("accumulator_update", 0.0)], _none, _adadelta,
-              checks=_checks(learning_rate=_nonneg, rho=_unit, epsilon=("must be > 0", lambda v: v > 0))),
-    Optimizer("adam", {**_ADAM, "use_nesterov": False}, lambda p: [("m", 0.0), ("v", 0.0)], _POWERS,
-              _adam_like(False), checks=_ADAM_CHECKS),
-    Optimizer("amsgrad", dict(_ADAM), lambda p: [("m", 0.0), ("v", 0.0), ("vhat", 0.0)], _POWERS,
-              _adam_like(True), checks=_ADAM_CHECKS),
-    Optimizer("group_adagrad", {"learning_rate": 0.01, "beta": 0.0, "initial_accumulator_value": 0.1,
-                                "l2_regularization_strength": 0.0, **_WD},
-              _none, lambda p: [("grad_square_sum", p["initial_accumulator_value"])], _group_adagrad,
-              checks=_checks(learning_rate=_nonneg, beta=_nonneg, initial_accumulator_value=_nonneg,
-                             l2_regularization_strength=_nonneg)),
-    Optimizer("moving_average", {"momentum": 0.9, **_WD}, _none, _none, _moving_average,
-              checks=_checks(momentum=("must be in [0, 1]", lambda v: 0 <= v <= 1))),
-    Optimizer("batch_softmax", {"learning_rate": 0.1, **_WD}, _none, lambda p: [("last_step", 0.0)],
-              _batch_softmax, row_dim=1, checks=_checks(learning_rate=("must be in [0, 1]", lambda v: 0 <= v <= 1))),
+    Optimizer("sgd", _none, _none, _sgd),
+    Optimizer("adagrad", lambda p: [("accumulator", p["initial_accumulator_value"])], _none, _adagrad),
+    Optimizer("ftrl", lambda p: [("accumulator", p["initial_accumulator_value"]), ("linear", 0.0)], _none, _ftrl),
+    Optimizer("momentum", lambda p: [("accumulator", 0.0)], _none, _momentum),
+    Optimizer("rmsprop", lambda p: [("ms", 0.0), ("mom", 0.0)] + ([("mg", 0.0)] if p["centered"] else []), _none,
+              _rmsprop),
+    Optimizer("adadelta", lambda p: [("accumulator", 0.0), ("accumulator_update", 0.0)], _none, _adadelta),
+    Optimizer("adam", lambda p: [("m", 0.0), ("v", 0.0)], _POWERS, _adam_like(False)),
+    Optimizer("amsgrad", lambda p: [("m", 0.0), ("v", 0.0), ("vhat", 0.0)], _POWERS, _adam_like(True)),
+    Optimizer("group_adagrad", _none, lambda p: [("grad_square_sum", p["initial_accumulator_value"])],
+              _group_adagrad),
+    Optimizer("moving_average", _none, _none, _moving_average),
+    Optimizer("batch_softmax", _none, lambda p: [("last_step", 0.0)], _batch_softmax),
 ]}
+assert set(OPTIMIZERS) == set(OPTIMIZER_SPECS), "every configurable optimizer has a step and state layout"
