@@ -5,13 +5,12 @@ operation prints keys/s for ours, the TF peer doing the same work in the same ru
 ours/peer and ours/limit. The limit is a numba prange gather of random rows of a 1M×16 float32 array
 (what memory allows for reading rows at all). Ours and the limit alternate batch by batch; the TF peer
 runs the same batches in a pass of its own, because TF's thread pool spins for a while after each call
-and slowed whichever kernel ran next by about 15%. Each figure is the best batch (the machine is
+and slowed whichever kernel ran next. Each figure is the best batch (the machine is
 shared: the minimum time is the least noisy estimate).
 "lookup" returns a fresh array per call as the TF peer does; "lookup into buffer" reuses one output
 array as the gather limit does (and as a server can);
-insert is total time over all batches including growth (TF's variable is pre-allocated). On this VM growth
-is dominated by the first touch of memory the machine has never used: copying 16 MiB into fresh pages took
-38 ms, into reused pages 0.7 ms; a second growing table in the same process inserts 2-5x faster.
+insert is total time over all batches including growth (TF's variable is pre-allocated); growth is
+dominated by the first touch of memory the machine has never used (docs/design-notes.md).
 
 Run: `python benchmarks/store_bench.py` (also run by `make bench`). Options: --rows, --batch, --reps.
 """

@@ -9,6 +9,7 @@ keeps answering `exited 0` until its peers are gone (bounded), so no peer misses
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -41,11 +42,8 @@ class StatusServer:
                 continue
             except OSError:
                 return
-            with conn:
-                try:
-                    conn.sendall(f"{self.state}\n".encode())
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(f"{self.state}\n".encode())
 
     def close(self) -> None:
         self._closed.set()

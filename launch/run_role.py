@@ -212,8 +212,9 @@ def _run_worker(spec: ClusterSpec, cmd: list[str], args: argparse.Namespace, fla
 
 
 def _start_extra_dsworkers(spec: ClusterSpec, args: argparse.Namespace) -> list:
-    """Data workers beside this training worker (the seed's extra dsworkers on GPU hosts): they register
-    with the dispatcher on free ports, so no other process needs to know about them."""
+    """Data workers beside this training worker (Monolith's extra dsworkers on GPU hosts, see
+    docs/monolith-reference.md): they register with the dispatcher on free ports, so no other process needs
+    to know about them."""
     host, _ = split_addr(spec.own_address)
     procs = []
     for i in range(args.extra_dsworkers):

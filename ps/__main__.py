@@ -72,13 +72,13 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
                         max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s)
 
 
-def _restore_at_start(state, config: ServerConfig) -> bool:
+def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
     """Load the latest complete checkpoint's part (or this shard's newer exit snapshot); False if that fails."""
     from ps.persist import checkpoint
 
-    source = checkpoint.startup_source(config.checkpoint_dir, config.shard_index, config.num_shards)
+    source = checkpoint.startup_source(checkpoint_dir, config.shard_index, config.num_shards)
     if source is None:
-        log.info("no complete checkpoint in %s: starting empty", config.checkpoint_dir)
+        log.info("no complete checkpoint in %s: starting empty", checkpoint_dir)
         return True
     kind, path = source
     log.info("restoring %s (%s)", path, kind)
@@ -108,8 +108,12 @@ def run(config: ServerConfig) -> int:
     tune_malloc()
     passive_kernel_threads()
     stop = threading.Event()
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
+        signal.signal(sig, on_signal)
 
     from ps.persist import checkpoint
     from ps.service import rpc_metrics
@@ -123,7 +127,7 @@ def run(config: ServerConfig) -> int:
 
     log.info("store kernels warm in %.2fs", warm_up_kernels())
     state = ShardState(config.shard_index, config.num_shards)
-    if config.checkpoint_dir and not _restore_at_start(state, config):
+    if config.checkpoint_dir and not _restore_at_start(state, config.checkpoint_dir, config):
         return 1
     rpc_metrics.register_shard(state)
     metrics_note = "off"
@@ -141,7 +145,7 @@ def run(config: ServerConfig) -> int:
     except OSError as exc:
         log.error("%s", exc)
         return 1
-    if config.save_on_exit:
+    if config.save_on_exit and config.checkpoint_dir:
         snapshot = checkpoint.exit_snapshot_path(config.checkpoint_dir, config.shard_index, config.num_shards)
         try:
             _path, rows = state.save(str(snapshot.parent), state.global_step)

@@ -6,9 +6,11 @@ in, so two configs that behave identically compare equal and `from_dict(to_dict(
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 # -- optimizers: config keys, defaults and checks (how they run: ps.store.optimizers) -----------------
@@ -98,7 +100,7 @@ def _fail(field: str, value: object, why: str) -> ValueError:
     return ValueError(f"table config: {field}={value!r}: {why}")
 
 
-def _coerce(field: str, value: object, default: object) -> object:
+def _coerce(field: str, value: object, default: Any) -> Any:
     """Coerce `value` to the type of `default`, rejecting anything lossy, non-finite or of the wrong kind."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -178,6 +180,43 @@ class SegmentConfig:
         return {"dim": self.dim, "initializer": self.initializer.to_dict(), "optimizer": self.optimizer.to_dict()}
 
 
+def _check_keys(prefix: str, cfg: dict, known: set[str]) -> None:
+    for key in cfg:
+        if key not in known:
+            raise _fail(f"{prefix}{key}", cfg[key], f"unknown key; expected one of {sorted(known)}")
+
+
+def _raw_segments(cfg: dict) -> list | tuple:
+    """The user's segment dicts: the "segments" list, or the one-segment shorthand {"dim": ...}."""
+    if "segments" in cfg:
+        raw = cfg["segments"]
+        if not isinstance(raw, list | tuple) or not raw:
+            raise _fail("segments", raw, "must be a non-empty list")
+        return raw
+    if "dim" in cfg:
+        return [{"dim": cfg["dim"]}]
+    raise _fail("dim", None, "one of 'dim' or 'segments' is required")
+
+
+def _segment(field: str, seg: object, cfg: dict) -> SegmentConfig:
+    """One segment; its initializer and optimizer default to the table's top-level ones."""
+    if not isinstance(seg, dict):
+        raise _fail(field, seg, "must be a dict")
+    _check_keys(f"{field}.", seg, _SEGMENT_KEYS)
+    dim = _coerce(f"{field}.dim", seg.get("dim"), 0) if "dim" in seg else None
+    if dim is None or dim <= 0:
+        raise _fail(f"{field}.dim", seg.get("dim"), "must be a positive integer")
+    top_init = cfg.get("initializer")
+    init_spec = seg.get("initializer", top_init if top_init is not None else {"type": "zeros"})
+    if "optimizer" not in seg and cfg.get("optimizer") is None:
+        raise _fail(f"{field}.optimizer", None, "an optimizer is required")
+    opt = OptimizerConfig.from_dict(seg.get("optimizer", cfg.get("optimizer")), f"{field}.optimizer")
+    row_dim = OPTIMIZER_SPECS[opt.type].row_dim
+    if row_dim is not None and dim != row_dim:
+        raise _fail(f"{field}.dim", dim, f"optimizer {opt.type!r} needs dim {row_dim}")
+    return SegmentConfig(dim, InitializerConfig.from_dict(init_spec, f"{field}.initializer"), opt)
+
+
 @dataclass(frozen=True)
 class TableConfig:
     segments: tuple[SegmentConfig, ...]
@@ -201,55 +240,26 @@ class TableConfig:
     def from_dict(cls, cfg: object) -> TableConfig:
         if not isinstance(cfg, dict):
             raise TypeError(f"table config must be a dict, got {type(cfg).__name__}")
-        for key in cfg:
-            if key not in _TABLE_KEYS:
-                raise _fail(key, cfg[key], f"unknown key; expected one of {sorted(_TABLE_KEYS)}")
-        top_init, top_opt = cfg.get("initializer"), cfg.get("optimizer")
-        if "segments" in cfg:
-            raw = cfg["segments"]
-            if not isinstance(raw, list | tuple) or not raw:
-                raise _fail("segments", raw, "must be a non-empty list")
-        elif "dim" in cfg:
-            raw = [{"dim": cfg["dim"]}]
-        else:
-            raise _fail("dim", None, "one of 'dim' or 'segments' is required")
-        segments = []
-        for i, seg in enumerate(raw):
-            field = f"segments[{i}]"
-            if not isinstance(seg, dict):
-                raise _fail(field, seg, "must be a dict")
-            for key in seg:
-                if key not in _SEGMENT_KEYS:
-                    raise _fail(f"{field}.{key}", seg[key], f"unknown key; expected one of {sorted(_SEGMENT_KEYS)}")
-            dim = _coerce(f"{field}.dim", seg.get("dim"), 0) if "dim" in seg else None
-            if dim is None or dim <= 0:
-                raise _fail(f"{field}.dim", seg.get("dim"), "must be a positive integer")
-            init_spec = seg.get("initializer", top_init if top_init is not None else {"type": "zeros"})
-            if "optimizer" not in seg and top_opt is None:
-                raise _fail(f"{field}.optimizer", None, "an optimizer is required")
-            opt = OptimizerConfig.from_dict(seg.get("optimizer", top_opt), f"{field}.optimizer")
-            row_dim = OPTIMIZER_SPECS[opt.type].row_dim
-            if row_dim is not None and dim != row_dim:
-                raise _fail(f"{field}.dim", dim, f"optimizer {opt.type!r} needs dim {row_dim}")
-            segments.append(SegmentConfig(dim, InitializerConfig.from_dict(init_spec, f"{field}.initializer"), opt))
-        out = cls(
-            segments=tuple(segments),
-            occurrence_threshold=_coerce("occurrence_threshold", cfg.get("occurrence_threshold", 0), 0),
-            expire_time_days=_coerce("expire_time_days", cfg.get("expire_time_days", 36500), 0),
-            initial_capacity=_coerce("initial_capacity", cfg.get("initial_capacity", 1), 0),
-            filter_capacity=_coerce("filter_capacity", cfg.get("filter_capacity", 1 << 20), 0),
-        )
+        _check_keys("", cfg, _TABLE_KEYS)
+        segments = tuple(_segment(f"segments[{i}]", seg, cfg) for i, seg in enumerate(_raw_segments(cfg)))
+        scalars = {f.name: _coerce(f.name, cfg.get(f.name, f.default), f.default)
+                   for f in dataclasses.fields(cls) if f.name != "segments"}
+        out = cls(segments=segments, **scalars)
         if "segments" in cfg and "dim" in cfg and cfg["dim"] != out.dim:
             raise _fail("dim", cfg["dim"], f"does not equal the sum of segment dims {out.dim}")
-        if not 0 <= out.occurrence_threshold <= MAX_OCCURRENCE_THRESHOLD:
-            raise _fail("occurrence_threshold", out.occurrence_threshold, f"must be in [0, {MAX_OCCURRENCE_THRESHOLD}]")
-        if out.expire_time_days < 0:
-            raise _fail("expire_time_days", out.expire_time_days, "must be >= 0")
-        if out.initial_capacity < 1:
-            raise _fail("initial_capacity", out.initial_capacity, "must be >= 1")
-        if out.filter_capacity < 64:
-            raise _fail("filter_capacity", out.filter_capacity, "must be >= 64")
+        out._check_ranges()
         return out
+
+    def _check_ranges(self) -> None:
+        if not 0 <= self.occurrence_threshold <= MAX_OCCURRENCE_THRESHOLD:
+            raise _fail("occurrence_threshold", self.occurrence_threshold,
+                        f"must be in [0, {MAX_OCCURRENCE_THRESHOLD}]")
+        if self.expire_time_days < 0:
+            raise _fail("expire_time_days", self.expire_time_days, "must be >= 0")
+        if self.initial_capacity < 1:
+            raise _fail("initial_capacity", self.initial_capacity, "must be >= 1")
+        if self.filter_capacity < 64:
+            raise _fail("filter_capacity", self.filter_capacity, "must be >= 64")
 
     def to_dict(self) -> dict:
         return {

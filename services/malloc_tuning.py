@@ -1,5 +1,5 @@
-"""Keep glibc from returning every multi-MiB RPC buffer to the OS (performance.md: ~3,000 page faults
-per call and 2.4–3.3× lower throughput without it).
+"""Keep glibc from returning every multi-MiB RPC buffer to the OS: otherwise each call page-faults its
+buffers in again and RPC throughput drops severalfold (docs/design-notes.md).
 
 The Makefile and our launchers export MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_; a process
 started any other way gets the same settings through mallopt(3) here.

@@ -1,4 +1,4 @@
-"""Throughput, loss and custom-metric hooks (scraped over HTTP); FileMetricHook as in the seed's test."""
+"""Throughput, loss and custom-metric hooks (scraped over HTTP); FileMetricHook as in Monolith's test."""
 import datetime
 import json
 import os

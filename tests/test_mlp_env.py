@@ -1,4 +1,5 @@
-"""MLPEnv rules (facts §8.1) with fixed environment maps, check_port over IPv4/IPv6, ClusterSpec sources."""
+"""MLPEnv rules (docs/monolith-reference.md) with fixed environment maps, check_port over IPv4/IPv6,
+ClusterSpec sources."""
 from __future__ import annotations
 
 import json
@@ -354,6 +355,7 @@ stop.set()
 """
 
 
+@pytest.mark.slow  # traces for seconds: left out of `make test-fast`
 def test_profiler_server_and_trace_capture_a_real_profile(tmp_path):
     """`start_profiler` serves TF's profiler; `profiler_trace` of every worker writes an xplane profile."""
     from services.ports import free_port

@@ -52,8 +52,8 @@ def test_a_shard_rebuilding_a_config_from_the_wire_checks_it_again():
         table_config_from_proto(msg)
 
 
-def test_floormod_routing_of_negative_ids_matches_facts():
-    # facts §6.3: v1 fid slot 600, int64 -7638104968020348871 -> floormod 3 = 2
+def test_floormod_routing_of_negative_ids_matches_monolith():
+    # docs/monolith-reference.md: v1 fid of slot 600, int64 -7638104968020348871 -> floormod 3 = 2
     assert id_owner(np.array([-7638104968020348871]), 3)[0] == 2
     assert list(id_owner(np.array([-1, -3, 0, 4]), 3)) == [2, 0, 0, 1]
 

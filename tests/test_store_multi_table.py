@@ -1,5 +1,5 @@
 """Multi-type and merged tables: Monolith's multi_type_hash_table_test / multi_hash_table_ops_test values
-(facts §7.2, §7.3), with SGD lr 1 and zeros initializers as in Monolith's test config."""
+(docs/monolith-reference.md), with SGD lr 1 and zeros initializers as in Monolith's test config."""
 import hashlib
 
 import numpy as np

@@ -137,6 +137,29 @@ def test_growth_past_a_million_rows_while_readers_check_known_rows():
     assert t.memory_bytes > n * (8 + 8 + 8)
 
 
+def _serial_sgd_sums(work) -> dict[int, np.ndarray]:
+    """What SGD(lr=1) from zeros gives, applying every batch one after another."""
+    expected: dict[int, np.ndarray] = {}
+    for batches in work:
+        for ids, g in batches:
+            for i, gi in zip(ids.tolist(), g.astype(np.float64)):
+                expected[i] = expected.get(i, 0.0) - gi
+    return expected
+
+
+def _serial_adagrad_accumulators(work) -> dict[int, np.ndarray]:
+    """Adagrad accumulators (initial 1.0) after every batch, duplicates summed within a batch."""
+    squares: dict[int, np.ndarray] = {}
+    for batches in work:
+        for ids, g in batches:
+            uniq, inv = np.unique(ids, return_inverse=True)
+            summed = np.zeros((len(uniq), 8))
+            np.add.at(summed, inv, g)
+            for i, gi in zip(uniq.tolist(), summed):
+                squares[i] = squares.get(i, 1.0) + gi ** 2
+    return squares
+
+
 def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
     """4 threads push overlapping ids; with exactly representable grads the result equals the serial sum.
 
@@ -165,22 +188,11 @@ def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
         th.start()
     for th in threads:
         th.join()
-    expected = {}
-    for batches in work:
-        for ids, g in batches:
-            for i, gi in zip(ids.tolist(), g.astype(np.float64)):
-                expected[i] = expected.get(i, 0.0) - gi
+    expected = _serial_sgd_sums(work)
     keys = np.array(sorted(expected))
     np.testing.assert_array_equal(t.lookup(keys), np.stack([expected[k] for k in keys.tolist()]))
     assert all(lookups_ok)
-    squares = {}
-    for batches in work:
-        for ids, g in batches:
-            uniq, inv = np.unique(ids, return_inverse=True)
-            summed = np.zeros((len(uniq), 8))
-            np.add.at(summed, inv, g)
-            for i, gi in zip(uniq.tolist(), summed):
-                squares[i] = squares.get(i, 1.0) + gi ** 2
+    squares = _serial_adagrad_accumulators(work)
     accumulators = ada._store.elem_states[0][0][ada._probe(keys)]
     np.testing.assert_array_equal(accumulators, np.stack([squares[k] for k in keys.tolist()]))
 

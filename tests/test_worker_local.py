@@ -10,6 +10,8 @@ from worker.model import Estimator, RunConfig, SgdOptimizer
 from worker.models.ffm import NUM_EXAMPLES, NUM_SLOTS, TestFFMModel, generate_ffm_examples
 from worker.runtime.backends import list_checkpoints
 
+pytestmark = pytest.mark.slow  # trains models end to end: left out of `make test-fast`
+
 
 def test_ffm_trains_evaluates_and_predicts(tmp_path):
     model = TestFFMModel()

@@ -501,7 +501,8 @@ class PSClient:
     def stats(self) -> dict[str, Any]:
         """Rows and bytes per table (summed over shards and per shard), process RSS and request counts."""
         responses = self._call_shards("Stats", {s: ps_pb2.StatsRequest() for s in range(self.num_shards)})
-        shards, tables = [], {}
+        shards: list[dict[str, Any]] = []
+        tables: dict[str, dict[str, Any]] = {}
         for s in range(self.num_shards):
             r = responses[s]
             shards.append({

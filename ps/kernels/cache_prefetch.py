@@ -2,8 +2,7 @@
 
 Random row reads are memory-latency bound. An out-of-order core keeps only a few rows of an optimizer
 step in flight (each row is a hundred-odd instructions), so kernels name the row they will need a few
-iterations ahead and the memory system fetches it meanwhile: measured here, this halves an Adagrad
-step over 65,536 random rows of a 1M-row table.
+iterations ahead and the memory system fetches it meanwhile (docs/design-notes.md: what it saves).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """float32 ⇄ float16 conversion kernels for the float16 transport of lookups.
 
-numba has no CPU float16 arrays and numpy converts in software (~1.5 ns per value: for a 10k-row
-reply that was more than the lookup itself), so float16 data is handled as its uint16 bits and
+numba has no CPU float16 arrays and numpy converts in software (slower than the lookup itself for a
+large reply, docs/design-notes.md), so float16 data is handled as its uint16 bits and
 converted by LLVM's `fptrunc`/`fpext` (IEEE round-to-nearest-even, as numpy; F16C instructions where
 the CPU has them).
 """

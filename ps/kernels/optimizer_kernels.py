@@ -107,7 +107,7 @@ def _ftrl_elem(wr, gr, acc, lin, j, lr, wd, neg_power, is_sqrt, beta, l1, l2):
 @njit(**_ROW)
 def _ftrl_row(wr, gr, acc, lin, lr, wd, neg_power, is_sqrt, beta, l1, l2):
     """Separate loops for power −0.5 and any other power: a `pow` call anywhere in the loop stops LLVM
-    vectorizing it (measured: the sqrt loop runs 2.4× faster on its own)."""
+    vectorizing it (docs/design-notes.md)."""
     if is_sqrt:
         for j in range(wr.shape[0]):
             _ftrl_elem(wr, gr, acc, lin, j, lr, wd, neg_power, True, beta, l1, l2)

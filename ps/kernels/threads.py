@@ -2,10 +2,10 @@
 
 libgomp's default lets idle workers spin for a while after each parallel region. On a host whose
 cores are shared (the client, the gRPC threads, other shards), the spinning worker takes the CPU the
-gRPC threads need: measured here (2 cores, load ~6) a Lookup handler's median was 0.08 ms but its mean
-5.4 ms with spinning, 0.25 ms with OMP_WAIT_POLICY=PASSIVE (same as one kernel thread, while keeping
-both threads when the cores are free). libgomp reads the variable once, when numba first launches its
-thread pool, so it must be set before the first parallel kernel runs in the process.
+gRPC threads need (docs/design-notes.md: a Lookup's mean latency grows many times over); passive
+workers cost no more than a single kernel thread and still use both cores when they are free. libgomp
+reads the variable once, when numba first launches its thread pool, so it must be set before the first
+parallel kernel runs in the process.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def save_rows(directory: str | os.PathLike, layout: list[tuple[str, np.dtype, tu
     `final_meta()` is called after the last chunk (for values that may move while rows are read)."""
     row_bytes = sum(np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64)) for _, dt, shape in layout)
     rows_per_chunk = max(1, _CHUNK_BYTES // max(1, row_bytes))
-    spec = [{"name": name, "dtype": np.dtype(dt).str, "shape": list(shape)} for name, dt, shape in layout]
+    spec: list[dict[str, Any]] = [{"name": name, "dtype": np.dtype(dt).str, "shape": list(shape)}
+                                  for name, dt, shape in layout]
     chunks, digests = [], {}
     with staged_directory(directory) as tmp:
         for c, start in enumerate(range(0, max(n, 1), rows_per_chunk)):
@@ -45,7 +47,7 @@ def save_rows(directory: str | os.PathLike, layout: list[tuple[str, np.dtype, tu
             parts = [np.ascontiguousarray(got[entry["name"]], np.dtype(entry["dtype"])) for entry in spec]
             digests[name] = write_file_synced(tmp / name, parts)
             chunks.append({"file": name, "rows": stop - start})
-        digests["admission.bin"] = write_file_synced(tmp / "admission.bin", np.ascontiguousarray(sketch))
+        digests["admission.bin"] = write_file_synced(tmp / "admission.bin", [np.ascontiguousarray(sketch)])
         payload = {"format": FORMAT, "version": VERSION, "rows": n, "arrays": spec, "chunks": chunks,
                    "sketch": {"dtype": sketch.dtype.str, "shape": list(sketch.shape)}, **final_meta()}
         write_manifest(tmp, payload, digests)

@@ -5,19 +5,15 @@
 - `aio`: `grpc.aio` on a uvloop event loop, the same synchronous handlers run in a migration thread
   pool (the store is synchronous; the loop only does the I/O).
 
-Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same workload in one run.
-The bare transport is the same (gRPC echo of a Lookup's bytes: ~1,900–2,200 calls/s either way).
-With real handlers, six runs on this shared 2-core machine (load 4–7 from other jobs) gave aio/sync
-ratios of 0.13–0.95 for Lookup and 0.16–1.22 for ApplyGradients; the last three runs (after the
-payload-copy reductions) 0.95, 0.78, 0.94 and 1.22, 0.71, 1.06. Three later runs on a quiet machine
-gave 1.29, 0.76, 1.00 for Lookup and 1.19, 0.89, 1.05 for ApplyGradients. aio was never reliably
-faster and in earlier runs far slower (plausibly the event-loop thread and the handler thread trading
-the GIL at every numba kernel entry/exit; the sync server's threads wait in C without it).
-So: the simpler model with one kind of thread and a plain shutdown.
+Why `sync` is the default: `benchmarks/ps_bench.py` runs both models on the same workload in one run
+(`benchmarks/RESULTS.md`; the history of those ratios is in docs/design-notes.md). The bare transport
+costs the same in both; with real handlers `aio` was never reliably faster and at times far slower
+(plausibly the event-loop thread and the handler thread trading the GIL at every numba kernel entry and
+exit; the sync server's threads wait in C without it). So: the simpler model with one kind of thread
+and a plain shutdown.
 
-Processes per host: one shard per process. The same benchmark's 2 shards × 2 client threads reached
-0.50–0.83× the 1 shard × 1 thread rate here, because on 2 cores the client and both shards compete
-for the same CPUs; several shard processes per host pay off only where the host has cores to spare.
+Processes per host: one shard per process. Several shard processes per host pay off only where the
+host has cores to spare: on 2 cores the client and the shards compete for the same CPUs.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from ps.errors import CheckpointError, status_of
 from ps.kernels.hash_index import all_finite
 from ps.service import rpc_metrics as metrics
 from ps.store.shard_state import ShardState
+from ps.store.table import EmbeddingTable
 from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
@@ -148,7 +149,7 @@ class ParameterServerServicer:
             out.tables.append(_info(name, table, created))
         return out
 
-    def _owned_ids(self, method: str, items) -> list[tuple[str, object, np.ndarray]]:
+    def _owned_ids(self, method: str, items) -> list[tuple[str, EmbeddingTable, np.ndarray]]:
         """(name, table, ids) per requested table, every table and id checked before anything runs."""
         work = []
         for item in items:
@@ -163,7 +164,7 @@ class ParameterServerServicer:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
         work = self._owned_ids("Lookup", request.tables)
         np_dtype = _NP_DTYPES[request.dtype]
-        rows = [(name, table.lookup(ids, dtype=np_dtype), request.dtype, table.dim) for name, table, ids in work]
+        rows = [(name, table.lookup(ids, dtype=np_dtype), int(request.dtype), table.dim) for name, table, ids in work]
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
         return encode_lookup_response(rows)  # a serialized LookupResponse; the rows are copied once
 

@@ -1,8 +1,8 @@
 """Zero-copy protobuf wire encoding for the messages that carry rows: Lookup replies and updates.
 
 Going through protobuf objects copies every payload three or four times (numpy → bytes → message →
-serialized; serialized → message → bytes field). For a 4 MiB reply that is ~1.4 ms on the server and
-~0.7 ms on the client, per call (measured here). These functions write the same bytes as protobuf
+serialized; serialized → message → bytes field), a cost per call of the order of the RPC itself for
+multi-MiB replies (docs/design-notes.md). These functions write the same bytes as protobuf
 (the tests parse them with the generated classes, and feed generated output to them) but join the
 numpy buffers into the message once, and read payloads as memoryview slices of the received bytes.
 Only the fields of `protos/ps.proto` that these messages use are understood; unknown fields are
@@ -56,6 +56,7 @@ def _signed64(value: int) -> int:
 def _fields(buf: memoryview, start: int, end: int):
     """(field number, wire type, value): int for varints, memoryview for length-delimited fields."""
     pos = start
+    value: int | memoryview
     while pos < end:
         key, pos = _read_varint(buf, pos, end)
         number, wire_type = key >> 3, key & 7
@@ -84,7 +85,7 @@ def _len_field(number: int, chunks: list, size: int) -> list:
 
 def _raw(array: np.ndarray, dtype: np.dtype | None = None) -> memoryview:
     """The array's bytes without a copy (one if it is not contiguous or not `dtype`)."""
-    return memoryview(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
+    return memoryview(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def _bytes_field(number: int, data: bytes | memoryview) -> list:

@@ -24,7 +24,7 @@ class ReduceSum(Combiner):
 
 
 class ReduceMean(Combiner):
-    """Mean over the row's ids; an empty row pools to zeros (the C++ kernel of the seed gave NaN)."""
+    """Mean over the row's ids; an empty row pools to zeros (Monolith's C++ kernel gave NaN)."""
 
     def combine(self, embeddings, row_splits, dim):
         ids, batch = _row_ids(row_splits)

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class DeepInsightClient:
                  container: str | None = None) -> None:
         self.enable_metrics_counter, self.is_fake, self.dump_filename = enable_metrics_counter, is_fake, dump_filename
         self.container = container or socket.gethostname()
-        self._writer = None
+        self._writer: Any = None
         self._lock = threading.Lock()
 
     def write(self, *, uids, req_times, labels, preds, sample_rates, model_name: str, targets: Sequence[str],
@@ -118,7 +119,7 @@ class DeepInsightClient:
         extra = extra or {}
         kinds = {key: _extra_kind(arr) for key, arr in extra.items()}
         for i in np.flatnonzero(keep):
-            msg = {
+            msg: dict[str, Any] = {
                 "model_name": model_name, "uid": int(uids[i]), "req_time": int(req_times[i]), "train_time": train_time,
                 "targets": list(targets),
                 "predict": {t: float(preds[j, i]) for j, t in enumerate(targets)},
@@ -185,7 +186,7 @@ def write_deep_insight(features: Mapping, sample_ratio: float, model_name: str, 
     client = deep_insight_client(enable_deep_insight_metrics, is_fake, dump_filename)
     req_times = _vector("req_time", features["req_time"]).astype(np.int64)
     batch = req_times.shape[0]
-    common = {"req_times": req_times, "model_name": model_name, "sample_ratio": sample_ratio,
+    common: dict[str, Any] = {"req_times": req_times, "model_name": model_name, "sample_ratio": sample_ratio,
               "use_zero_train_time": use_zero_train_time}
     if not targets:
         uids = _vector("uid", _feature(features, "uid"), batch).astype(np.int64)

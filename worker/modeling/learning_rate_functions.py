@@ -56,7 +56,7 @@ class PolynomialDecay(LearningRateFunction):
     def __init__(
         self,
         initial_learning_rate: float,
-        decay_steps: int,
+        decay_steps: int | float,
         end_learning_rate: float = 0.0001,
         power: float = 1.0,
         cycle: bool = False,

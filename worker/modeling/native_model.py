@@ -1,7 +1,7 @@
 """The model base classes users subclass: parameters, embedding feature columns/slices, heads, hooks.
 
 `model_fn` is traced by the worker (once per mode); per-trace state (auxiliary losses, extra outputs)
-lives on the traced graph, as the seed kept it on the TF1 graph, while slots/slices persist across
+lives on the traced graph, as Monolith kept it on the TF1 graph, while slots/slices persist across
 traces because they define the PS tables.
 """
 from __future__ import annotations
@@ -68,6 +68,36 @@ def _graph_dict(name: str) -> dict:
     if not hasattr(graph, name):
         setattr(graph, name, {})
     return getattr(graph, name)
+
+
+def _slice_embeddings(features, slice_dim, group_out_type: str, one) -> list:
+    """`lookup_embedding_slice`'s forms of `features`, each feature looked up by `one(feature, dim)`."""
+    is_seq = isinstance(features, (list, tuple))
+    if isinstance(features, dict):
+        return [one(f, d) for f, d in features.items()]
+    if is_seq and isinstance(slice_dim, int):
+        if all(isinstance(f, (str, int, FeatureColumn)) for f in features):
+            return [one(f, slice_dim) for f in features]
+        if all(isinstance(f, (list, tuple)) for f in features):
+            if group_out_type not in ("concat", "add_n"):
+                raise ValueError(f"group_out_type must be 'concat' or 'add_n', got {group_out_type!r}")
+            groups = [[one(f, slice_dim) for f in group] for group in features]
+            return [tf.add_n(g) if group_out_type == "add_n" else tf.concat(g, axis=1) for g in groups]
+        raise ValueError("ValueError for features")
+    if is_seq and slice_dim is None and all(isinstance(f, (list, tuple)) and len(f) == 2 and isinstance(f[1], int)
+                                            for f in features):
+        return [one(f, d) for f, d in features]
+    raise ValueError("ValueError for features")
+
+
+def _combine(embeddings: list, out_type: str) -> tf.Tensor:
+    if out_type == "concat":
+        return tf.concat(embeddings, axis=1)
+    if out_type == "stack":
+        return tf.stack(embeddings, axis=1)
+    if out_type in ("add_n", "addn"):
+        return tf.add_n(embeddings)
+    raise ValueError(f"out_type must be one of concat/stack/add_n/addn/None, got {out_type!r}")
 
 
 class MonolithBaseModel(NativeTask, abc.ABC):
@@ -264,9 +294,8 @@ class MonolithBaseModel(NativeTask, abc.ABC):
             labels = [label]
         if pred is None or any(p is None for p in preds):
             raise ValueError(f"model_fn returned no prediction for heads {heads}")
-        if mode != ModeKeys.PREDICT:
-            if len(labels) != len(preds) or any(lb is None for lb in labels):
-                raise ValueError(f"heads {heads} need one label each, got {label!r}")
+        if mode != ModeKeys.PREDICT and (len(labels) != len(preds) or any(lb is None for lb in labels)):
+            raise ValueError(f"heads {heads} need one label each, got {label!r}")
         if len(set(heads)) != len(heads):
             raise ValueError(f"head names must be unique, got {heads}")
         return heads, preds, labels
@@ -368,42 +397,15 @@ class MonolithModel(MonolithBaseModel):
             return self.ctx.layout_factory.get_layout(layout_name)
         args = (initializer, optimizer, compressor, learning_rate_fn)
         slice_list: list = []
-        embeddings: list = []
 
         def one(feature, dim):
             return self._embedding_slice_lookup(feature, slice_name, dim, *args, slice_list)
 
-        name_like = (str, int, FeatureColumn)
-        if isinstance(features, dict):
-            embeddings = [one(f, d) for f, d in features.items()]
-        elif is_seq and isinstance(slice_dim, int):
-            if all(isinstance(f, name_like) for f in features):
-                embeddings = [one(f, slice_dim) for f in features]
-            elif all(isinstance(f, (list, tuple)) for f in features):
-                if group_out_type not in ("concat", "add_n"):
-                    raise ValueError(f"group_out_type must be 'concat' or 'add_n', got {group_out_type!r}")
-                for group in features:
-                    group_embs = [one(f, slice_dim) for f in group]
-                    embeddings.append(tf.add_n(group_embs) if group_out_type == "add_n"
-                                      else tf.concat(group_embs, axis=1))
-            else:
-                raise ValueError("ValueError for features")
-        elif is_seq and slice_dim is None and all(isinstance(f, (list, tuple)) and len(f) == 2
-                                                  and isinstance(f[1], int) for f in features):
-            embeddings = [one(f, d) for f, d in features]
-        else:
-            raise ValueError("ValueError for features")
+        embeddings = _slice_embeddings(features, slice_dim, group_out_type, one)
         if out_type is None:
             self.add_layout(layout_name, slice_list, None, [e.shape for e in embeddings])
             return embeddings
-        if out_type == "concat":
-            out = tf.concat(embeddings, axis=1)
-        elif out_type == "stack":
-            out = tf.stack(embeddings, axis=1)
-        elif out_type in ("add_n", "addn"):
-            out = tf.add_n(embeddings)
-        else:
-            raise ValueError(f"out_type must be one of concat/stack/add_n/addn/None, got {out_type!r}")
+        out = _combine(embeddings, out_type)
         self.add_layout(layout_name, slice_list, out_type, [out.shape])
         return out
 

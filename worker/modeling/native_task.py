@@ -110,6 +110,9 @@ class NativeTask(abc.ABC):
         p.define("serving", serving)
         return p
 
+    p: Params
+    _ctx: NativeContext
+
     def __init__(self, params: Params) -> None:
         object.__setattr__(self, "p", params)
         object.__setattr__(self, "_ctx", NativeContext())

@@ -1,7 +1,7 @@
 """Per-slice initializer and optimizer configs: what a PS table segment is made of.
 
 Each config turns into the plain dict the store and PS take (`to_config()`); `str()` is stable so
-identical slices can be recognised by their text, as the seed's table merging did.
+identical slices can be recognised by their text, as Monolith's table merging did.
 """
 from __future__ import annotations
 

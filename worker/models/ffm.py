@@ -1,4 +1,4 @@
-"""The seed's small FFM test model: 6 slots of vocabulary 5, 64 deterministic examples.
+"""Monolith's small FFM test model: 6 slots of vocabulary 5, 64 deterministic examples.
 
 Slot i's table holds a 1-dim FTRL bias (read for the first half of the slots) and, for each FFM pair
 (user slot, item slot, dim), the user slot's SGD vector "for" the item field and vice versa.

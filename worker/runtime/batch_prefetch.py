@@ -35,7 +35,7 @@ class Prefetcher:
                 except StopIteration:
                     break
                 with self._cond:
-                    self._cond.wait_for(lambda step=i: self._stop or self._completed >= step - self.staleness)
+                    self._cond.wait_for(lambda step=i: self._stop or self._completed >= step - self.staleness)  # type: ignore[misc]
                 if self._stop:
                     return
                 self._put(self._lookup(item))

@@ -162,7 +162,8 @@ class Estimator:
             result["emb_grads"] = dict(zip(used, grads[len(dense):]))
             return result
 
-        # A flat signature: binding ~30 nested (ragged) arguments per call cost more than the step's compute.
+        # A flat signature: binding many nested (ragged) arguments per call cost more than the step's compute
+        # (docs/design-notes.md).
         structure = (feature_sig, rows_sig, index_sig)
 
         def flat_step(*flat):

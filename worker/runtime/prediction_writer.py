@@ -37,7 +37,7 @@ class PredictionWriter:
         self.delimiter = delimiter
         os.makedirs(output_path, exist_ok=True)
         self.path = os.path.join(output_path, f"part-{worker_index:05d}")
-        self._fh = open(self.path, "w")
+        self._fh = open(self.path, "w")  # noqa: SIM115 - stays open across write() calls until close()
 
     def write(self, features: dict[str, Any], predictions: Any) -> None:
         missing = [f for f in self.fields if f not in features]

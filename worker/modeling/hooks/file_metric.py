@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,8 @@ class FileMetricHook(TrainingHook):
                 raise ValueError(f"FileMetricHook {field} must be >= 1, got {value!r}")
         self.worker_id, self.base_name, self.fetch_name = worker_id, base_name, fetch_name
         self.key_fn, self.layout_fn, self.parse_fn = key_fn, layout_fn, parse_fn
-        self.file_options = {"partition_size": partition_size, "file_ext": file_ext, "batch_size": batch_size}
+        self.file_options: dict[str, Any] = {"partition_size": partition_size, "file_ext": file_ext,
+                                             "batch_size": batch_size}
         self.files: dict[str, WriteOnlyFileAndStat] = {}
         self.dropped = 0
         self._queue: queue.Queue = queue.Queue()

@@ -27,12 +27,14 @@ class KafkaMetricHook(TrainingHook):
     def __init__(self, brokers: str | None = None, topic: str | None = None, fetch_name: str = "deep_insight_op",
                  api_version: tuple[int, ...] | None = None,
                  producer_options: Mapping[str, object] | None = None) -> None:
-        self.brokers = brokers or os.environ.get(BROKERS_ENV)
-        self.topic = topic or os.environ.get(TOPIC_ENV)
-        if not self.brokers:
+        brokers = brokers or os.environ.get(BROKERS_ENV)
+        topic = topic or os.environ.get(TOPIC_ENV)
+        if not brokers:
             raise ValueError(f"KafkaMetricHook needs brokers: pass brokers= or set ${BROKERS_ENV}")
-        if not self.topic:
+        if not topic:
             raise ValueError(f"KafkaMetricHook needs a topic: pass topic= or set ${TOPIC_ENV}")
+        self.brokers: str = brokers
+        self.topic: str = topic
         self.fetch_name = fetch_name
         self.api_version, self.producer_options = api_version, producer_options
         self.producer: KProducer | None = None

@@ -5,6 +5,7 @@ import os
 import re
 import threading
 import time
+from typing import TextIO
 
 IDLE_SECS = 24 * 3600
 
@@ -28,7 +29,7 @@ class WriteOnlyFileAndStat:
         self._clock = clock
         self._lock = threading.RLock()
         self._buffer: list[str] = []
-        self._stream = None
+        self._stream: TextIO | None = None
         self._lines_in_part = 0
         os.makedirs(key, exist_ok=True)
         pattern = re.compile(rf"part_(\d{{6}})\.{re.escape(file_ext)}$")
@@ -56,7 +57,7 @@ class WriteOnlyFileAndStat:
                 room = self.partition_size - self._lines_in_part
                 chunk, pending = pending[:room], pending[room:]
                 if self._stream is None:
-                    self._stream = open(self.path(), "a", encoding="utf-8")
+                    self._stream = open(self.path(), "a", encoding="utf-8")  # noqa: SIM115 - closed on roll/close
                 self._stream.write("".join(f"{line}\n" for line in chunk))
                 self._lines_in_part += len(chunk)
             if self._stream is not None:

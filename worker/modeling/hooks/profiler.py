@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import tensorflow as tf
 
@@ -28,28 +29,28 @@ class Tf2ProfilerHook(TrainingHook):
                  save_secs: float | None = None, options=None) -> None:
         start, end = init_step_range if init_step_range is not None else (None, None)
         if start is not None and end is not None and end <= start:
-            raise ValueError(f"init_step_range end must be > start, got {tuple(init_step_range)}")
+            raise ValueError(f"init_step_range end must be > start, got {init_step_range}")
         if (start is None) != (end is None):
             raise ValueError(f"init_step_range needs both start and end, got {init_step_range}")
-        self.window = end - start if start is not None else DEFAULT_WINDOW
+        self.window = end - start if start is not None and end is not None else DEFAULT_WINDOW
         if save_steps is not None and save_steps <= self.window:
             raise ValueError(f"save_steps ({save_steps}) must be greater than the profiling window ({self.window})")
         if save_steps is not None and save_secs is not None:
             raise ValueError("give save_steps or save_secs, not both")
         self.logdir, self.options = logdir, options
-        self._start, self._end = start, end
+        # the first window (None until begin(), without init_step_range)
+        self._start: int = DEFER_STEPS if start is None else start
+        self._end: int = DEFER_STEPS + self.window if end is None else end
         self._timer = None
         if save_steps is not None or save_secs is not None:
             self._timer = tf.compat.v1.train.SecondOrStepTimer(every_steps=save_steps, every_secs=save_secs)
         self._step = 0
         self._profiling = False
-        self._trace = None
+        self._trace: Any = None
         self.windows: list[tuple[int, int]] = []
 
     def begin(self) -> None:
         self._step = 0
-        if self._start is None:
-            self._start, self._end = DEFER_STEPS, DEFER_STEPS + self.window
 
     def before_step(self, ctx: StepContext) -> list[str]:
         step = self._step

@@ -46,6 +46,7 @@ class ThroughputMetricHook(TrainingHook):
         elapsed = now - self._emit_time
         if elapsed < self.run_every_n_secs:
             return
+        assert self._emit_step is not None, "before_step runs first"
         steps = result.global_step - self._emit_step
         if steps <= 0:
             return

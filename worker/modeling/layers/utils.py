@@ -79,27 +79,37 @@ def merge_tensor_list(
         return list(tensor_list)
 
     tensor = tensor_list[0]
-    rank = tensor.shape.rank
-    if rank == 3:
-        if merge_type == MergeType.STACK:
-            return _unwrap(tensor, keep_list)
-        if merge_type == MergeType.CONCAT:
-            flat = dim_size(tensor, 1) * dim_size(tensor, 2)
-            return _unwrap(tf.reshape(tensor, [dim_size(tensor, 0), flat]), keep_list)
-        return tf.unstack(tensor, axis=axis)
-    if rank == 2:
-        if num_feature is None or num_feature <= 1:
-            return _unwrap(tensor, keep_list)
-        emb_size = check_dim(tensor.shape[1])
-        if emb_size != -1 and emb_size % num_feature:
-            raise ValueError(f"last dim {emb_size} of {tensor.shape} is not divisible by num_feature={num_feature}")
-        if merge_type == MergeType.CONCAT:
-            return _unwrap(tensor, keep_list)
-        stacked = tf.reshape(tensor, [dim_size(tensor, 0), num_feature, dim_size(tensor, 1) // num_feature])
-        if merge_type == MergeType.STACK:
-            return _unwrap(stacked, keep_list)
-        return tf.unstack(stacked, axis=axis)
+    if tensor.shape.rank == 3:
+        return _merge_stacked(tensor, merge_type, axis, keep_list)
+    if tensor.shape.rank == 2:
+        return _merge_concatenated(tensor, merge_type, num_feature, axis, keep_list)
     raise ValueError(f"merge_tensor_list expects a rank-2 or rank-3 tensor, got shape {tensor.shape}")
+
+
+def _merge_stacked(tensor: tf.Tensor, merge_type: str | None, axis: int, keep_list: bool):
+    """One `[B, F, E]` tensor."""
+    if merge_type == MergeType.STACK:
+        return _unwrap(tensor, keep_list)
+    if merge_type == MergeType.CONCAT:
+        flat = dim_size(tensor, 1) * dim_size(tensor, 2)
+        return _unwrap(tf.reshape(tensor, [dim_size(tensor, 0), flat]), keep_list)
+    return tf.unstack(tensor, axis=axis)
+
+
+def _merge_concatenated(tensor: tf.Tensor, merge_type: str | None, num_feature: int | None, axis: int,
+                        keep_list: bool):
+    """One `[B, F*E]` tensor (F = `num_feature`)."""
+    if num_feature is None or num_feature <= 1:
+        return _unwrap(tensor, keep_list)
+    emb_size = check_dim(tensor.shape[1])
+    if emb_size != -1 and emb_size % num_feature:
+        raise ValueError(f"last dim {emb_size} of {tensor.shape} is not divisible by num_feature={num_feature}")
+    if merge_type == MergeType.CONCAT:
+        return _unwrap(tensor, keep_list)
+    stacked = tf.reshape(tensor, [dim_size(tensor, 0), num_feature, dim_size(tensor, 1) // num_feature])
+    if merge_type == MergeType.STACK:
+        return _unwrap(stacked, keep_list)
+    return tf.unstack(stacked, axis=axis)
 
 
 def gumbel_keys(w: tf.Tensor, seed: int | None = None) -> tf.Tensor:

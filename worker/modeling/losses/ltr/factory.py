@@ -43,6 +43,18 @@ _LOSSES = {
 }
 
 
+def _one_loss(key, kwargs: dict, lambda_weight, seed):
+    if key not in _LOSSES:
+        raise ValueError(f"Invalid loss_key: {key!r}")
+    fn, takes_lambda_weight, takes_seed = _LOSSES[key]
+    call_kwargs = dict(kwargs)
+    if takes_lambda_weight:
+        call_kwargs["lambda_weight"] = lambda_weight
+    if takes_seed:
+        call_kwargs["seed"] = seed
+    return fn(**call_kwargs)
+
+
 def make_loss_fn(
     loss_keys,
     loss_weights=None,
@@ -82,17 +94,7 @@ def make_loss_fn(
             weights = tf.convert_to_tensor(features[weights_feature_name])
         kwargs = dict(labels=labels, logits=logits, weights=weights, reduction=reduction, name=name)
         kwargs.update(extra_args or {})
-        losses = []
-        for key in loss_keys:
-            if key not in _LOSSES:
-                raise ValueError(f"Invalid loss_key: {key!r}")
-            fn, takes_lambda_weight, takes_seed = _LOSSES[key]
-            call_kwargs = dict(kwargs)
-            if takes_lambda_weight:
-                call_kwargs["lambda_weight"] = lambda_weight
-            if takes_seed:
-                call_kwargs["seed"] = seed
-            losses.append(fn(**call_kwargs))
+        losses = [_one_loss(key, kwargs, lambda_weight, seed) for key in loss_keys]
         if loss_weights:
             losses = [loss * weight for loss, weight in zip(losses, loss_weights)]
         return tf.add_n(losses)
