@@ -243,6 +243,29 @@ class EmbeddingTable:
         with self._lock.read():
             return self._probe(ids) >= 0
 
+    def row_arrays(self, ids) -> dict[str, np.ndarray]:
+        """Copies of every per-row array (values, optimizer state, timestamps; named as in a checkpoint) of
+        the given ids, which must all be present. For converting state to or from other formats."""
+        ids = _as_ids(ids)
+        with self._lock.read():
+            rows = self._probe(ids)
+            if (rows < 0).any():
+                raise KeyError(f"ids {ids[rows < 0][:10].tolist()} are not in the table")
+            return {name: arr[rows].copy() for name, arr in self._store.arrays().items()}
+
+    def set_row_arrays(self, ids, arrays: dict[str, np.ndarray]) -> None:
+        """Overwrite named per-row arrays (not `ids`) of ids already in the table."""
+        ids = _as_ids(ids)
+        with self._lock.write():
+            rows = self._probe(ids)
+            if (rows < 0).any():
+                raise KeyError(f"ids {ids[rows < 0][:10].tolist()} are not in the table")
+            current = self._store.arrays()
+            for name, values in arrays.items():
+                if name == "ids" or name not in current:
+                    raise KeyError(f"{name!r} is not a per-row array of this table (have {sorted(current)})")
+                current[name][rows] = np.asarray(values).reshape(current[name][rows].shape)
+
     def apply_gradients(self, ids, grads, global_step: int = 0, update_time: int = 0, learning_rates=None) -> None:
         """One optimizer step per distinct id with its summed gradient; admitted absent ids are created first."""
         ids = _as_ids(ids)

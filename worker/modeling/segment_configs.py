@@ -106,27 +106,3 @@ def to_config(obj: Any, what: str) -> dict[str, Any]:
     if isinstance(obj, dict) and "type" in obj:
         return dict(obj)
     raise ValueError(f"{what} must be an entry config (e.g. SgdOptimizer(...)) or a dict with 'type', got {obj!r}")
-
-
-def keras_optimizer_config(optimizer: Any) -> dict[str, Any]:
-    """The PS optimizer config equivalent to a Keras optimizer (dense parameters living on the PS)."""
-    name = type(optimizer).__name__.lower()
-    lr = optimizer.learning_rate
-    lr = float(lr.numpy()) if hasattr(lr, "numpy") else float(lr)
-    if name == "sgd":
-        if float(getattr(optimizer, "momentum", 0.0) or 0.0) != 0.0:
-            raise ValueError("distributed mode supports SGD without momentum only (momentum is not 0)")
-        return {"type": "sgd", "learning_rate": lr}
-    if name == "adagrad":
-        return {"type": "adagrad", "learning_rate": lr, "epsilon": float(optimizer.epsilon),
-                "initial_accumulator_value": float(optimizer.initial_accumulator_value)}
-    if name == "adam":
-        return {"type": "adam", "learning_rate": lr, "beta1": float(optimizer.beta_1),
-                "beta2": float(optimizer.beta_2), "epsilon": float(optimizer.epsilon)}
-    if name == "ftrl":
-        return {"type": "ftrl", "learning_rate": lr,
-                "initial_accumulator_value": float(optimizer.initial_accumulator_value),
-                "beta": float(optimizer.beta),
-                "l1_regularization_strength": float(optimizer.l1_regularization_strength),
-                "l2_regularization_strength": float(optimizer.l2_regularization_strength)}
-    raise ValueError(f"dense optimizer {type(optimizer).__name__} has no PS equivalent (use SGD, Adagrad, Adam, Ftrl)")

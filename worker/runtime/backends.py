@@ -1,95 +1,115 @@
-"""Where parameters live: in this process (local mode) or on PS shards over gRPC (distributed mode).
+"""Where parameters live, behind one `ParameterBackend` protocol the training loop talks to.
 
-Both backends expose the same small surface to the training loop: create tables, look rows up, push
-summed sparse gradients, create/pull/push dense parameters, the global step, and checkpoints.
+- `LocalBackend`: an in-process PS shard (`ShardState(0, 1)`, the same code a PS process runs) holds
+  the embedding tables and the global step; the dense variables stay in the training graph with their
+  Keras optimizer (fast), converted to the shard's form only when a checkpoint is written or read.
+- `RemoteBackend`: PS shards over gRPC (`PSClient`): tables, dense variables (with the PS equivalent of
+  the Keras optimizer) and the global step live on the shards.
+
+Both write and read the same coordinated checkpoints (`ps.persist.coordinator`): a checkpoint written
+locally restores onto any number of PS shards, and the reverse.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from worker.modeling.segment_configs import keras_optimizer_config
+from ps.config import DEFAULT_KEEP_CHECKPOINTS
+from ps.persist.coordinator import CheckpointCoordinator
+from ps.store.shard_state import ShardState
+from worker.runtime.dense_state import DenseVariables, export_dense, import_dense, keras_optimizer_config
 
 log = logging.getLogger(__name__)
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+SparseUpdates = Mapping[str, tuple[np.ndarray, np.ndarray]]
+"""{table: (ids, row gradients)}: distinct ids, except for tables that count occurrences (admission)."""
 
 
-class DenseVariables:
-    """The model's dense tf.Variables, named by creation order so every worker agrees on the names."""
+class ParameterBackend(Protocol):
+    """Every parameter the training loop reads or writes goes through one of these."""
 
-    def __init__(self, variables: list[tf.Variable]) -> None:
-        self.variables = variables
-        self.names = [f"dense_{i:04d}" for i in range(len(variables))]
+    distributed: bool
+    cluster_id: str | None
+    """Identifies this launch of the parameter servers (None in local mode)."""
 
-    @tf.function
-    def _assign(self, values):
-        for var, value in zip(self.variables, values):
-            var.assign(value)
+    def create_tables(self, configs: Mapping[str, dict]) -> None: ...
 
-    def assign(self, values: dict[str, np.ndarray]) -> None:
-        missing = [n for n in self.names if n not in values]
-        if missing:
-            raise ValueError(f"dense values lack {missing}")
-        if self.variables:
-            self._assign([tf.convert_to_tensor(values[n]) for n in self.names])
+    def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of distinct ids per table (absent ids read as zeros)."""
+        ...
+
+    def apply_gradients(self, updates: SparseUpdates, global_step: int,
+                        learning_rates: Mapping[str, list[float]]) -> None:
+        """One optimizer step per id with each table segment's learning rate."""
+        ...
+
+    def create_dense(self, dense: DenseVariables, optimizer: Any | None) -> None:
+        """`optimizer` None: variables only (eval/predict); called again with the train optimizer."""
+        ...
+
+    def pull_dense(self) -> dict[str, np.ndarray] | None:
+        """Current dense values when they live elsewhere (None: the graph's variables are current)."""
+        ...
+
+    def push_dense(self, grads: list[tf.Tensor], global_step: int, learning_rate: float | None = None) -> None: ...
+
+    def global_step(self) -> int: ...
+
+    def increment_global_step(self, n: int = 1) -> int: ...
+
+    def save(self, model_dir: str, step: int) -> str: ...
+
+    def restore(self, model_dir: str, step: int | None = None) -> int | None:
+        """The global step of the restored checkpoint; None when `model_dir` has none (and `step` is None)."""
+        ...
+
+    def table_sizes(self) -> dict[str, int]: ...
+
+    def mark_ready(self) -> None: ...
+
+    def wait_ready(self, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:
-    """In-process embedding store + local Keras optimizer for the dense parameters."""
+    """An in-process PS shard for the tables; the dense variables train in the graph."""
 
     distributed = False
+    cluster_id = None
 
-    def __init__(self) -> None:
-        self.tables: dict[str, Any] = {}
-        self._global_step = 0
+    def __init__(self, keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
+        self.shard = ShardState(0, 1)
+        self.keep_checkpoints = keep_checkpoints
         self._dense: DenseVariables | None = None
-        self._optimizer = None
-        self._apply_fn = None
+        self._optimizer: Any = None
+        self._apply_fn: Any = None
+        self._restored_dense = False  # shard.dense holds a restored checkpoint's dense part
 
     # sparse
-    def create_tables(self, configs: dict[str, dict]) -> None:
-        from ps.store.table import EmbeddingTable
-
+    def create_tables(self, configs: Mapping[str, dict]) -> None:
         for name, cfg in configs.items():
-            if name not in self.tables:
-                self.tables[name] = EmbeddingTable.from_dict(cfg)
+            self.shard.create_table(name, cfg)
 
-    def lookup(self, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: self._table(name).lookup(v) for name, v in ids.items()}
+    def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: self.shard.table(name).lookup(v) for name, v in ids.items()}
 
-    def apply_gradients(self, updates: dict[str, tuple[np.ndarray, np.ndarray]], global_step: int = 0,
-                        learning_rates: dict[str, list[float]] | None = None) -> None:
+    def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
+                        learning_rates: Mapping[str, list[float]] | None = None) -> None:
         for name, (ids, grads) in updates.items():
             lrs = (learning_rates or {}).get(name)
-            self._table(name).apply_gradients(ids, grads, global_step=global_step, learning_rates=lrs)
-
-    def _table(self, name: str):
-        try:
-            return self.tables[name]
-        except KeyError:
-            raise ValueError(f"unknown table {name!r}; tables are {sorted(self.tables)}") from None
+            self.shard.table(name).apply_gradients(ids, grads, global_step=global_step, learning_rates=lrs)
 
     def table_sizes(self) -> dict[str, int]:
-        return {name: int(t.size) if not callable(t.size) else int(t.size()) for name, t in self.tables.items()}
+        return {name: int(t.size) for name, t in self.shard.tables.items()}
 
     # dense
-    def create_dense(self, dense: DenseVariables, optimizer) -> None:
-        """`optimizer` None: variables only (eval/predict); later called again with the train optimizer."""
+    def create_dense(self, dense: DenseVariables, optimizer: Any | None) -> None:
         self._dense, self._optimizer = dense, optimizer
         if dense.variables and optimizer is not None:
             optimizer.build(dense.variables)
@@ -99,6 +119,8 @@ class LocalBackend:
                 optimizer.apply_gradients(zip(grads, dense.variables))
 
             self._apply_fn = apply.get_concrete_function()
+            if self._restored_dense:  # restored before the optimizer existed: its state comes now
+                import_dense(self.shard, dense, optimizer)
 
     def pull_dense(self) -> dict[str, np.ndarray] | None:
         return None
@@ -109,71 +131,32 @@ class LocalBackend:
 
     # global step
     def global_step(self) -> int:
-        return self._global_step
+        return self.shard.global_step
 
     def increment_global_step(self, n: int = 1) -> int:
-        self._global_step += n
-        return self._global_step
+        return self.shard.increment_global_step(n)
 
-    # checkpoints: <model_dir>/ckpt-<step>/{tables/<name>/, dense.npz, state.json}
-    def save(self, model_dir: str, step: int, keep: int) -> str:
-        os.makedirs(model_dir, exist_ok=True)
-        final = os.path.join(model_dir, f"ckpt-{step}")
-        tmp = tempfile.mkdtemp(prefix=f".ckpt-{step}.", dir=model_dir)
-        try:
-            for name, table in self.tables.items():
-                table.save(os.path.join(tmp, "tables", name))
-            arrays = {}
-            if self._dense is not None:
-                arrays.update({n: v.numpy() for n, v in zip(self._dense.names, self._dense.variables)})
-                if self._optimizer is not None:
-                    arrays.update({f"opt_{i:04d}": np.asarray(v.numpy()) for i, v in
-                                   enumerate(self._optimizer.variables)})
-            with open(os.path.join(tmp, "dense.npz"), "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            with open(os.path.join(tmp, "state.json"), "w") as fh:
-                json.dump({"global_step": step, "tables": sorted(self.tables)}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(tmp)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(model_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in list_checkpoints(model_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(os.path.join(model_dir, f"ckpt-{old}"), ignore_errors=True)
-        return final
+    # checkpoints: the coordinated layout, written by the in-process shard
+    def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
+        return CheckpointCoordinator(model_dir, 1, self.keep_checkpoints)
+
+    def save(self, model_dir: str, step: int) -> str:
+        if self._dense is not None:
+            export_dense(self.shard, self._dense, self._optimizer)
+        path = self._checkpoints(model_dir).save(step, lambda p, s: self.shard.save(str(p), s))
+        self.shard.dense.clear()  # the graph's variables stay the truth
+        self._restored_dense = False
+        return str(path)
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:
-        from ps.store.table import EmbeddingTable
-
-        steps = list_checkpoints(model_dir)
-        if not steps:
+        checkpoints = self._checkpoints(model_dir)
+        if step is None and checkpoints.latest() is None:
             return None
-        step = steps[-1] if step is None else step
-        path = os.path.join(model_dir, f"ckpt-{step}")
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"no checkpoint for step {step} under {model_dir!r} (have {steps})")
-        with open(os.path.join(path, "state.json")) as fh:
-            state = json.load(fh)
-        for name in state["tables"]:
-            self.tables[name] = EmbeddingTable.load(os.path.join(path, "tables", name))
-        with np.load(os.path.join(path, "dense.npz")) as data:
-            if self._dense is not None:
-                self._dense.assign({n: data[n] for n in self._dense.names if n in data})
-                if self._optimizer is not None:
-                    for i, var in enumerate(self._optimizer.variables):
-                        key = f"opt_{i:04d}"
-                        if key not in data:
-                            raise ValueError(f"checkpoint {path!r} lacks optimizer variable {key}")
-                        var.assign(data[key])
-        self._global_step = int(state["global_step"])
-        return self._global_step
+        checkpoints.restore(step, lambda path: self.shard.restore(str(path)))
+        self._restored_dense = True
+        if self._dense is not None:
+            import_dense(self.shard, self._dense, self._optimizer)
+        return self.shard.global_step
 
     def mark_ready(self) -> None:
         pass
@@ -186,14 +169,10 @@ class LocalBackend:
 
 
 def list_checkpoints(model_dir: str) -> list[int]:
-    """Complete local checkpoints (`ckpt-<step>` directories; temp dirs start with '.'), oldest first."""
-    if not os.path.isdir(model_dir):
-        return []
-    steps = []
-    for name in os.listdir(model_dir):
-        if name.startswith("ckpt-") and name[5:].isdigit():
-            steps.append(int(name[5:]))
-    return sorted(steps)
+    """Steps of the complete checkpoints under `model_dir`, oldest first."""
+    from ps.persist.checkpoint import complete_checkpoints
+
+    return [step for step, _path in complete_checkpoints(model_dir)]
 
 
 class RemoteBackend:
@@ -201,7 +180,8 @@ class RemoteBackend:
 
     distributed = True
 
-    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0, keep_checkpoints: int = 5) -> None:
+    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0,
+                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
         from ps.client import PSClient
 
         self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
@@ -209,16 +189,17 @@ class RemoteBackend:
         self._dense: DenseVariables | None = None
         health = self.client.health()[0]
         # identifies this launch of the PS processes: the same for every worker, new after a PS restart
-        self.cluster_id = f"{health.get('pid', 0)}"
+        self.cluster_id: str | None = f"{health.get('pid', 0)}"
 
-    def create_tables(self, configs: dict[str, dict]) -> None:
+    def create_tables(self, configs: Mapping[str, dict]) -> None:
         if configs:
             self.client.create_tables(configs)
 
-    def lookup(self, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.client.lookup_many(ids, dedupe=False) if ids else {}  # the worker deduplicated them
 
-    def apply_gradients(self, updates, global_step: int = 0, learning_rates=None) -> None:
+    def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
+                        learning_rates: Mapping[str, list[float]] | None = None) -> None:
         if updates:
             self.client.apply_gradients_many(updates, global_step=global_step, learning_rates=learning_rates,
                                              dedupe=False)
@@ -226,7 +207,7 @@ class RemoteBackend:
     def table_sizes(self) -> dict[str, int]:
         return {name: int(t["rows"]) for name, t in self.client.stats()["tables"].items()}
 
-    def create_dense(self, dense: DenseVariables, optimizer) -> None:
+    def create_dense(self, dense: DenseVariables, optimizer: Any | None) -> None:
         self._dense = dense
         if not dense.variables or optimizer is None:
             return
@@ -250,7 +231,7 @@ class RemoteBackend:
     def increment_global_step(self, n: int = 1) -> int:
         return int(self.client.increment_global_step(n))
 
-    def save(self, model_dir: str, step: int, keep: int) -> str:
+    def save(self, model_dir: str, step: int) -> str:
         return self.client.save(model_dir, step)
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:

@@ -23,9 +23,10 @@ from worker.modeling.hooks.base import StepContext, StepResult
 from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
 from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation as metrics_eval
-from worker.runtime.backends import DenseVariables, LocalBackend, RemoteBackend
+from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
 from worker.runtime.batch_prefetch import Prefetcher
 from worker.runtime.batch_prep import BatchPreparer, PreparedBatch
+from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
@@ -67,8 +68,9 @@ class Estimator:
         self._dense: DenseVariables | None = None
         self._restored: int | None = None
         self._restore_checked = False
-        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
-                        if config.distributed else LocalBackend())
+        self.backend: ParameterBackend = (
+            RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
+            if config.ps_addresses is not None else LocalBackend(config.keep_checkpoint_max))
         self._jobs = 0
         # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
         self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
@@ -346,7 +348,7 @@ class Estimator:
 
     def save(self, step: int | None = None) -> str:
         step = self.backend.global_step() if step is None else step
-        path = self.backend.save(self.config.model_dir, step, self.config.keep_checkpoint_max)
+        path = self.backend.save(self.config.model_dir, step)
         log.info("checkpoint at global step %d: %s", step, path)
         self.last_checkpoint = path
         return path
