@@ -122,9 +122,9 @@ class MLPEnv:
             self.port = self._get_int("MLP_PORT", 0, "a TCP port")
         self.cpu = self._get_int("MLP_CPU", 0, "a CPU count")
         self.gpu = self._get_int("MLP_GPU", 0, "a GPU count")
-        self.gpu_type = self._get("MLP_GPU_TYPE")
+        self.gpu_type = self._get("MLP_GPU_TYPE", "")
         self.mem = self._get_int("MLP_MEM", 0, "a memory size")
-        self.host = get_local_host(environ) if self.available else None
+        self.host = get_local_host(environ)
 
     @property
     def enable_mpi(self) -> bool:
@@ -218,12 +218,13 @@ class MLPEnv:
             return None
         return format_addr(host, port)
 
-    def dispatcher_addr(self, role: str = "dispatcher") -> str | None:
-        return self.get_addr(role.upper())
+    def dispatcher_addr(self, role: str | None = None) -> str | None:
+        """`host:port` of replica 0 of `role` (default the dispatcher; any case), as the original takes it."""
+        return self.get_addr((role or "dispatcher").upper())
 
-    def dispatcher_target(self) -> str:
-        """The tf.data service target (`grpc://host:port`) of the job's dispatcher."""
-        addr = self.dispatcher_addr()
+    def dispatcher_target(self, role: str | None = None) -> str:
+        """The tf.data service target (`grpc://host:port`) of `role` (default the job's dispatcher)."""
+        addr = self.dispatcher_addr(role)
         return f"grpc://{addr}" if addr else DEFAULT_DISPATCHER_TARGET
 
     @property
