@@ -45,7 +45,7 @@ from services.ps_routing import Routed, route, sum_duplicates
 log = logging.getLogger(__name__)
 
 _RETRY_ALWAYS = {grpc.StatusCode.UNAVAILABLE}
-_IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict"}
+_IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict", "Barrier"}
 
 
 class PSError(RuntimeError):
@@ -67,6 +67,14 @@ class PSNotFound(PSError, LookupError):
 
 class PSUnavailable(PSError, ConnectionError):
     """The shard did not answer within the retry budget."""
+
+
+class BarrierTimeout(PSError, TimeoutError):
+    """Not every participant reached a barrier in time; `missing` names the ones that did not."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message, 0)
+        self.missing = missing
 
 
 _ERROR_TYPES = {
@@ -468,7 +476,7 @@ class PSClient:
         if per_shard:
             self._call_shards("DensePush", per_shard)
 
-    # -- global step (shard 0) -------------------------------------------------------------------
+    # -- global step and barriers (shard 0) ------------------------------------------------------
     def increment_global_step(self, n: int = 1) -> int:
         if int(n) < 0:
             raise ValueError(f"increment_global_step: n must be >= 0, got {n}")
@@ -476,6 +484,38 @@ class PSClient:
 
     def global_step(self) -> int:
         return self.increment_global_step(0)
+
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
+        reply = self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=1, limit=int(limit)))
+        return int(reply.global_step), bool(reply.applied)
+
+    def barrier(self, name: str, participant: str | None, expected: int) -> list[str]:
+        """Arrive at barrier `name` as `participant` (None: only look); who has arrived so far."""
+        if not name:
+            raise ValueError("barrier name must be non-empty")
+        request = ps_pb2.BarrierRequest(name=name, participant=participant or "", expected=int(expected))
+        return list(self._call_with_retries(0, "Barrier", request).arrived)
+
+    def wait_barrier(self, name: str, participant: str | None, participants: list[str], timeout_s: float,
+                     poll_s: float = 0.2) -> list[str]:
+        """Arrive as `participant` (None: only wait) and block until every one of `participants` has arrived.
+
+        The arrival is repeated on every poll (it is idempotent), so a restarted shard 0, whose barriers
+        are in memory only, learns it again. After `timeout_s` raises `BarrierTimeout` naming who is missing.
+        """
+        if participant and participant not in participants:
+            raise ValueError(f"barrier {name!r}: {participant!r} is not one of its participants {participants}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            arrived = self.barrier(name, participant, len(participants))
+            missing = [p for p in participants if p not in arrived]
+            if not missing:
+                return arrived
+            if time.monotonic() >= deadline:
+                raise BarrierTimeout(f"barrier {name!r}: {len(participants) - len(missing)} of {len(participants)} "
+                                     f"arrived within {timeout_s:g}s; missing: {', '.join(missing)}", missing)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, checkpoint_dir: str, step: int) -> str:

@@ -229,3 +229,28 @@ def test_checkpoint_every_n_seconds(tmp_path):
     est.train(3)
     assert list_checkpoints(str(tmp_path)) == [1, 2, 3]
     assert est.last_checkpoint == os.path.join(str(tmp_path), "ckpt-3")
+
+
+class _BatchSizeProbe(TinyDNN):
+    """Train batch 4, eval batch 8; records `self.batch_size` as each mode's input_fn sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.p.train.per_replica_batch_size = 4
+        self.p.eval.per_replica_batch_size = 8
+        self.seen = {}
+
+    def input_fn(self, mode):
+        self.seen[mode] = self.batch_size
+        return super().input_fn(mode).unbatch().batch(self.batch_size)
+
+
+def test_input_fn_sees_each_modes_batch_size(tmp_path):
+    model = _BatchSizeProbe()
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
+    est.train(2)
+    metrics = est.evaluate(steps=3)
+    assert model.seen == {"train": 4, "eval": 8}
+    assert metrics["examples"] == 3 * 8
+    assert model.p.mode == "train" and model.batch_size == 4  # restored after each call
+

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,8 @@ import tensorflow as tf
 from worker.entry import keras_optimizer_config
 
 log = logging.getLogger(__name__)
+
+_CHIEF = "worker:0"
 
 
 def _fsync_dir(path: str) -> None:
@@ -115,6 +116,11 @@ class LocalBackend:
         self._global_step += n
         return self._global_step
 
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        if self._global_step >= limit:
+            return self._global_step, False
+        return self.increment_global_step(), True
+
     # checkpoints: <model_dir>/ckpt-<step>/{tables/<name>/, dense.npz, state.json}
     def save(self, model_dir: str, step: int, keep: int) -> str:
         os.makedirs(model_dir, exist_ok=True)
@@ -181,6 +187,9 @@ class LocalBackend:
     def wait_ready(self, timeout_s: float) -> None:
         pass
 
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -201,15 +210,17 @@ class RemoteBackend:
 
     distributed = True
 
-    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0, keep_checkpoints: int = 5) -> None:
+    def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0, keep_checkpoints: int = 5,
+                 launch_id: str | None = None) -> None:
         from services.ps_client import PSClient
 
         self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
         self.client.wait_until_ready(ready_timeout_s)
         self._dense: DenseVariables | None = None
-        health = self.client.health()[0]
-        # identifies this launch of the PS processes: the same for every worker, new after a PS restart
-        self.cluster_id = f"{health.get('pid', 0)}"
+        # Identifies this launch of the job: the same for every worker, new for every launch. It scopes the
+        # barriers and tf.data job names, so nothing left by an earlier launch counts for this one. Without
+        # a launcher-given id: shard 0's pid, new whenever the PS processes are.
+        self.cluster_id = launch_id or f"ps-pid-{self.client.health()[0].get('pid', 0)}"
 
     def create_tables(self, configs: dict[str, dict]) -> None:
         if configs:
@@ -249,6 +260,9 @@ class RemoteBackend:
     def increment_global_step(self, n: int = 1) -> int:
         return int(self.client.increment_global_step(n))
 
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        return self.client.claim_global_step(limit)
+
     def save(self, model_dir: str, step: int, keep: int) -> str:
         return self.client.save(model_dir, step)
 
@@ -258,24 +272,20 @@ class RemoteBackend:
         self.client.restore(model_dir, step)
         return self.global_step()
 
-    def _marker(self) -> str:
-        return f"__chief_ready_{self.cluster_id}__"
+    def _barrier_name(self, what: str) -> str:
+        return f"{self.cluster_id}/{what}"
 
     def mark_ready(self) -> None:
         """The chief has restored (or found nothing to restore): other workers may start."""
-        self.client.create_dense({self._marker(): {"shape": [1], "optimizer": {"type": "sgd", "learning_rate": 0.0},
-                                                   "initial_value": np.zeros(1, np.float32)}})
+        self.client.barrier(self._barrier_name("chief-ready"), _CHIEF, 1)
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.client.dense_pull([self._marker()])
-                return
-            except (LookupError, ValueError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the chief did not get the PS ready within {timeout_s}s") from None
-                time.sleep(0.2)
+        self.client.wait_barrier(self._barrier_name("chief-ready"), None, [_CHIEF], timeout_s)
+
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+        """Arrive at this launch's barrier `name` and wait (bounded) until every worker has."""
+        participants = [f"worker:{i}" for i in range(num_workers)]
+        self.client.wait_barrier(self._barrier_name(name), participants[worker_index], participants, timeout_s)
 
     def close(self) -> None:
         self.client.close()

@@ -6,6 +6,7 @@ row gradients -> dense gradients to the local optimizer or the PS, summed row gr
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -67,8 +68,10 @@ class Estimator:
         self._dense: DenseVariables | None = None
         self._restored: int | None = None
         self._restore_checked = False
-        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max)
+        self.backend = (RemoteBackend(config.ps_addresses, config.ready_timeout_s, config.keep_checkpoint_max,
+                                      config.launch_id)
                         if config.distributed else LocalBackend())
+        self._refused = [0, 0]
         self._jobs = 0
         # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
         self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
@@ -81,8 +84,19 @@ class Estimator:
         self.last_checkpoint: str | None = None
 
     # --- building ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _params_mode(self, mode: str):
+        """While the model's functions run for EVAL, `p.mode` is EVAL, so `self.batch_size` is the eval one."""
+        params = self.model.p
+        saved = params.mode
+        params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
+        try:
+            yield
+        finally:
+            params.mode = saved
+
     def _dataset(self, mode: str) -> tf.data.Dataset:
-        with with_ctx(self.task_ctx):
+        with with_ctx(self.task_ctx), self._params_mode(mode):
             ds = self.model.create_input_fn(mode)()
         if not isinstance(ds, tf.data.Dataset):
             raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset, got {type(ds).__name__}")
@@ -127,15 +141,10 @@ class Estimator:
 
         def step(features, rows, index):
             inputs = LookupInputs(rows, index, {f: features[f].row_splits for f in sparse})
-            saved_mode = model.p.mode
-            model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved_mode
-            try:
-                with self._reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx):
-                    with tf.GradientTape() as tape:
-                        tape.watch(list(rows.values()))
-                        out = model_fn(features, ModeKeys.PREDICT if mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
-            finally:
-                model.p.mode = saved_mode
+            with self._params_mode(mode), self._reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx):
+                with tf.GradientTape() as tape:
+                    tape.watch(list(rows.values()))
+                    out = model_fn(features, ModeKeys.PREDICT if mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
             used = sorted(inputs.used)
             meta.update(out=out, used=used)
             fetches = {h: tf.identity(p) for h, p in zip(out.head_names, out.preds)}
@@ -255,6 +264,7 @@ class Estimator:
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
         if step >= max_steps:
+            step = self._all_workers_done(max_steps, step)
             return {"global_step": step, "steps": 0, "examples": 0}
         dataset = self._distribute(dataset, ModeKeys.TRAIN)
         skip = step // self.config.num_workers
@@ -263,8 +273,9 @@ class Estimator:
         hooks = self.hooks + list(self.model._training_hooks)
         cfg = self.config
         prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
-        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at), prefetcher.done,
+        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at, max_steps), prefetcher.done,
                                 asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
+        self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
         progress = self._progress(max_steps, step) if cfg.progress else None
         window: deque = deque(maxlen=50)
         last_save_step, last_save_time = step, time.monotonic()
@@ -298,7 +309,7 @@ class Estimator:
                     progress.update(1)
                 if steps_run % cfg.log_step_count_steps == 0 or progress is not None and steps_run % 10 == 0:
                     self._report(progress, step, loss, examples, started, compiled, window)
-                if cfg.is_chief and self._save_due(step, last_save_step, last_save_time):
+                if cfg.is_chief and step < max_steps and self._save_due(step, last_save_step, last_save_time):
                     step = pusher.drain()
                     self.save(step)
                     last_save_step, last_save_time = step, time.monotonic()
@@ -310,16 +321,49 @@ class Estimator:
                 progress.close()
             for hook in hooks:
                 hook.end()
-        if cfg.is_chief and (cfg.save_checkpoints_steps or cfg.save_checkpoints_secs) and step != last_save_step:
+        step = self._all_workers_done(max_steps, step)
+        # with several workers the last save may predate another worker's last push: save the final state
+        if (cfg.is_chief and (cfg.save_checkpoints_steps or cfg.save_checkpoints_secs)
+                and (step != last_save_step or cfg.num_workers > 1)):
             self.save(step)
         elapsed = time.perf_counter() - started
+        steps_run, examples = steps_run - self._refused[0], examples - self._refused[1]
         self.last_train_stats = {"global_step": step, "steps": steps_run, "examples": examples,
                                  "seconds": elapsed, "examples_per_sec": examples / elapsed if elapsed else 0.0,
                                  "loss": loss}
         return self.last_train_stats
 
-    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int) -> int:
-        """Dense and sparse gradients of one step (concurrently when remote), then the global step."""
+    def _all_workers_done(self, max_steps: int, step: int) -> int:
+        """Several workers on PS shards: meet at this launch's end-of-training barrier (bounded wait), so the
+        chief's final save, evaluation and summary see every worker's last push. Returns the global step then.
+
+        `train(0)` only builds and restores: nobody waits for it. If a worker never arrives the chief still
+        saves what the others trained, then raises the timeout naming the missing workers."""
+        cfg = self.config
+        if not cfg.distributed or cfg.num_workers == 1 or max_steps == 0:
+            return step
+        try:
+            self.backend.wait_for_workers(f"train-done/{max_steps}", cfg.worker_index, cfg.num_workers,
+                                          cfg.barrier_timeout_s)
+        except TimeoutError as exc:
+            if cfg.is_chief:
+                log.error("%s; saving the state as it is before giving up", exc)
+                self.save()
+            raise
+        step = self.backend.global_step()
+        log.info("all %d workers finished training; the job's global step is %d", cfg.num_workers, step)
+        return step
+
+    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int, max_steps: int) -> int:
+        """Claim a global step, then send the step's dense and sparse gradients (concurrently when remote).
+
+        The claim comes first and never passes `max_steps`, so the job ends exactly at its final global
+        step however many workers race for the last ones; a step whose claim is refused is dropped."""
+        claimed, granted = self.backend.claim_global_step(max_steps)
+        if not granted:
+            self._refused[0] += 1
+            self._refused[1] += batch.batch_size
+            return claimed
         grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
         updates = compiled.prep.table_gradients(batch, grads)
         factory = self.model.ctx.feature_factory
@@ -330,7 +374,7 @@ class Estimator:
         else:
             self.backend.push_dense(out["dense_grads"], step)
             factory.apply_gradients(updates, global_step=step)
-        return self.backend.increment_global_step()
+        return claimed
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config

@@ -13,6 +13,7 @@ import os
 import time
 
 from services import role_logging
+from services.launch.job_args import LAUNCH_ID_VAR, MAX_STEPS_HELP
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--model-dir", required=True, help="checkpoint directory (shared by the cluster)")
-    parser.add_argument("--max-steps", type=int, required=True, help="train until the global step reaches this")
+    parser.add_argument("--max-steps", type=int, required=True, help=MAX_STEPS_HELP)
     parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
     parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: any port)")
     parser.add_argument("--staleness", type=int, default=0, help="lookups may run this many steps ahead")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the model's per-worker batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the model's per-worker batch size (train, and eval unless --eval-batch-size)")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="override the model's eval batch size")
     parser.add_argument("--summary-file", default=None, help="where the chief writes the JSON run summary")
     parser.add_argument("--save-checkpoints-steps", type=int, default=None)
     parser.add_argument("--save-checkpoints-secs", type=float, default=None)
     parser.add_argument("--keep-checkpoint-max", type=int, default=5)
     parser.add_argument("--progress", action="store_true", help="show a live progress line")
+    parser.add_argument("--barrier-timeout", type=float, default=600.0,
+                        help="seconds workers wait for each other at the end of training before failing")
 
 
 def load_model_class(spec: str):
@@ -87,12 +92,17 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
-        model.batch_size = args.batch_size
+        model.batch_size = args.batch_size  # sets the train and the eval batch size
+    if args.eval_batch_size is not None:
+        if args.eval_batch_size <= 0:
+            raise ValueError(f"--eval-batch-size must be > 0, got {args.eval_batch_size}")
+        model.p.eval.per_replica_batch_size = args.eval_batch_size
     config = RunConfig(
         model_dir=args.model_dir, ps_addresses=args.ps.split(",") if args.ps else None,
         worker_index=args.worker_index, num_workers=args.num_workers, staleness=args.staleness,
         save_checkpoints_steps=args.save_checkpoints_steps, save_checkpoints_secs=args.save_checkpoints_secs,
-        keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress)
+        keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress,
+        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout)
     hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
     est = Estimator(model, config, hooks=hooks)
     try:

@@ -7,6 +7,15 @@ import tempfile
 
 log = logging.getLogger(__name__)
 
+# Set by a launcher to the same value for every process of one launch of a job, new for each launch
+# (`monolith local`/`ray`: a random id; Kubernetes: the worker Job's uid). Workers scope their barriers with
+# it, so arrivals left on a still-running PS by an earlier launch never count for this one.
+LAUNCH_ID_VAR = "MONOLITH_LAUNCH_ID"
+
+# One wording for every command that takes --max-steps (local, ray, run, train).
+MAX_STEPS_HELP = ("the job's final global step: the workers together train until the global step (one counter for "
+                  "the whole job, on PS shard 0) reaches it; not a per-worker count")
+
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-ps", type=int, default=1, help="parameter-server shards (0 = local embeddings)")
@@ -14,7 +23,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
     parser.add_argument("--model-dir", default=None,
                         help="model/checkpoint directory (default: a temp dir; shared storage on a cluster)")
-    parser.add_argument("--max-steps", type=int, default=None, help="steps each worker trains")
+    parser.add_argument("--max-steps", type=int, default=None, help=MAX_STEPS_HELP)
     parser.add_argument("--dataservice", action="store_true", help="feed workers through a tf.data service")
     parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
     parser.add_argument("--metrics", action="store_true",

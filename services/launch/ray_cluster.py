@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from services import role_logging
 from services.cluster_spec import mlp_environment
-from services.launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
+from services.launch.job_args import LAUNCH_ID_VAR, add_job_arguments, model_dir_of, role_counts, train_args_of
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.ports import free_port
 
@@ -119,6 +120,7 @@ def run_ray_cluster(
             init["num_cpus"] = num_cpus or os.cpu_count()
         ray.init(**init)
     actor_cls = ray.remote(RoleProcess)
+    launch_id = uuid.uuid4().hex
     members: dict[tuple[str, int], object] = {}
     flag = SignalFlag()
     try:
@@ -131,7 +133,8 @@ def run_ray_cluster(
             host = layout[role][i][0]
             run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host,
                         *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
-            ray.get(actor.start.remote(mlp_environment(layout, role, i), run_args))
+            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id}
+            ray.get(actor.start.remote(env, run_args))
         return _watch(members, flag, out)
     finally:
         flag.restore()

@@ -19,6 +19,7 @@ import time
 
 from services import exit_hook, role_logging
 from services.cluster_spec import ClusterSpec
+from services.launch.job_args import MAX_STEPS_HELP
 from services.launch.job_status import JobWatcher, StatusServer
 from services.launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services.mlp_env import MLPEnvError, check_port, split_addr
@@ -37,7 +38,7 @@ class PeerTimeout(RuntimeError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="worker role: the model class as pkg.module:Class")
     parser.add_argument("--model-dir", help="worker role: model/checkpoint directory")
-    parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
+    parser.add_argument("--max-steps", type=int, help=f"worker role: {MAX_STEPS_HELP}")
     parser.add_argument("--checkpoint-dir",
                         help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
     parser.add_argument("--save-on-exit", action="store_true",
