@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from ps import hash_index as H
+from ps import numba_cache
 from ps.admission import AdmissionFilter
 from ps.atomic_files import CorruptCheckpointError
 from ps.config import TableConfig
@@ -87,6 +88,7 @@ class _RowsRenumbered(Exception):
 
 class EmbeddingTable:
     def __init__(self, config: TableConfig) -> None:
+        numba_cache.note_cold_cache()
         self._cfg = config
         self._config_dict = config.to_dict()
         self._opts = [OPTIMIZERS[s.optimizer.type] for s in config.segments]

@@ -1,7 +1,8 @@
 """Per-slice initializer and optimizer configs: what a PS table segment is made of.
 
 Each config turns into the plain dict the store and PS take (`to_config()`); `str()` is stable so
-identical slices can be recognised by their text, as the seed's table merging did.
+identical slices can be recognised by their text, as the seed's table merging did. An optimizer's
+defaults are the PS optimizer's, which are Monolith's (docs/defaults.md says where each comes from).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class SgdOptimizer(_Optimizer):
 @dataclass(frozen=True)
 class AdagradOptimizer(_Optimizer):
     learning_rate: float = 0.001
-    initial_accumulator_value: float = 1.0
+    initial_accumulator_value: float = 0.1
     type_name: str = field(default="adagrad", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,8 +84,8 @@ class AdagradOptimizer(_Optimizer):
 @dataclass(frozen=True)
 class FtrlOptimizer(_Optimizer):
     learning_rate: float = 0.01
-    initial_accumulator_value: float = 1e-6
-    beta: float = 1.0
+    initial_accumulator_value: float = 0.1
+    beta: float = 0.0
     l1_regularization_strength: float = 0.0
     l2_regularization_strength: float = 0.0
     type_name: str = field(default="ftrl", init=False, repr=False)
@@ -92,10 +93,10 @@ class FtrlOptimizer(_Optimizer):
 
 @dataclass(frozen=True)
 class AdamOptimizer(_Optimizer):
-    learning_rate: float = 0.001
+    learning_rate: float = 0.01
     beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
+    beta2: float = 0.99
+    epsilon: float = 0.01
     type_name: str = field(default="adam", init=False, repr=False)
 
 

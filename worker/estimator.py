@@ -218,6 +218,11 @@ class Estimator:
             raise ValueError(f"mode {compiled.mode!r} created {len(trainable)} dense variables, the first traced "
                              f"mode {len(self._dense.variables)}: create every layer in every mode")
         if compiled.mode == ModeKeys.TRAIN:
+            if compiled.optimizer is None and trainable:
+                raise ValueError(
+                    f"model_fn's EstimatorSpec has no optimizer, but the model has {len(trainable)} dense variables "
+                    f"to train: pass one, e.g. EstimatorSpec(..., optimizer=tf.keras.optimizers.Adagrad(0.01)) "
+                    f"(there is no default; embedding slices use their own optimizers, docs/defaults.md)")
             self.backend.create_dense(self._dense, compiled.optimizer)
 
     def _maybe_restore(self) -> int:
@@ -416,7 +421,8 @@ class Estimator:
             log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in stats.items()))
 
     def evaluate(self, steps: int | None = None) -> dict[str, Any]:
-        """AUC (classification heads) / MSE (regression heads) and mean loss over the eval input."""
+        """AUC (classification heads) / MSE (regression heads) and mean loss over the eval input; the chief
+        also writes them to TensorBoard under `<model_dir>/eval/`."""
         dataset = self._dataset(ModeKeys.EVAL)
         if steps is not None:
             dataset = dataset.take(steps)
@@ -447,7 +453,23 @@ class Estimator:
             else:
                 metrics[f"{h}_mse"] = metrics_eval.mse(lb, p)
         log.info("eval at global step %d: %s", global_step, metrics)
+        if self.config.is_chief:
+            self._write_eval_events(metrics, global_step)
         return metrics
+
+    def _write_eval_events(self, metrics: dict[str, Any], global_step: int) -> None:
+        """The metrics as TensorBoard scalars in `<model_dir>/eval/`, where tf.estimator put them (written
+        with TF's core summary op and the scalar plugin's tag: tensorflow-cpu ships without TensorBoard)."""
+        from tensorflow.core.framework.summary_pb2 import SummaryMetadata
+
+        scalar = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+        writer = tf.summary.create_file_writer(os.path.join(self.config.model_dir, "eval"))
+        with writer.as_default():
+            for name, value in metrics.items():
+                if name not in ("global_step", "examples") and np.isfinite(value):
+                    tf.summary.write(name, tf.constant(value, tf.float32), step=global_step,
+                                     metadata=scalar.SerializeToString())
+        writer.close()
 
     def predict(self):
         """Yield one {head: value} dict per example; with `output_path`, also write part-<worker> files."""
