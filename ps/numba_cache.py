@@ -6,8 +6,8 @@ default `~/.cache/monolith/numba`, beside the MovieLens cache). numba reads the 
 imported, so `configure` runs when the `ps` package is imported, and re-reads numba's configuration if
 numba was imported earlier.
 
-With an empty cache, the first lookups and updates of a process compile the kernels they use (on this
-machine a training step's kernels take ~14 s); `note_cold_cache` says so once per process.
+With an empty cache, the first lookups and updates of a process compile the kernels they use, which
+makes the first steps slow; `note_cold_cache` says so once per process.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 
 from services import role_logging
@@ -41,14 +42,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds workers wait for each other at the end of training before failing")
 
 
+def _import_model_module(name: str):
+    """Import `name`; if its top package is not found, look in the current directory too, as `python -m`
+    does (the `monolith` console script does not put it on sys.path)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        log.info("%s is not installed: importing it from the current directory %s", name, cwd)
+        return importlib.import_module(name)
+
+
 def load_model_class(spec: str):
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ValueError(f"--model must look like pkg.module:Class, got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_model_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc}") from exc
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc} (the module must be importable "
+                         f"by every process: installed, on PYTHONPATH, or in the current directory)") from exc
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ValueError(f"--model {spec!r}: {module_name} has no {class_name!r}")
