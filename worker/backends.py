@@ -112,14 +112,12 @@ class LocalBackend:
     def global_step(self) -> int:
         return self._global_step
 
-    def increment_global_step(self, n: int = 1) -> int:
-        self._global_step += n
-        return self._global_step
-
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        """(global step, claimed): add 1 unless that would pass `limit`."""
         if self._global_step >= limit:
             return self._global_step, False
-        return self.increment_global_step(), True
+        self._global_step += 1
+        return self._global_step, True
 
     # checkpoints: <model_dir>/ckpt-<step>/{tables/<name>/, dense.npz, state.json}
     def save(self, model_dir: str, step: int, keep: int) -> str:
@@ -256,9 +254,6 @@ class RemoteBackend:
 
     def global_step(self) -> int:
         return int(self.client.global_step())
-
-    def increment_global_step(self, n: int = 1) -> int:
-        return int(self.client.increment_global_step(n))
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.client.claim_global_step(limit)
