@@ -2,6 +2,8 @@
 
 Worker 0 is the chief: it restores/saves the coordinated checkpoints, evaluates at the end with
 `--eval`, and writes the run summary (AUC per head, examples/s, steps, table sizes) to `--summary-file`.
+With several workers its final checkpoint, evaluation and summary wait until every worker has finished
+training (a barrier on PS shard 0, docs/barriers.md), so all three are at the job's final global step.
 """
 from __future__ import annotations
 
