@@ -149,11 +149,11 @@ def test_final_checkpoint_evaluation_and_summary_come_after_every_worker(process
     both workers finished and pushed."""
     from ps import checkpoint as ckpt
 
-    max_steps, model_dir, summary = 301, tmp_path / "m", tmp_path / "summary.json"
+    max_steps, model_dir, summary = 151, tmp_path / "m", tmp_path / "summary.json"
     local = processes.start(["-m", "services.cli", "local", "--num-ps", "2", "--num-workers", "2",
                              "--model", "tests.tiny_models:TinyDNN", "--model-dir", str(model_dir),
                              "--max-steps", str(max_steps), "--", "--eval", "--summary-file", str(summary),
-                             "--save-checkpoints-steps", "100"], name="local")
+                             "--save-checkpoints-steps", "50"], name="local")
     assert local.wait(timeout=400) == 0, processes.log_of(local)[-4000:]
     log = processes.log_of(local)
     result = json.loads(summary.read_text())
