@@ -5,6 +5,8 @@ import argparse
 import logging
 import tempfile
 
+from worker.train_main import MAX_STEPS_HELP
+
 log = logging.getLogger(__name__)
 
 
@@ -14,7 +16,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
     parser.add_argument("--model-dir", default=None,
                         help="model/checkpoint directory (default: a temp dir; shared storage on a cluster)")
-    parser.add_argument("--max-steps", type=int, default=None, help="steps each worker trains")
+    parser.add_argument("--max-steps", type=int, default=None, help=MAX_STEPS_HELP)
     parser.add_argument("--dataservice", action="store_true", help="feed workers through a tf.data service")
     parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
     parser.add_argument("--metrics", action="store_true",

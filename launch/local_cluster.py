@@ -1,7 +1,9 @@
 """`monolith local`: a whole job as processes on this machine, each started by `monolith run`.
 
 Every role gets a free loopback port and the `MLP_*` variables a scheduler would inject, so the local
-cluster exercises exactly the code paths of a YARN/Kubernetes job. Output is streamed with `[role:i]`
+cluster exercises exactly the code paths of a YARN/Kubernetes job. The current directory is importable
+in every process (as `python -m` makes it for one), so `--model mymodel:MyModel` finds ./mymodel.py, and
+every process gets one launch id (`MONOLITH_LAUNCH_ID`) new for this run. Output is streamed with `[role:i]`
 prefixes. The first process to fail (or Ctrl-C) stops all the others; the failing role is named and the
 exit status is non-zero. Children die with this process (see `supervision`), so nothing is orphaned.
 """
@@ -14,13 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services import role_logging
-from services.cluster_spec import mlp_environment
+from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -95,10 +98,11 @@ def run_local_cluster(
     members: list[_Member] = []
     run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", HOST,
                 *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
+    launch_id = uuid.uuid4().hex
     try:
         for role in ("ps", "dispatcher", "dsworker", "worker"):
             for index in range(len(layout.get(role, ()))):
-                env = {**os.environ, **mlp_environment(layout, role, index), "PYTHONUNBUFFERED": "1"}
+                env = child_environment(os.environ, mlp_environment(layout, role, index), launch_id)
                 proc = spawn(monolith_command("run", *run_args), env=env, new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 prefix = f"[{role}:{index}] " if log_prefix else ""
@@ -115,6 +119,14 @@ def run_local_cluster(
                 terminate(m.proc, timeout=SHUTDOWN_GRACE_S / 3, group=True)
         for m in members:
             m.pump.join(5)
+
+
+def child_environment(parent: Mapping[str, str], mlp: Mapping[str, str], launch_id: str) -> dict[str, str]:
+    """A member's environment: ours, its `MLP_*` variables, the launch id, and the current directory
+    first on `PYTHONPATH`."""
+    path = [os.getcwd(), *filter(None, parent.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**parent, **mlp, LAUNCH_ID_VAR: launch_id, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path)),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def _pump(stream, prefix: str, out, lock: threading.Lock) -> None:
@@ -144,7 +156,7 @@ def _watch(members: list[_Member], flag: SignalFlag) -> int:
         if flag.sleep(0.2):
             log.warning("interrupted (signal %d): stopping the cluster", flag.received)
             _stop_all(members)
-            return 128 + flag.received
+            return 128 + (flag.received or 0)
 
 
 def _stop_all(members: list[_Member]) -> None:

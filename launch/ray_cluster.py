@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
 from services import role_logging
-from services.cluster_spec import mlp_environment
+from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,11 @@ class RoleProcess:
         return self.proc.pid
 
     def _pump(self) -> None:
-        for raw in iter(self.proc.stdout.readline, b""):
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+        for raw in iter(stdout.readline, b""):
             self.lines.append(raw.decode(errors="replace"))
-        self.proc.stdout.close()
+        stdout.close()
 
     def poll(self) -> tuple[int | None, list[str]]:
         """(exit code or None while running, output lines since the last call)."""
@@ -113,13 +117,14 @@ def run_ray_cluster(
     counts = role_counts(num_ps, num_workers, dataservice, num_dsworkers)
     started_ray = not ray.is_initialized()
     if started_ray:
-        init = {"address": address, "include_dashboard": False, "runtime_env": _runtime_env(),
+        init: dict[str, Any] = {"address": address, "include_dashboard": False, "runtime_env": _runtime_env(),
                 "log_to_driver": False}
         if address == "local":
             init["num_cpus"] = num_cpus or os.cpu_count()
         ray.init(**init)
     actor_cls = ray.remote(RoleProcess)
-    members: dict[tuple[str, int], object] = {}
+    launch_id = uuid.uuid4().hex
+    members: dict[tuple[str, int], Any] = {}
     flag = SignalFlag()
     try:
         for role, n in counts.items():
@@ -131,7 +136,8 @@ def run_ray_cluster(
             host = layout[role][i][0]
             run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host,
                         *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
-            ray.get(actor.start.remote(mlp_environment(layout, role, i), run_args))
+            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id}
+            ray.get(actor.start.remote(env, run_args))
         return _watch(members, flag, out)
     finally:
         flag.restore()
@@ -192,4 +198,4 @@ def _watch(members: dict, flag: SignalFlag, out) -> int:
             return 1
         if flag.sleep(POLL_S):
             log.warning("interrupted (signal %d): stopping the job", flag.received)
-            return 128 + flag.received
+            return 128 + (flag.received or 0)

@@ -23,6 +23,7 @@ from services import exit_hook, role_logging
 from services.cluster_spec import ClusterSpec
 from services.mlp_env import MLPEnvError, check_port, split_addr
 from services.ports import free_port
+from worker.train_main import MAX_STEPS_HELP
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class PeerTimeout(RuntimeError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="worker role: the model class as pkg.module:Class")
     parser.add_argument("--model-dir", help="worker role: model/checkpoint directory")
-    parser.add_argument("--max-steps", type=int, help="worker role: steps to train")
+    parser.add_argument("--max-steps", type=int, help=f"worker role: {MAX_STEPS_HELP}")
     parser.add_argument("--checkpoint-dir",
                         help="ps role: restore the latest complete checkpoint from here (default: --model-dir)")
     parser.add_argument("--save-on-exit", action="store_true",
@@ -120,8 +121,9 @@ def train_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         cmd += ["--max-steps", str(args.max_steps)]
     if spec.num("ps"):
         cmd += ["--ps", ",".join(spec.addresses("ps"))]
-    if spec.dispatcher_target():
-        cmd += ["--dispatcher", spec.dispatcher_target()]
+    dispatcher = spec.dispatcher_target()
+    if dispatcher:
+        cmd += ["--dispatcher", dispatcher]
     if args.metrics_port is not None:
         cmd += ["--metrics-port", str(args.metrics_port)]
     extra = list(args.train_args or [])

@@ -58,6 +58,15 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint file is truncated, fails its checksum, or does not match its manifest."""
 
 
+class BarrierTimeout(PSError, TimeoutError):
+    """Not every participant reached a barrier in time; `missing` names the ones that did not (raised by the
+    client while it waits, never sent by a shard)."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message, 0)
+        self.missing = missing
+
+
 class PSResourceExhausted(PSError, ValueError):
     """A message exceeded the size limit: split the batch."""
 

@@ -16,6 +16,11 @@ from services.mlp_env import MLPEnv, MLPEnvError, format_addr, split_addr
 
 ROLES = ("ps", "worker", "dispatcher", "dsworker")
 
+LAUNCH_ID_VAR = "MONOLITH_LAUNCH_ID"
+"""Set by a launcher to the same value for every process of one launch of a job, new for each launch
+(`monolith local`/`ray`: a random id; Kubernetes: the worker Job's uid). Workers scope their barriers with
+it, so arrivals left on a still-running PS by an earlier launch never count for this one."""
+
 
 @dataclass(frozen=True)
 class ClusterSpec:

@@ -31,13 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "ps": {"services", "protos", "ps.*"},  # ps/__init__.py and ps/__main__.py (the shard process)
     "dispatcher": {"services", "protos"},
     # the worker: the model-building library below the training runtime
-    "worker.modeling": {"services", "protos"},
+    "worker.modeling": {"services", "protos", "ps.config", "ps.errors"},  # segment configs are PS configs
     "worker.models": {"protos", "worker.modeling"},
     "worker.runtime": {"services", "protos", "ps.*", "worker.modeling"},
     "worker.export": {"services", "protos", "ps.*", "worker.modeling", "worker.runtime"},
     "worker": {"services", "protos", "ps.*", "worker.*"},  # worker/model.py (the public API), worker/train_main.py
     "serving": {"services", "protos", "ps.*"},  # a role of its own: never the worker
-    "launch": {"services", "protos", "ps.*", "worker.*", "dispatcher", "serving"},
+    "launch": {"services", "protos", "ps", "ps.*", "worker", "worker.*", "dispatcher", "serving"},
 }
 ROLES_AND_BELOW = ("protos", "services", "ps", "dispatcher", "worker", "serving", "launch")
 _SPLIT = {"ps": {"errors", "config", "sharding", "kernels", "persist", "store", "wire", "service", "client"},

@@ -1,4 +1,4 @@
-"""The model surface of the seed: params, contexts, heads, slices, layouts and their error paths."""
+"""The model surface of Monolith: params, contexts, heads, slices, layouts and their error paths."""
 import math
 
 import numpy as np
@@ -248,8 +248,8 @@ def test_model_fn_spec_normalisation_and_errors():
     assert out.head_names == ["ctr_head"] and out.classification == [True]
     with pytest.raises(Exception, match="EstimatorSpec Error!"):
         m._normalize({"pred": pred}, ModeKeys.TRAIN)
-    with pytest.raises(Exception, match="dense_optimizer not found!"):
-        m._normalize(EstimatorSpec(label=label, pred=pred, loss=loss), ModeKeys.TRAIN)
+    # no optimizer: the Estimator decides (an error only when there are dense variables to train)
+    assert m._normalize(EstimatorSpec(label=label, pred=pred, loss=loss), ModeKeys.TRAIN).optimizer is None
     with pytest.raises(ValueError, match="head names"):
         m._normalize(EstimatorSpec(label=[label, label], pred=[pred, pred], head_name=["x"], loss=loss),
                      ModeKeys.EVAL)
@@ -388,3 +388,29 @@ def test_native_context_applies_embedding_gradients_through_the_store():
         ctx.apply_embedding_gradients({"b": (ids, grads)})
     with pytest.raises(ValueError, match="no feature_factory"):
         NativeContext().apply_embedding_gradients({})
+
+
+def test_entry_optimizer_defaults_are_the_ps_defaults():
+    """One set of defaults (docs/defaults.md): `AdagradOptimizer()` etc. configure exactly what the PS
+    optimizer of that name does when a config leaves the value out (Monolith's proto defaults)."""
+    from ps.config import OPTIMIZER_SPECS
+    from worker.modeling.segment_configs import AdagradOptimizer, AdamOptimizer, FtrlOptimizer, SgdOptimizer
+
+    for cls in (SgdOptimizer, AdagradOptimizer, FtrlOptimizer, AdamOptimizer):
+        cfg = cls().to_config()
+        defaults = OPTIMIZER_SPECS[cfg.pop("type")].defaults
+        assert cfg == {k: defaults[k] for k in cfg}, (cls.__name__, cfg, defaults)
+    assert AdagradOptimizer().initial_accumulator_value == tf.keras.optimizers.Adagrad().initial_accumulator_value
+
+
+def test_a_slice_without_optimizer_gets_monoliths_slot_default_and_says_so(caplog):
+    import logging
+
+    slot = FeatureFactory().create_feature_slot(FeatureSlotConfig(name="user"))
+    with caplog.at_level(logging.INFO, logger="worker.modeling.feature"):
+        slot.add_feature_slice(4, name="vec")
+    segment = slot.table_config()["segments"][0]
+    assert segment["optimizer"] == {"type": "adagrad", "learning_rate": 0.001, "initial_accumulator_value": 1.0}
+    assert segment["initializer"] == {"type": "random_uniform", "minval": -0.05, "maxval": 0.05}
+    assert "slice 'vec' of table 'user' uses the table's default initializer" in caplog.text
+    assert "optimizer {'type': 'adagrad'" in caplog.text

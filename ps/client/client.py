@@ -29,7 +29,7 @@ import numpy as np
 from protos import ps_pb2, ps_pb2_grpc
 from ps.client.routing import Routed, route, sum_duplicates
 from ps.config import ClientConfig, OptimizerConfig, TableConfig
-from ps.errors import PSError, PSUnavailable, error_for
+from ps.errors import BarrierTimeout, PSError, PSUnavailable, error_for
 from ps.kernels.hash_index import all_finite
 from ps.kernels.threads import passive_kernel_threads
 from ps.persist.coordinator import CheckpointCoordinator
@@ -48,7 +48,7 @@ from services.malloc_tuning import tune_malloc
 log = logging.getLogger(__name__)
 
 _RETRY_ALWAYS = {grpc.StatusCode.UNAVAILABLE}
-_IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict"}
+_IDEMPOTENT = {"Lookup", "Health", "Stats", "DensePull", "CreateTables", "DenseCreate", "Restore", "Evict", "Barrier"}
 
 
 @dataclass(frozen=True)
@@ -447,7 +447,7 @@ class PSClient:
         if per_shard:
             self._call_shards("DensePush", per_shard)
 
-    # -- global step (shard 0) -------------------------------------------------------------------
+    # -- global step and barriers (shard 0) ------------------------------------------------------
     def increment_global_step(self, n: int = 1) -> int:
         if int(n) < 0:
             raise ValueError(f"increment_global_step: n must be >= 0, got {n}")
@@ -455,6 +455,38 @@ class PSClient:
 
     def global_step(self) -> int:
         return self.increment_global_step(0)
+
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
+        reply = self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=1, limit=int(limit)))
+        return int(reply.global_step), bool(reply.applied)
+
+    def barrier(self, name: str, participant: str | None, expected: int) -> list[str]:
+        """Arrive at barrier `name` as `participant` (None: only look); who has arrived so far."""
+        if not name:
+            raise ValueError("barrier name must be non-empty")
+        request = ps_pb2.BarrierRequest(name=name, participant=participant or "", expected=int(expected))
+        return list(self._call_with_retries(0, "Barrier", request).arrived)
+
+    def wait_barrier(self, name: str, participant: str | None, participants: list[str], timeout_s: float,
+                     poll_s: float = 0.2) -> list[str]:
+        """Arrive as `participant` (None: only wait) and block until every one of `participants` has arrived.
+
+        The arrival is repeated on every poll (it is idempotent), so a restarted shard 0, whose barriers
+        are in memory only, learns it again. After `timeout_s` raises `BarrierTimeout` naming who is missing.
+        """
+        if participant and participant not in participants:
+            raise ValueError(f"barrier {name!r}: {participant!r} is not one of its participants {participants}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            arrived = self.barrier(name, participant, len(participants))
+            missing = [p for p in participants if p not in arrived]
+            if not missing:
+                return arrived
+            if time.monotonic() >= deadline:
+                raise BarrierTimeout(f"barrier {name!r}: {len(participants) - len(missing)} of {len(participants)} "
+                                     f"arrived within {timeout_s:g}s; missing: {', '.join(missing)}", missing)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoints(self, checkpoint_dir: str) -> CheckpointCoordinator:

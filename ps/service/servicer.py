@@ -102,6 +102,7 @@ class ParameterServerServicer:
             "DensePull": (_proto_parser(ps_pb2.DensePullRequest), self.dense_pull),
             "DensePush": (_proto_parser(ps_pb2.DensePushRequest), self.dense_push),
             "GlobalStep": (_proto_parser(ps_pb2.GlobalStepRequest), self.global_step),
+            "Barrier": (_proto_parser(ps_pb2.BarrierRequest), self.barrier),
             "Stats": (_proto_parser(ps_pb2.StatsRequest), self.stats),
             "Health": (_proto_parser(ps_pb2.HealthRequest), self.health),
         }
@@ -267,7 +268,13 @@ class ParameterServerServicer:
         return ps_pb2.DensePushResponse()
 
     def global_step(self, request: ps_pb2.GlobalStepRequest) -> ps_pb2.GlobalStepResponse:
-        return ps_pb2.GlobalStepResponse(global_step=self.state.increment_global_step(request.increment))
+        limit = request.limit if request.HasField("limit") else None
+        step, applied = self.state.increment_global_step(request.increment, limit)
+        return ps_pb2.GlobalStepResponse(global_step=step, applied=applied)
+
+    def barrier(self, request: ps_pb2.BarrierRequest) -> ps_pb2.BarrierResponse:
+        arrived, expected = self.state.arrive(request.name, request.participant, request.expected)
+        return ps_pb2.BarrierResponse(arrived=arrived, expected=expected)
 
     # -- introspection --------------------------------------------------------------------------
     def stats(self, request: ps_pb2.StatsRequest) -> ps_pb2.StatsResponse:

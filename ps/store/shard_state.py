@@ -60,6 +60,7 @@ class ShardState:
         self.tables: dict[str, EmbeddingTable] = {}
         self.dense: dict[str, DenseVariable] = {}
         self._global_step = 0
+        self._barriers: dict[str, tuple[int, set[str]]] = {}  # name -> (expected, arrived); never saved
         self._lock = threading.RLock()
         self.started = time.time()
         self.restored_from = ""
@@ -166,15 +167,41 @@ class ShardState:
         for var, grad in checked:
             var.table.apply_gradients(_DENSE_ID, grad, global_step=global_step, learning_rates=lrs)
 
-    # -- global step (held by shard 0) ---------------------------------------------------------
-    def increment_global_step(self, n: int) -> int:
+    # -- global step and barriers (held by shard 0) --------------------------------------------
+    def _check_shard_0(self, what: str) -> None:
         if self.shard_index != 0:
-            raise WrongShard(f"the global step lives on shard 0, not shard {self.shard_index}")
+            raise WrongShard(f"{what} live on shard 0, not shard {self.shard_index}")
+
+    def increment_global_step(self, n: int, limit: int | None = None) -> tuple[int, bool]:
+        """(global step, applied): with `limit`, nothing changes when the result would exceed it."""
+        self._check_shard_0("the global step and barriers")
         if n < 0:
             raise ValueError(f"global step increment must be >= 0, got {n}")
         with self._lock:
+            if limit is not None and self._global_step + n > limit:
+                return self._global_step, False
             self._global_step += n
-            return self._global_step
+            return self._global_step, True
+
+    def arrive(self, name: str, participant: str, expected: int) -> tuple[list[str], int]:
+        """Record `participant` (if not empty) at barrier `name`; (who has arrived, expected).
+
+        Idempotent, so waiting participants can re-arrive on every poll. Every caller of one name must
+        pass the same `expected` (a mismatch means two jobs share a name, or a bug)."""
+        self._check_shard_0("the global step and barriers")
+        if not name:
+            raise ValueError("barrier name must be non-empty")
+        if expected < 1:
+            raise ValueError(f"barrier {name!r}: expected must be >= 1, got {expected}")
+        with self._lock:
+            known, arrived = self._barriers.get(name, (expected, set()))
+            if known != expected:
+                raise PSAlreadyExists(f"barrier {name!r} expects {known} participants, this caller {expected}")
+            if participant and participant not in arrived:
+                arrived = arrived | {participant}
+                self._barriers[name] = (expected, arrived)
+                log.info("barrier %r: %s arrived (%d of %d)", name, participant, len(arrived), expected)
+            return sorted(arrived), expected
 
     @property
     def global_step(self) -> int:

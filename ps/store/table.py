@@ -17,6 +17,7 @@ import numpy as np
 
 from ps.config import TableConfig
 from ps.kernels import hash_index as H
+from ps.kernels import numba_cache
 from ps.kernels.half_floats import to_float16
 from ps.persist.atomic_files import CorruptCheckpointError
 from ps.persist.table_io import SavedRows, save_rows
@@ -87,6 +88,7 @@ class _RowsRenumbered(Exception):
 
 class EmbeddingTable:
     def __init__(self, config: TableConfig) -> None:
+        numba_cache.note_cold_cache()
         self._cfg = config
         self._config_dict = config.to_dict()
         self._opts = [OPTIMIZERS[s.optimizer.type] for s in config.segments]

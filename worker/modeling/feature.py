@@ -5,6 +5,7 @@ and learning-rate function, so one table row is several independently optimised 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,15 @@ from worker.modeling.segment_configs import (
     to_config,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class FeatureSlotConfig:
+    """A table's settings; the defaults are Monolith's `FeatureSlotConfig` defaults (docs/defaults.md): a
+    slice that names no initializer/optimizer gets the `default_vec_*` ones (note Adagrad's accumulator
+    starts at 1.0 here, as in Monolith, not at `AdagradOptimizer()`'s 0.1)."""
+
     name: str
     has_bias: bool = False
     bias_initializer: Any = field(default_factory=ZerosInitializer)
@@ -109,6 +116,11 @@ class FeatureSlot:
         opt_cfg = to_config(optimizer or self.config.default_vec_optimizer, f"optimizer of {self.name!r}")
         start = self.dim
         fs = FeatureSlice(self, start, start + dim, name or f"slice{len(self.slices)}")
+        if initializer is None or optimizer is None:
+            log.info("slice %r of table %r uses the table's default %s (docs/defaults.md)", fs.name, self.name,
+                     " and ".join(f"{what} {cfg}" for what, cfg, given in (("initializer", init_cfg, initializer),
+                                                                          ("optimizer", opt_cfg, optimizer))
+                                  if given is None))
         self.slices.append(fs)
         self._segments.append({"dim": dim, "initializer": init_cfg, "optimizer": opt_cfg})
         self._lr_fns.append(learning_rate_fn)

@@ -261,9 +261,7 @@ class MonolithBaseModel(NativeTask, abc.ABC):
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             if mode == ModeKeys.TRAIN:
-                optimizer = optimizer or self._default_dense_optimizer
-                if optimizer is None:
-                    raise Exception("dense_optimizer not found!")
+                optimizer = optimizer or self._default_dense_optimizer  # None: checked by the Estimator
         return ModelOutputs(mode, heads, preds, labels, classes, loss, optimizer, dict(self._export_outputs))
 
     @staticmethod

@@ -92,7 +92,7 @@ class NativeTask(abc.ABC):
         ]:
             metrics.define(name, default)
         p.define("metrics", metrics)
-        p.define("mode", ModeKeys.TRAIN, "temporary, as in the seed: the mode model_fn sees for TRAIN")
+        p.define("mode", ModeKeys.TRAIN, "temporary, as in Monolith: the mode model_fn sees for TRAIN")
         for name, default in [
             ("max_pending_seconds_for_barrier", 30), ("slow_start_steps", 0), ("sample_bias", 0.0),
             ("use_gpu_emb_table", False), ("use_fountain", False), ("fountain_zk_host", ""),

@@ -1,12 +1,15 @@
 """Per-slice initializer and optimizer configs: what a PS table segment is made of.
 
 Each config turns into the plain dict the store and PS take (`to_config()`); `str()` is stable so
-identical slices can be recognised by their text, as Monolith's table merging did.
+identical slices can be recognised by their text, as Monolith's table merging did. An optimizer's
+defaults are the PS optimizer's (`ps.config.OPTIMIZER_SPECS`; docs/defaults.md says where each comes from).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ps.config import OPTIMIZER_SPECS
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -51,9 +54,14 @@ class RandomUniformInitializer:
         return cfg
 
 
+def _ps_default(optimizer: str, key: str) -> Any:
+    """The one default of an optimizer setting: the PS's (ps.config.OPTIMIZER_SPECS)."""
+    return OPTIMIZER_SPECS[optimizer].defaults[key]
+
+
 @dataclass(frozen=True)
 class _Optimizer:
-    learning_rate: float = 0.01
+    learning_rate: float = _ps_default("sgd", "learning_rate")
     type_name: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,8 +79,8 @@ class SgdOptimizer(_Optimizer):
 
 @dataclass(frozen=True)
 class AdagradOptimizer(_Optimizer):
-    learning_rate: float = 0.001
-    initial_accumulator_value: float = 1.0
+    learning_rate: float = _ps_default("adagrad", "learning_rate")
+    initial_accumulator_value: float = _ps_default("adagrad", "initial_accumulator_value")
     type_name: str = field(default="adagrad", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,20 +90,20 @@ class AdagradOptimizer(_Optimizer):
 
 @dataclass(frozen=True)
 class FtrlOptimizer(_Optimizer):
-    learning_rate: float = 0.01
-    initial_accumulator_value: float = 1e-6
-    beta: float = 1.0
-    l1_regularization_strength: float = 0.0
-    l2_regularization_strength: float = 0.0
+    learning_rate: float = _ps_default("ftrl", "learning_rate")
+    initial_accumulator_value: float = _ps_default("ftrl", "initial_accumulator_value")
+    beta: float = _ps_default("ftrl", "beta")
+    l1_regularization_strength: float = _ps_default("ftrl", "l1_regularization_strength")
+    l2_regularization_strength: float = _ps_default("ftrl", "l2_regularization_strength")
     type_name: str = field(default="ftrl", init=False, repr=False)
 
 
 @dataclass(frozen=True)
 class AdamOptimizer(_Optimizer):
-    learning_rate: float = 0.001
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
+    learning_rate: float = _ps_default("adam", "learning_rate")
+    beta1: float = _ps_default("adam", "beta1")
+    beta2: float = _ps_default("adam", "beta2")
+    epsilon: float = _ps_default("adam", "epsilon")
     type_name: str = field(default="adam", init=False, repr=False)
 
 

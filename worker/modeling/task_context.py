@@ -20,7 +20,7 @@ _CTX: NativeTaskContext | None = None
 
 @contextlib.contextmanager
 def with_ctx(ctx: NativeTaskContext):
-    """Install `ctx`; on exit restore the previous context, but an outermost exit keeps `ctx` (as the seed)."""
+    """Install `ctx`; on exit restore the previous context, but an outermost exit keeps `ctx` (as Monolith does)."""
     global _CTX
     old_ctx = _CTX
     _CTX = ctx

@@ -12,7 +12,6 @@ locally restores onto any number of PS shards, and the reverse.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -25,6 +24,8 @@ from ps.store.shard_state import ShardState
 from worker.runtime.dense_state import DenseVariables, export_dense, import_dense, keras_optimizer_config
 
 log = logging.getLogger(__name__)
+
+_CHIEF = "worker:0"
 
 SparseUpdates = Mapping[str, tuple[np.ndarray, np.ndarray]]
 """{table: (ids, row gradients)}: distinct ids, except for tables that count occurrences (admission)."""
@@ -60,7 +61,9 @@ class ParameterBackend(Protocol):
 
     def global_step(self) -> int: ...
 
-    def increment_global_step(self, n: int = 1) -> int: ...
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
+        ...
 
     def save(self, model_dir: str, step: int) -> str: ...
 
@@ -70,9 +73,15 @@ class ParameterBackend(Protocol):
 
     def table_sizes(self) -> dict[str, int]: ...
 
-    def mark_ready(self) -> None: ...
+    def mark_ready(self) -> None:
+        """The chief has restored (or found nothing to restore): other workers may start."""
+        ...
 
     def wait_ready(self, timeout_s: float) -> None: ...
+
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+        """Arrive at this launch's barrier `name` and wait (bounded) until every worker has."""
+        ...
 
     def close(self) -> None: ...
 
@@ -81,7 +90,7 @@ class LocalBackend:
     """An in-process PS shard for the tables; the dense variables train in the graph."""
 
     distributed = False
-    cluster_id = None
+    cluster_id: str | None = None
 
     def __init__(self, keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
         self.shard = ShardState(0, 1)
@@ -133,8 +142,8 @@ class LocalBackend:
     def global_step(self) -> int:
         return self.shard.global_step
 
-    def increment_global_step(self, n: int = 1) -> int:
-        return self.shard.increment_global_step(n)
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        return self.shard.increment_global_step(1, limit)
 
     # checkpoints: the coordinated layout, written by the in-process shard
     def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
@@ -164,6 +173,9 @@ class LocalBackend:
     def wait_ready(self, timeout_s: float) -> None:
         pass
 
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -181,15 +193,16 @@ class RemoteBackend:
     distributed = True
 
     def __init__(self, addresses: list[str], ready_timeout_s: float = 60.0,
-                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
+                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS, launch_id: str | None = None) -> None:
         from ps.client import PSClient
 
         self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
         self.client.wait_until_ready(ready_timeout_s)
         self._dense: DenseVariables | None = None
-        health = self.client.health()[0]
-        # identifies this launch of the PS processes: the same for every worker, new after a PS restart
-        self.cluster_id: str | None = f"{health.get('pid', 0)}"
+        # Identifies this launch of the job: the same for every worker, new for every launch. It scopes the
+        # barriers and tf.data job names, so nothing left by an earlier launch counts for this one. Without
+        # a launcher-given id: shard 0's pid, new whenever the PS processes are.
+        self.cluster_id: str | None = launch_id or f"ps-pid-{self.client.health()[0].get('pid', 0)}"
 
     def create_tables(self, configs: Mapping[str, dict]) -> None:
         if configs:
@@ -228,8 +241,8 @@ class RemoteBackend:
     def global_step(self) -> int:
         return int(self.client.global_step())
 
-    def increment_global_step(self, n: int = 1) -> int:
-        return int(self.client.increment_global_step(n))
+    def claim_global_step(self, limit: int) -> tuple[int, bool]:
+        return self.client.claim_global_step(limit)
 
     def save(self, model_dir: str, step: int) -> str:
         return self.client.save(model_dir, step)
@@ -240,24 +253,19 @@ class RemoteBackend:
         self.client.restore(model_dir, step)
         return self.global_step()
 
-    def _marker(self) -> str:
-        return f"__chief_ready_{self.cluster_id}__"
+    def _barrier_name(self, what: str) -> str:
+        return f"{self.cluster_id}/{what}"
 
     def mark_ready(self) -> None:
         """The chief has restored (or found nothing to restore): other workers may start."""
-        self.client.create_dense({self._marker(): {"shape": [1], "optimizer": {"type": "sgd", "learning_rate": 0.0},
-                                                   "initial_value": np.zeros(1, np.float32)}})
+        self.client.barrier(self._barrier_name("chief-ready"), _CHIEF, 1)
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.client.dense_pull([self._marker()])
-                return
-            except (LookupError, ValueError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the chief did not get the PS ready within {timeout_s}s") from None
-                time.sleep(0.2)
+        self.client.wait_barrier(self._barrier_name("chief-ready"), None, [_CHIEF], timeout_s)
+
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+        participants = [f"worker:{i}" for i in range(num_workers)]
+        self.client.wait_barrier(self._barrier_name(name), participants[worker_index], participants, timeout_s)
 
     def close(self) -> None:
         self.client.close()

@@ -3,6 +3,11 @@
 Reading and deduplicating run ahead freely; the PS lookup of step i waits until the gradients of step
 i - 1 - staleness have been pushed. staleness 0 is strictly sequential (bit-reproducible); k lets the
 lookups of the next k steps overlap the current step's compute and push.
+
+The thread owns the input: it drops its reference to `read` (and so to the tf.data iterator inside it)
+when it ends, and `close` does not wait for it. Tearing a tf.data iterator down can block for up to a
+minute (docs/input-pipeline-shutdown.md), and a read can block on a slow input; neither may hold up the
+training loop, evaluation or the end of the process.
 """
 from __future__ import annotations
 
@@ -27,6 +32,12 @@ class Prefetcher:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._produce()
+        finally:
+            self._read = self._lookup = None  # type: ignore[assignment]  # the input is torn down here, on this thread
+
+    def _produce(self) -> None:
         i = 0
         try:
             while not self._stop:
@@ -69,7 +80,8 @@ class Prefetcher:
             self._cond.notify_all()
 
     def close(self) -> None:
+        """Stop reading ahead. Returns at once: no new lookup starts after this, and the thread ends (and
+        releases the input) on its own, however long a read in progress or the input's teardown takes."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)

@@ -94,7 +94,7 @@ def _slots(optimizer: Any, kind: str) -> dict[str, list[tf.Variable]]:
     return {}
 
 
-def export_dense(shard: ShardState, dense: DenseVariables, optimizer: Any | None) -> None:
+def export_dense(shard: ShardState, dense: DenseVariables, optimizer: Any) -> None:
     """Put the dense values and the optimizer's state into `shard.dense` (replacing what was there)."""
     shard.dense.clear()
     config = _ps_config(optimizer) if optimizer is not None else None
@@ -108,13 +108,13 @@ def export_dense(shard: ShardState, dense: DenseVariables, optimizer: Any | None
                 t = int(optimizer.iterations.numpy()) + 1
                 arrays["segment0.row_state"] = np.array([[config["beta1"] ** t, config["beta2"] ** t]])
             table.set_row_arrays(_ROW, arrays)
-    if optimizer is not None and config is None:
+    if config is None and optimizer is not None:
         for k, var in enumerate(optimizer.variables):
             value = np.asarray(var.numpy(), np.float32)
             shard.create_dense(f"{KERAS_STATE}{k:04d}", list(value.shape) or [1], _FROZEN, value.reshape(-1))
 
 
-def import_dense(shard: ShardState, dense: DenseVariables, optimizer: Any | None) -> None:
+def import_dense(shard: ShardState, dense: DenseVariables, optimizer: Any) -> None:
     """Assign the dense values (and, with `optimizer`, its state) that a restore put into `shard.dense`."""
     missing = [n for n in dense.names if n not in shard.dense]
     if missing:

@@ -19,6 +19,8 @@ class RunConfig:
     job_name: str | None = None              # tf.data service job name (default: derived per run)
     progress: bool = False                   # live tqdm line
     ready_timeout_s: float = 60.0
+    launch_id: str | None = None             # the same for every worker of one launch of the job, new per launch
+    barrier_timeout_s: float = 600.0         # how long workers wait for each other at the end of training
 
     def __post_init__(self) -> None:
         if not self.model_dir or not isinstance(self.model_dir, str):
@@ -33,8 +35,15 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise ValueError(f"RunConfig.{name} must be > 0 or None, got {value!r}")
+        if not isinstance(self.barrier_timeout_s, (int, float)) or self.barrier_timeout_s <= 0:
+            raise ValueError(f"RunConfig.barrier_timeout_s must be > 0, got {self.barrier_timeout_s!r}")
+        if self.launch_id is not None and (not isinstance(self.launch_id, str) or not self.launch_id):
+            raise ValueError(f"RunConfig.launch_id must be a non-empty string or None, got {self.launch_id!r}")
         if not isinstance(self.keep_checkpoint_max, int) or self.keep_checkpoint_max < 1:
             raise ValueError(f"RunConfig.keep_checkpoint_max must be an int >= 1, got {self.keep_checkpoint_max!r}")
+        self._check_addresses()
+
+    def _check_addresses(self) -> None:
         if self.ps_addresses is not None:
             if not self.ps_addresses:
                 raise ValueError("RunConfig.ps_addresses is empty: pass None for local mode")

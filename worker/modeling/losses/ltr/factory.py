@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from worker.modeling.losses.ltr.losses import (
@@ -31,7 +33,7 @@ class RankingLossKey:
 
 
 # loss key -> (function, takes lambda_weight, takes seed)
-_LOSSES = {
+_LOSSES: dict[str, tuple[Callable, bool, bool]] = {
     RankingLossKey.PAIRWISE_HINGE_LOSS: (_pairwise_hinge_loss, True, False),
     RankingLossKey.PAIRWISE_LOGISTIC_LOSS: (_pairwise_logistic_loss, True, False),
     RankingLossKey.PAIRWISE_SOFT_ZERO_ONE_LOSS: (_pairwise_soft_zero_one_loss, True, False),
