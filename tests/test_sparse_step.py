@@ -127,3 +127,31 @@ def test_shared_tables_push_distinct_ids_unless_admission_counts_every_feature()
         assert ids.tolist() == want_ids
         if not counting:  # ids used by both features get both gradients
             np.testing.assert_array_equal(summed[:, 0], [2, 2, 1, 1])
+
+
+def test_a_shard_checks_each_update_once_before_changing_any_table(monkeypatch):
+    """Values enter a shard through the servicer: the table's own checks run there, once per table, and a
+    bad second table leaves the first one unchanged."""
+    import ps.kernels.hash_index as hash_index
+    from ps.service.servicer import ParameterServerServicer
+    from ps.store.shard_state import ShardState
+    from ps.wire.fast_messages import APPLY_GLOBAL_STEP, decode_updates, encode_updates
+
+    shard = ShardState(0, 1)
+    for name in ("a", "b"):
+        shard.create_table(name, {"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0}})
+    servicer = ParameterServerServicer(shard)
+    scans = []
+    finite = hash_index.all_finite
+    monkeypatch.setattr(hash_index, "all_finite", lambda a: scans.append(a.shape) or finite(a))
+
+    def request(b_values):
+        raw = encode_updates([("a", np.array([1, 2]), np.ones((2, 2)), None),
+                              ("b", np.array([3]), b_values, None)], {APPLY_GLOBAL_STEP: 1})
+        return decode_updates(raw, "ApplyGradientsRequest")
+
+    servicer.apply_gradients(request(np.ones((1, 2))))
+    assert scans == [(2, 2), (1, 2)]  # one finiteness scan per table's values
+    with pytest.raises(ValueError, match="'b'.*NaN/Inf"):
+        servicer.apply_gradients(request(np.array([[np.nan, 0.0]])))
+    np.testing.assert_array_equal(shard.table("a").lookup(np.array([1, 2])), -np.ones((2, 2)))  # applied once

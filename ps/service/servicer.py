@@ -21,10 +21,9 @@ from google.protobuf.message import DecodeError
 from protos import ps_pb2
 from ps.config import TableConfig
 from ps.errors import CheckpointError, status_of
-from ps.kernels.hash_index import all_finite
 from ps.service import rpc_metrics as metrics
 from ps.store.shard_state import ShardState
-from ps.store.table import EmbeddingTable
+from ps.store.table import CheckedUpdate, EmbeddingTable
 from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
@@ -169,44 +168,48 @@ class ParameterServerServicer:
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
         return encode_lookup_response(rows)  # a serialized LookupResponse; the rows are copied once
 
-    def _decode_updates(self, method: str, items, with_lr: bool):
+    def _checked_updates(self, method: str, request: UpdatesView) -> list[tuple[str, CheckedUpdate]]:
+        """Decode every table's update and run the table's own checks on it (the only checks its values get:
+        this is where they enter the shard); nothing is applied until every table's update passed."""
+        gradients = method == "ApplyGradients"
+        global_step = request.scalars.get(APPLY_GLOBAL_STEP, 0)
+        update_time = request.scalars.get(APPLY_UPDATE_TIME if gradients else UPDATE_UPDATE_TIME, 0)
         work = []
-        for item in items:
+        for item in request.tables:
             where = f"{method} table {item.table!r}"
             table = self.state.table(item.table)
             ids = ids_from_bytes(item.ids, where)
             values = rows_from_bytes(item.values, ids.size, table.dim, where, F32)
-            if values.size and not all_finite(values):
-                bad = np.argwhere(~np.isfinite(values))[0]
-                raise ValueError(f"{where}: values contain NaN/Inf (first at id {int(ids[bad[0]])}, column {bad[1]})")
-            lrs = None
-            if with_lr and item.learning_rates:
-                lrs = list(item.learning_rates)
-                if len(lrs) != len(table.segment_dims):
-                    raise ValueError(f"{where}: {len(lrs)} learning rates for {len(table.segment_dims)} segments")
             self.state.check_owned(item.table, ids)
-            work.append((item.table, table, ids, values, lrs))
-        metrics.IDS.labels(self._shard, method).inc(sum(w[2].size for w in work))
+            try:
+                if gradients:
+                    checked = table.check_gradients(ids, values, global_step, update_time,
+                                                    list(item.learning_rates) or None)
+                else:
+                    checked = table.check_values(ids, values, update_time)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            work.append((item.table, checked))
+        metrics.IDS.labels(self._shard, method).inc(sum(c.ids.size for _n, c in work))
         return work
 
     def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
-        work = self._decode_updates("ApplyGradients", request.tables, with_lr=True)
-        global_step, update_time = request.scalars.get(APPLY_GLOBAL_STEP, 0), request.scalars.get(APPLY_UPDATE_TIME, 0)
-        for _name, table, ids, grads, lrs in work:
-            table.apply_gradients(ids, grads, global_step=global_step, update_time=update_time, learning_rates=lrs)
-        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+        work = self._checked_updates("ApplyGradients", request)
+        for _name, checked in work:
+            checked.table.apply_checked(checked)
+        return ps_pb2.UpdateResponse(rows={name: c.ids.size for name, c in work})
 
     def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
-        work = self._decode_updates("Assign", request.tables, with_lr=False)
-        for _name, table, ids, values, _lrs in work:
-            table.assign(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
-        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+        work = self._checked_updates("Assign", request)
+        for _name, checked in work:
+            checked.table.write_checked(checked, add=False)
+        return ps_pb2.UpdateResponse(rows={name: c.ids.size for name, c in work})
 
     def assign_add(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
-        work = self._decode_updates("AssignAdd", request.tables, with_lr=False)
-        for _name, table, ids, values, _lrs in work:
-            table.assign_add(ids, values, update_time=request.scalars.get(UPDATE_UPDATE_TIME, 0))
-        return ps_pb2.UpdateResponse(rows={name: ids.size for name, _t, ids, _v, _l in work})
+        work = self._checked_updates("AssignAdd", request)
+        for _name, checked in work:
+            checked.table.write_checked(checked, add=True)
+        return ps_pb2.UpdateResponse(rows={name: c.ids.size for name, c in work})
 
     def reinitialize(self, request: ps_pb2.ReinitializeRequest) -> ps_pb2.UpdateResponse:
         work = self._owned_ids("Reinitialize", request.tables)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -82,6 +83,19 @@ def _as_shard(shard) -> tuple[int, int] | None:
     return k, num
 
 
+@dataclass(frozen=True)
+class CheckedUpdate:
+    """An update of one table that passed all of that table's input checks (`check_gradients`/`check_values`)."""
+
+    table: EmbeddingTable
+    kind: str  # "gradients" or "values"
+    ids: np.ndarray
+    values: np.ndarray
+    update_time: int
+    global_step: int = 0
+    learning_rates: list[float] | None = None  # gradients only
+
+
 class _RowsRenumbered(Exception):
     """Raised inside a save when eviction or a restore moved rows after the save chose them."""
 
@@ -147,7 +161,9 @@ class EmbeddingTable:
         with _threads_for(a.size):
             finite = H.all_finite(a) if a.size else True
         if not finite:
-            raise ValueError(f"{what} contain NaN or Inf (or values beyond float32 range)")
+            row, column = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"{what} contain NaN/Inf or values beyond float32 range (first at row {row}, "
+                             f"column {column})")
         return a
 
     def _learning_rates(self, learning_rates, global_step: int) -> list[float]:
@@ -270,15 +286,27 @@ class EmbeddingTable:
 
     def apply_gradients(self, ids, grads, global_step: int = 0, update_time: int = 0, learning_rates=None) -> None:
         """One optimizer step per distinct id with its summed gradient; admitted absent ids are created first."""
+        self.apply_checked(self.check_gradients(ids, grads, global_step, update_time, learning_rates))
+
+    def check_gradients(self, ids, grads, global_step: int = 0, update_time: int = 0,
+                        learning_rates=None) -> CheckedUpdate:
+        """Every check `apply_gradients` makes, nothing applied: a caller with several updates (a request of
+        several tables) checks them all before it changes any, and each is checked exactly once."""
         ids = _as_ids(ids)
         grads = self._as_rows(grads, len(ids), "grads")
         global_step = _as_int(global_step, "global_step")
         update_time = _as_int(update_time, "update_time", 0)
-        lrs = self._learning_rates(learning_rates, global_step)
-        if not len(ids):
+        return CheckedUpdate(self, "gradients", ids, grads, update_time, global_step,
+                             self._learning_rates(learning_rates, global_step))
+
+    def apply_checked(self, update: CheckedUpdate) -> None:
+        """Apply gradients `check_gradients` of this table accepted."""
+        if update.table is not self or update.kind != "gradients":
+            raise ValueError("apply_checked takes the result of this table's check_gradients")
+        if not len(update.ids):
             return
-        with _threads_for(grads.size):
-            self._apply(ids, grads, global_step, update_time, lrs)
+        with _threads_for(update.values.size):
+            self._apply(update.ids, update.values, update.global_step, update.update_time, update.learning_rates or [])
 
     def _apply(self, ids, grads, global_step: int, update_time: int, lrs: list[float]) -> None:
         uniq, g, counts = self._dedup(ids, grads, last_wins=False)
@@ -291,10 +319,22 @@ class EmbeddingTable:
                          st.elem_states[k], st.row_states[k])
             self._touch(rows, update_time)
 
-    def _write(self, ids, values, update_time: int, add: bool) -> None:
+    def check_values(self, ids, values, update_time: int = 0) -> CheckedUpdate:
+        """Every check `assign`/`assign_add` make, nothing written (see `check_gradients`)."""
         ids = _as_ids(ids)
-        values = self._as_rows(values, len(ids), "values")
-        update_time = _as_int(update_time, "update_time", 0)
+        return CheckedUpdate(self, "values", ids, self._as_rows(values, len(ids), "values"),
+                             _as_int(update_time, "update_time", 0))
+
+    def write_checked(self, update: CheckedUpdate, add: bool) -> None:
+        """`assign` (add=False) or `assign_add` (add=True) of values `check_values` of this table accepted."""
+        if update.table is not self or update.kind != "values":
+            raise ValueError("write_checked takes the result of this table's check_values")
+        self._write_rows(update.ids, update.values, update.update_time, add)
+
+    def _write(self, ids, values, update_time: int, add: bool) -> None:
+        self.write_checked(self.check_values(ids, values, update_time), add)
+
+    def _write_rows(self, ids, values, update_time: int, add: bool) -> None:
         if not len(ids):
             return
         with _threads_for(values.size):

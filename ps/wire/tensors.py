@@ -16,13 +16,13 @@ F16 = np.dtype("<f2")
 DTYPES = {ps_pb2.FLOAT32: F32, ps_pb2.FLOAT16: F16}
 
 
-def ids_from_bytes(data: bytes, where: str) -> np.ndarray:
+def ids_from_bytes(data: bytes | memoryview, where: str) -> np.ndarray:
     if len(data) % IDS.itemsize:
         raise ValueError(f"{where}: ids are {len(data)} bytes, not a multiple of 8 (truncated int64 payload?)")
     return np.frombuffer(data, dtype=IDS)
 
 
-def rows_from_bytes(data: bytes, n: int, dim: int, where: str, dtype: np.dtype = F32) -> np.ndarray:
+def rows_from_bytes(data: bytes | memoryview, n: int, dim: int, where: str, dtype: np.dtype = F32) -> np.ndarray:
     expected = n * dim * dtype.itemsize
     if len(data) != expected:
         raise ValueError(
