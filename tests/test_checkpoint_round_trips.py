@@ -16,6 +16,8 @@ from tests.test_worker_distributed import start_ps
 from tests.tiny_models import FEATURES, VOCAB, TinyDNN
 from worker.model import AdagradOptimizer, Estimator, RunConfig
 
+pytestmark = pytest.mark.slow  # trains models end to end: left out of `make test-fast`
+
 STEPS, SAVED_AT = 12, 8
 
 
@@ -76,14 +78,12 @@ def test_local_resume_is_exact_with_an_optimizer_the_ps_cannot_run(tmp_path):
     _assert_close(_run(tmp_path / "resumed", STEPS, dense_optimizer=rmsprop), want, exact=True)
 
 
-@pytest.mark.slow
 def test_a_local_checkpoint_resumes_on_two_ps_shards(processes, tmp_path, straight):
     _run(tmp_path, SAVED_AT, save_every=SAVED_AT)
     resumed = _run(tmp_path, STEPS, ps=start_ps(processes, 2))
     _assert_close(resumed, straight)
 
 
-@pytest.mark.slow
 def test_a_checkpoint_of_two_ps_shards_resumes_locally(processes, tmp_path, straight):
     _run(tmp_path, SAVED_AT, ps=start_ps(processes, 2), save_every=SAVED_AT)
     assert sorted(os.listdir(layout.checkpoint_path(tmp_path, SAVED_AT)))[1:] == ["shard-0-of-2", "shard-1-of-2"]
