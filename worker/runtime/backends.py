@@ -36,7 +36,7 @@ class ParameterBackend(Protocol):
 
     distributed: bool
     cluster_id: str | None
-    """Identifies this launch of the parameter servers (None in local mode)."""
+    """Identifies this launch of the job: scopes barriers and tf.data job names (None in local mode)."""
 
     def create_tables(self, configs: Mapping[str, dict]) -> None: ...
 

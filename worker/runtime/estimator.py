@@ -1,8 +1,9 @@
 """The worker loop: train / evaluate / predict a `MonolithModel`, locally or against PS shards.
 
-One step: read a batch -> dedupe ids per feature and table -> look rows up (on a prefetch thread, bounded
-by `staleness`) -> one traced `tf.function` (fixed input signature) computing loss, dense gradients and
-row gradients -> dense gradients to the local optimizer or the PS, summed row gradients to the store.
+One step: read a batch -> dedupe each table's ids once -> look rows up through the `ParameterBackend` (on
+a prefetch thread, bounded by `staleness`) -> one traced `tf.function` (fixed input signature) computing
+loss, dense gradients and row gradients -> claim a global step -> dense gradients to the in-graph
+optimizer (local) or the PS, row gradients with each segment's learning rate through the backend.
 """
 from __future__ import annotations
 
