@@ -1,4 +1,4 @@
-"""Numba kernels for the id → row index (open addressing, linear probing) and per-batch id dedup.
+"""Numba kernels for the id → row index (open addressing, linear probing) and for finding an update's rows.
 
 Only the memory-latency-bound loops (probe, gather, optimizer steps) use the thread pool: every parallel region costs a
 team wake-up and a barrier, which on a busy machine can cost more than the loop itself.
@@ -9,12 +9,20 @@ empty); ids may take any value. A fingerprint match is confirmed against the row
 table stays collisionless. 8-byte slots halve the index (16 MiB for 1M ids), which keeps more of it in
 cache; the confirming read is prefetched. Rows live in separate dense arrays; the index only maps ids to
 row numbers, so growing the index never moves row data.
+
+An update (gradients, assign) finds each id's row in one probe over the ids as they arrive, repeats
+included: there is no separate dedupe pass. The probe claims every row it finds by swapping CLAIMED into
+the row's update_time, which is dead during an update (the update stamps it at the end, under the same
+write lock): an id whose row is already claimed is a repeat. Ids with no row are inserted in order, and
+inserting one that this call already inserted is a repeat too. Only when repeats were seen are positions
+grouped by row (in first-seen order) and their values summed, in input order, as a dedupe would.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from ps.atomics import atomic_exchange
 from ps.prefetch import prefetch, prefetch_row, prefetch_rows_ahead, row_ahead
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
@@ -48,6 +56,9 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 MAX_ROWS = (1 << 32) - 1
 """A slot keeps row + 1 in 32 bits."""
+CLAIMED = -1
+"""update_time of a row an update in progress has found (real times are >= 0); -2 - k once in group k."""
+_ROWS, _COPY, _CLAIM = 0, 1, 2
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -75,15 +86,16 @@ def _find(index, row_ids, key, verify):
 
 
 @njit(**_PARALLEL)
-def probe_rows(index, row_ids, ids, rows, values, out, copy):
-    """With `copy`, out[i] = values[row of ids[i]] (zeros when absent); without, rows[i] = row of ids[i] (-1 absent).
+def probe_rows(index, row_ids, ids, rows, values, out, marks, before, tallies, mode):
+    """Per id, by `mode`: _ROWS rows[i] = row of ids[i] (-1 absent); _COPY out[i] = its values (zeros when
+    absent); _CLAIM as _ROWS, and claims the row (see claim_rows).
 
     A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids before its probe reads
-    the fingerprint-matching candidate row, whose stored id (and, with `copy`, its values) is
-    prefetched _ROW_LEAD ids before it is verified (and copied). So the dependent random misses of
-    many ids are in flight at once, and each row is copied soon after its prefetch, while still in
-    L1/L2. Candidates wait in a small ring, not a full-length array. A fingerprint false match (about 1
-    in 4 billion) falls back to a full probe.
+    the fingerprint-matching candidate row, whose stored id (and, with _COPY, its values; with _CLAIM,
+    its mark) is prefetched _ROW_LEAD ids before it is verified (and copied). So the dependent random
+    misses of many ids are in flight at once, and each row is copied soon after its prefetch, while
+    still in L1/L2. Candidates wait in a small ring, not a full-length array. A fingerprint false match
+    (about 1 in 4 billion) falls back to a full probe.
     """
     n = ids.shape[0]
     mask = np.uint64(index.shape[0] - 1)
@@ -102,30 +114,147 @@ def probe_rows(index, row_ids, ids, rows, values, out, copy):
                 ring[p & (_RING - 1)] = r
                 if r >= 0:
                     prefetch(row_ids, r)
-                    if copy:
+                    if mode == _COPY:
                         prefetch_row(values, r)
+                    elif mode == _CLAIM:
+                        prefetch(marks, r)
             g = p - _ROW_LEAD
             if start <= g < end:
                 r = ring[g & (_RING - 1)]
                 if r >= 0 and row_ids[r] != ids[g]:
                     r = _find(index, row_ids, ids[g], True)
-                if copy:
+                if mode == _COPY:
                     for j in range(values.shape[1]):
                         out[g, j] = values[r, j] if r >= 0 else zero
-                else:
-                    rows[g] = r
+                    continue
+                rows[g] = r
+                if mode == _CLAIM:
+                    was = CLAIMED
+                    if r < 0:
+                        tallies[c, 1] += 1
+                    else:
+                        was = marks[r]
+                        if was != CLAIMED:  # the exchange only when needed: hot ids stay in both caches
+                            was = atomic_exchange(marks, r, CLAIMED)
+                        if was == CLAIMED:
+                            tallies[c, 0] += 1
+                    before[g] = was
 
 
 @njit(nogil=True, cache=True)
 def probe(index, row_ids, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
-    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), False)
+    none = np.empty(0, np.int64)
+    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), none, none, np.empty((0, 2), np.int64), _ROWS)
 
 
 @njit(nogil=True, cache=True)
 def lookup_rows(index, row_ids, values, ids, out):
     """out[i] = values[row of ids[i]] (zeros when absent), in one pass."""
-    probe_rows(index, row_ids, ids, np.empty(0, np.int64), values, out, True)
+    none = np.empty(0, np.int64)
+    probe_rows(index, row_ids, ids, none, values, out, none, none, np.empty((0, 2), np.int64), _COPY)
+
+
+@njit(nogil=True, cache=True)
+def claim_rows(index, row_ids, marks, ids, rows, before):
+    """rows[i] = row of ids[i] (-1 absent), claiming each row found: marks[row] becomes CLAIMED, and
+    before[i] gets what the mark held if this occurrence claimed it, else CLAIMED (the id is a repeat, or
+    absent). Returns (repeats among the rows found, absent ids)."""
+    tallies = np.zeros(((ids.shape[0] + _PIPE_CHUNK - 1) // _PIPE_CHUNK, 2), np.int64)
+    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), marks, before, tallies, _CLAIM)
+    return tallies[:, 0].sum(), tallies[:, 1].sum()
+
+
+@njit(**_SERIAL)
+def insert_absent(index, row_ids, marks, ids, rows, absent, first_row, counts, slots):
+    """Insert the ids at positions `absent` (rows[p] < 0), in order, as rows first_row, first_row+1, …;
+    an id inserted earlier in this call is a repeat and gets that row. Sets rows[p] and, per new row k,
+    row_ids, marks (CLAIMED), counts[k] (occurrences) and slots[k] (its index slot, for undo_inserts).
+    The caller guarantees room. Returns (new rows, repeats)."""
+    mask = np.uint64(index.shape[0] - 1)
+    m = absent.shape[0]
+    k = 0
+    repeats = 0
+    for a in range(m):
+        if a + _AHEAD < m:
+            prefetch(index, np.int64(mix64(ids[absent[a + _AHEAD]]) & mask))
+        p = absent[a]
+        key = ids[p]
+        h, fp = _slot_of(key, mask)
+        while True:
+            s = index[h]
+            if s == 0:
+                r = first_row + k
+                index[h] = fp << _S32 | np.uint64(r + 1)
+                row_ids[r] = key
+                marks[r] = CLAIMED
+                counts[k] = 1
+                slots[k] = h
+                k += 1
+                break
+            if s >> _S32 == fp:
+                r = np.int64(s & _LOW32) - 1
+                if row_ids[r] == key:  # the probe found no row, so this one was inserted by this call
+                    counts[r - first_row] += 1
+                    repeats += 1
+                    break
+            h = (h + np.uint64(1)) & mask
+        rows[p] = r
+    return k, repeats
+
+
+@njit(**_SERIAL)
+def undo_inserts(index, slots, k):
+    """Take back the last k inserts of insert_absent: emptying their slots newest first restores the index
+    exactly as it was (each insert filled one empty slot)."""
+    for j in range(k - 1, -1, -1):
+        index[slots[j]] = 0
+
+
+@njit(**_PARALLEL)
+def renumber(rows, first_row, final):
+    """rows[i] >= first_row becomes final[rows[i] - first_row] (-1: dropped)."""
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r >= first_row:
+            rows[i] = final[r - first_row]
+
+
+@njit(**_PARALLEL)
+def release_claims(marks, rows, before):
+    """Undo claim_rows: every row gets back the mark its claiming occurrence saw."""
+    for i in prange(rows.shape[0]):
+        if rows[i] >= 0 and before[i] != CLAIMED:
+            marks[rows[i]] = before[i]
+
+
+@njit(**_SERIAL)
+def group_claimed(rows, marks, group_rows, first, nxt):
+    """Group positions by row (rows < 0 are left out), groups in first-seen order: group k has row
+    group_rows[k] and positions first[k], nxt[first[k]], … in input order (-1 ends). Uses the claimed
+    rows' marks as the row → group map (they end as -2 - k). Returns the number of groups."""
+    last = np.empty(first.shape[0], np.int64)
+    k = 0
+    n = rows.shape[0]
+    for i in range(n):
+        if i + _ROW_LEAD < n and rows[i + _ROW_LEAD] >= 0:
+            prefetch(marks, rows[i + _ROW_LEAD])
+        nxt[i] = -1
+        r = rows[i]
+        if r < 0:
+            continue
+        m = marks[r]
+        if m == CLAIMED:
+            marks[r] = -2 - k
+            group_rows[k] = r
+            first[k] = i
+            last[k] = i
+            k += 1
+        else:
+            g = -2 - m
+            nxt[last[g]] = i
+            last[g] = i
+    return k
 
 
 @njit(**_SERIAL)
@@ -175,61 +304,29 @@ def scatter_rows(values, rows, src, add):
 
 
 @njit(**_SERIAL)
-def dedup_groups(ids):
-    """Distinct ids with their groups of positions in `ids`.
-
-    Returns (unique ids in first-seen order, inverse index per input, occurrences per unique id,
-    first position per unique id, next position of the same id per input or -1): the positions of
-    unique id k are first[k], nxt[first[k]], … in input order.
-    """
+def has_repeats(ids):
+    """True if some id occurs twice (a batch-local open-addressing set)."""
     n = ids.shape[0]
     cap = 16
     while cap < 2 * n:
         cap *= 2
     mask = np.uint64(cap - 1)
-    tkeys = np.empty(cap, np.int64)
-    tvals = np.full(cap, -1, np.int32)
-    inv = np.empty(n, np.int32)
-    counts = np.zeros(n, np.int32)
-    uniq = np.empty(n, np.int64)
-    first = np.empty(n, np.int32)
-    last = np.empty(n, np.int32)
-    nxt = np.empty(n, np.int32)
-    u = 0
+    keys = np.empty(cap, np.int64)
+    used = np.zeros(cap, np.bool_)
     for i in range(n):
-        key = ids[i]
-        h = mix64(key) & mask
-        while True:
-            s = tvals[h]
-            if s < 0:
-                tkeys[h] = key
-                tvals[h] = u
-                uniq[u] = key
-                first[u] = i
-                s = u
-                u += 1
-                break
-            if tkeys[h] == key:
-                nxt[last[s]] = i
-                break
+        h = mix64(ids[i]) & mask
+        while used[h]:
+            if keys[h] == ids[i]:
+                return True
             h = (h + np.uint64(1)) & mask
-        last[s] = i
-        nxt[i] = -1
-        inv[i] = s
-        counts[s] += 1
-    return uniq[:u], inv, counts[:u], first[:u], nxt
-
-
-@njit(**_SERIAL)
-def dedup(ids):
-    """Return (unique ids in first-seen order, inverse index per input, occurrences per unique id)."""
-    uniq, inv, counts, _, _ = dedup_groups(ids)
-    return uniq, inv, counts
+        used[h] = True
+        keys[h] = ids[i]
+    return False
 
 
 @njit(**_PARALLEL)
 def combine_groups(src, first, nxt, last_wins):
-    """out[k] = sum (or last, in input order) of src[p] over the positions p of group k (see dedup_groups)."""
+    """out[k] = sum (or last, in input order) of src[p] over the positions p of group k (see group_claimed)."""
     out = np.empty((first.shape[0], src.shape[1]), np.float32)
     for k in prange(first.shape[0]):
         p = first[k]
