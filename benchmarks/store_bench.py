@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from ps.malloc_tuning import tune_malloc  # noqa: E402
-from ps.row_store import aligned_empty  # noqa: E402
+from ps.growable_array import GrowableArray  # noqa: E402
 from ps.table import EmbeddingTable  # noqa: E402
 
 DIM = 16
@@ -144,7 +144,9 @@ def main(argv=None) -> int:
         t.assign(ids, values)
         tables[name] = t
     peer = TFPeer(tf, ids, values)
-    aligned = aligned_empty(values.shape, np.float32)
+    limit_memory = GrowableArray(values.shape[1:], np.float32, len(values))  # the same kind of memory as the table's
+    limit_memory.populate(len(values))
+    aligned = limit_memory.array
     aligned[:] = values
     pos_of = {}
     time.sleep(2.0)  # let background work from the setup (TF threads, the kernel collapsing huge pages) settle

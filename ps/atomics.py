@@ -1,9 +1,8 @@
 """Atomic memory operations for numba kernels (numba has none for array elements).
 
-A parallel probe claims each row it finds by swapping a marker into a per-row word: the one thread that
-gets the previous value back owns the row, every other occurrence of the id sees the marker and knows it
-is a repeat. Plain load + store would let two threads both see the old value and both believe they came
-first.
+A parallel probe claims each row it finds by writing the id's position into a per-row word, keeping the
+smallest position. With a plain load and store two threads could both see the row unclaimed, both
+believe they came first, and the repeat would go unnoticed.
 """
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ from numba.extending import intrinsic
 
 
 @intrinsic
-def atomic_exchange(typingctx, arr, i, value):
-    """Store `value` into arr[i] of a 1-D integer array and return what was there, as one atomic step."""
+def atomic_compare_exchange(typingctx, arr, i, expected, value):
+    """If arr[i] (1-D integer array) equals `expected`, store `value`; either way return what arr[i] held,
+    as one atomic step (the store happened iff the result equals `expected`)."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(arr.dtype, types.Integer)):
         return None
 
@@ -22,7 +22,9 @@ def atomic_exchange(typingctx, arr, i, value):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        val = context.cast(builder, args[2], signature.args[2], aryty.dtype)
-        return builder.atomic_rmw("xchg", ptr, val, "monotonic")
+        cmp = context.cast(builder, args[2], signature.args[2], aryty.dtype)
+        val = context.cast(builder, args[3], signature.args[3], aryty.dtype)
+        pair = builder.cmpxchg(ptr, cmp, val, "monotonic", "monotonic")
+        return builder.extract_value(pair, 0)
 
-    return arr.dtype(arr, i, value), codegen
+    return arr.dtype(arr, i, expected, value), codegen

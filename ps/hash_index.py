@@ -11,18 +11,19 @@ cache; the confirming read is prefetched. Rows live in separate dense arrays; th
 row numbers, so growing the index never moves row data.
 
 An update (gradients, assign) finds each id's row in one probe over the ids as they arrive, repeats
-included: there is no separate dedupe pass. The probe claims every row it finds by swapping CLAIMED into
-the row's update_time, which is dead during an update (the update stamps it at the end, under the same
-write lock): an id whose row is already claimed is a repeat. Ids with no row are inserted in order, and
-inserting one that this call already inserted is a repeat too. Only when repeats were seen are positions
-grouped by row (in first-seen order) and their values summed, in input order, as a dedupe would.
+included: there is no separate dedupe pass. The probe claims every row it finds by writing the id's
+position into the row's update_time, which is dead during an update (the update stamps it at the end,
+under the same write lock; real times are >= 0, a claim is -2 - position), keeping the smallest
+position; an id that finds its row claimed is a repeat. Ids with no row are inserted in order, and
+inserting one that this call already inserted is a repeat too. Only when repeats were seen are they
+folded into their row's first occurrence, values summed in input order, as a dedupe then sum would.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ps.atomics import atomic_exchange
+from ps.atomics import atomic_compare_exchange
 from ps.prefetch import prefetch, prefetch_row, prefetch_rows_ahead, row_ahead
 
 _SERIAL = dict(nogil=True, cache=True, error_model="numpy")
@@ -56,8 +57,6 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 MAX_ROWS = (1 << 32) - 1
 """A slot keeps row + 1 in 32 bits."""
-CLAIMED = -1
-"""update_time of a row an update in progress has found (real times are >= 0); -2 - k once in group k."""
 _ROWS, _COPY, _CLAIM = 0, 1, 2
 
 
@@ -85,8 +84,33 @@ def _find(index, row_ids, key, verify):
         h = (h + np.uint64(1)) & mask
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _claim(marks, r, p, saved, repeated):
+    """Record position p as an occurrence of row r, keeping in marks[r] the smallest position (as -2 - p).
+    The occurrence that finds the row unclaimed (a real time, >= 0) saves that time in saved[p]. Every
+    position that is not, or stops being, the smallest gets repeated[p]. True if p found r claimed."""
+    m = marks[r]
+    while True:
+        if m >= 0:
+            seen = atomic_compare_exchange(marks, r, m, -2 - p)
+            if seen == m:
+                saved[p] = m
+                return False
+            m = seen
+            continue
+        head = -2 - m
+        if p > head:
+            repeated[p] = True
+            return True
+        seen = atomic_compare_exchange(marks, r, m, -2 - p)
+        if seen == m:
+            repeated[head] = True
+            return True
+        m = seen
+
+
 @njit(**_PARALLEL)
-def probe_rows(index, row_ids, ids, rows, values, out, marks, before, tallies, mode):
+def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, tallies, mode):
     """Per id, by `mode`: _ROWS rows[i] = row of ids[i] (-1 absent); _COPY out[i] = its values (zeros when
     absent); _CLAIM as _ROWS, and claims the row (see claim_rows).
 
@@ -103,6 +127,8 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, before, tallies, m
     lead = _AHEAD + _ROW_LEAD
     for c in prange((n + _PIPE_CHUNK - 1) // _PIPE_CHUNK):
         ring = np.empty(_RING, np.int64)
+        found_claimed = 0
+        absent = 0
         start = c * _PIPE_CHUNK
         end = min(n, start + _PIPE_CHUNK)
         for i in range(start, end + lead):
@@ -129,48 +155,50 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, before, tallies, m
                     continue
                 rows[g] = r
                 if mode == _CLAIM:
-                    was = CLAIMED
+                    saved[g] = -1
                     if r < 0:
-                        tallies[c, 1] += 1
-                    else:
-                        was = marks[r]
-                        if was != CLAIMED:  # the exchange only when needed: hot ids stay in both caches
-                            was = atomic_exchange(marks, r, CLAIMED)
-                        if was == CLAIMED:
-                            tallies[c, 0] += 1
-                    before[g] = was
+                        absent += 1
+                    elif _claim(marks, r, g, saved, repeated):
+                        found_claimed += 1
+        if mode == _CLAIM:
+            tallies[c, 0] = found_claimed
+            tallies[c, 1] = absent
 
 
 @njit(nogil=True, cache=True)
 def probe(index, row_ids, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
     none = np.empty(0, np.int64)
-    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), none, none, np.empty((0, 2), np.int64), _ROWS)
+    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), none, none,
+               np.empty(0, np.bool_), np.empty((0, 2), np.int64), _ROWS)
 
 
 @njit(nogil=True, cache=True)
 def lookup_rows(index, row_ids, values, ids, out):
     """out[i] = values[row of ids[i]] (zeros when absent), in one pass."""
     none = np.empty(0, np.int64)
-    probe_rows(index, row_ids, ids, none, values, out, none, none, np.empty((0, 2), np.int64), _COPY)
+    probe_rows(index, row_ids, ids, none, values, out, none, none, np.empty(0, np.bool_), np.empty((0, 2), np.int64),
+               _COPY)
 
 
 @njit(nogil=True, cache=True)
-def claim_rows(index, row_ids, marks, ids, rows, before):
-    """rows[i] = row of ids[i] (-1 absent), claiming each row found: marks[row] becomes CLAIMED, and
-    before[i] gets what the mark held if this occurrence claimed it, else CLAIMED (the id is a repeat, or
-    absent). Returns (repeats among the rows found, absent ids)."""
+def claim_rows(index, row_ids, marks, ids, rows, saved, repeated):
+    """rows[i] = row of ids[i] (-1 absent), claiming each row found: marks[row] (the row's update_time)
+    ends as -2 - its first position in `ids`. saved[i] gets the time a claim replaced (-1 if none);
+    repeated[i] (False on entry) is set for every position but the first of a row. Returns (how many
+    positions found their row claimed: 0 iff no id repeats, absent ids)."""
     tallies = np.zeros(((ids.shape[0] + _PIPE_CHUNK - 1) // _PIPE_CHUNK, 2), np.int64)
-    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), marks, before, tallies, _CLAIM)
+    probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), marks, saved,
+               repeated, tallies, _CLAIM)
     return tallies[:, 0].sum(), tallies[:, 1].sum()
 
 
 @njit(**_SERIAL)
-def insert_absent(index, row_ids, marks, ids, rows, absent, first_row, counts, slots):
+def insert_absent(index, row_ids, marks, ids, rows, repeated, absent, first_row, counts, slots):
     """Insert the ids at positions `absent` (rows[p] < 0), in order, as rows first_row, first_row+1, …;
-    an id inserted earlier in this call is a repeat and gets that row. Sets rows[p] and, per new row k,
-    row_ids, marks (CLAIMED), counts[k] (occurrences) and slots[k] (its index slot, for undo_inserts).
-    The caller guarantees room. Returns (new rows, repeats)."""
+    an id inserted earlier in this call is a repeat: it gets that row and repeated[p]. Sets rows[p] and,
+    per new row k, its id, its mark (-2 - first position, as claim_rows), counts[k] (occurrences) and
+    slots[k] (its index slot, for undo_inserts). The caller guarantees room. Returns (new rows, repeats)."""
     mask = np.uint64(index.shape[0] - 1)
     m = absent.shape[0]
     k = 0
@@ -187,7 +215,7 @@ def insert_absent(index, row_ids, marks, ids, rows, absent, first_row, counts, s
                 r = first_row + k
                 index[h] = fp << _S32 | np.uint64(r + 1)
                 row_ids[r] = key
-                marks[r] = CLAIMED
+                marks[r] = -2 - p
                 counts[k] = 1
                 slots[k] = h
                 k += 1
@@ -196,6 +224,7 @@ def insert_absent(index, row_ids, marks, ids, rows, absent, first_row, counts, s
                 r = np.int64(s & _LOW32) - 1
                 if row_ids[r] == key:  # the probe found no row, so this one was inserted by this call
                     counts[r - first_row] += 1
+                    repeated[p] = True
                     repeats += 1
                     break
             h = (h + np.uint64(1)) & mask
@@ -220,41 +249,57 @@ def renumber(rows, first_row, final):
             rows[i] = final[r - first_row]
 
 
-@njit(**_PARALLEL)
-def release_claims(marks, rows, before):
-    """Undo claim_rows: every row gets back the mark its claiming occurrence saw."""
-    for i in prange(rows.shape[0]):
-        if rows[i] >= 0 and before[i] != CLAIMED:
-            marks[rows[i]] = before[i]
-
-
 @njit(**_SERIAL)
-def group_claimed(rows, marks, group_rows, first, nxt):
-    """Group positions by row (rows < 0 are left out), groups in first-seen order: group k has row
-    group_rows[k] and positions first[k], nxt[first[k]], … in input order (-1 ends). Uses the claimed
-    rows' marks as the row → group map (they end as -2 - k). Returns the number of groups."""
-    last = np.empty(first.shape[0], np.int64)
+def fold_repeats(positions, marks, repeated, values, last_wins):
+    """Distinct rows and their values after folding every repeated id into its first occurrence: the rows in
+    first-seen order, each with the sum of its ids' values in input order (as a dedupe then sum would) or,
+    with `last_wins`, the last value. `positions` are the rows per id, `marks` as claim_rows left them.
+
+    One pass lists the first occurrences and the (first, repeat) pairs, the next gathers the first
+    occurrences, the last adds the repeats. Adding inside the listing loop ran slower: its unpredictable
+    branches kept flushing the chains of adds into hot rows.
+    """
+    n = positions.shape[0]
+    index_of = np.empty(n, np.int64)
+    firsts = np.empty(n, np.int64)
+    pairs = np.empty((n, 2), np.int64)
+    u = 0
     k = 0
-    n = rows.shape[0]
-    for i in range(n):
-        if i + _ROW_LEAD < n and rows[i + _ROW_LEAD] >= 0:
-            prefetch(marks, rows[i + _ROW_LEAD])
-        nxt[i] = -1
-        r = rows[i]
-        if r < 0:
-            continue
-        m = marks[r]
-        if m == CLAIMED:
-            marks[r] = -2 - k
-            group_rows[k] = r
-            first[k] = i
-            last[k] = i
-            k += 1
+    for p in range(n):
+        if repeated[p]:
+            first = -2 - marks[positions[p]]
+            if first != p:
+                pairs[k, 0] = first
+                pairs[k, 1] = p
+                k += 1
+                continue
+        index_of[p] = u
+        firsts[u] = p
+        u += 1
+    rows = np.empty(u, np.int64)
+    out = np.empty((u, values.shape[1]), values.dtype)
+    for i in range(u):
+        p = firsts[i]
+        rows[i] = positions[p]
+        for j in range(values.shape[1]):
+            out[i, j] = values[p, j]
+    for q in range(k):
+        i, src = index_of[pairs[q, 0]], pairs[q, 1]
+        if last_wins:
+            for j in range(values.shape[1]):
+                out[i, j] = values[src, j]
         else:
-            g = -2 - m
-            nxt[last[g]] = i
-            last[g] = i
-    return k
+            for j in range(values.shape[1]):
+                out[i, j] += values[src, j]
+    return rows, out
+
+
+@njit(**_PARALLEL)
+def release_claims(marks, rows, saved):
+    """Undo claim_rows: each claimed row gets back the time its claim replaced."""
+    for i in prange(rows.shape[0]):
+        if saved[i] >= 0:
+            marks[rows[i]] = saved[i]
 
 
 @njit(**_SERIAL)
@@ -322,22 +367,6 @@ def has_repeats(ids):
         used[h] = True
         keys[h] = ids[i]
     return False
-
-
-@njit(**_PARALLEL)
-def combine_groups(src, first, nxt, last_wins):
-    """out[k] = sum (or last, in input order) of src[p] over the positions p of group k (see group_claimed)."""
-    out = np.empty((first.shape[0], src.shape[1]), np.float32)
-    for k in prange(first.shape[0]):
-        p = first[k]
-        for j in range(src.shape[1]):
-            out[k, j] = src[p, j]
-        p = nxt[p]
-        while p >= 0:
-            for j in range(src.shape[1]):
-                out[k, j] = src[p, j] if last_wins else out[k, j] + src[p, j]
-            p = nxt[p]
-    return out
 
 
 @njit(**_PARALLEL)

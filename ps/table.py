@@ -87,8 +87,9 @@ def _as_shard(shard) -> tuple[int, int] | None:
 
 @dataclass
 class _Claimed:
-    """An update's rows: `rows` distinct (-1: not admitted), `values` combined to match (when given),
-    `positions` the row of each input id, rows from `first_new_row` on created by this update."""
+    """An update's rows: `rows` distinct, in first-seen order (-1: not admitted), with `values` to match
+    (when given); `positions` every input id's row (-1: not admitted); rows from `first_new_row` on were
+    created by this update."""
 
     rows: np.ndarray
     values: np.ndarray | None
@@ -207,41 +208,38 @@ class EmbeddingTable:
         return rows
 
     def _claim(self, ids: np.ndarray, values: np.ndarray | None, last_wins: bool, init_values: bool = True) -> _Claimed:
-        """The rows of an update of `ids`: one probe finds and claims them (noticing repeated ids), absent ids
-        get rows if admitted. Only if ids repeat are positions grouped and `values` combined (summed in input
-        order, or the last kept). The caller then updates the rows and must `_touch` `rows` (their update_time
-        holds claim marks until then). If anything fails first, the table is left as it was.
+        """The rows of an update of `ids`: one probe finds and claims them, noticing repeated ids, and absent ids
+        get rows if admitted. Only if ids repeat are the repeats folded into each row's first occurrence (values
+        summed in input order, or the last kept). The caller then updates `rows` with `values` and must `_touch`
+        them (their update_time holds claims until then). If anything fails first, the table is left as it was.
         """
         st = self._store
         n = len(ids)
-        pos_rows = np.empty(n, np.int64)
-        before = np.empty(n, np.int64)
-        repeats, absent = H.claim_rows(self._index, st.ids, st.update_time, ids, pos_rows, before)
+        positions, saved, repeated = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_)
+        repeats, absent = H.claim_rows(self._index, st.ids, st.update_time, ids, positions, saved, repeated)
         r0, new = st.size, 0
         counts, slots = np.empty(0, np.int64), np.empty(0, np.uint64)
         try:
             if absent:
                 self._reserve(r0 + int(absent))
                 counts, slots = np.empty(absent, np.int64), np.empty(absent, np.uint64)
-                new, again = H.insert_absent(self._index, st.ids, st.update_time, ids, pos_rows,
-                                             np.flatnonzero(pos_rows < 0), r0, counts, slots)
+                new, again = H.insert_absent(self._index, st.ids, st.update_time, ids, positions, repeated,
+                                             np.flatnonzero(positions < 0), r0, counts, slots)
                 repeats += again
-            rows = pos_rows
+            rows = positions
             if repeats:
-                rows, first, nxt = np.empty(n - repeats, np.int64), np.empty(n - repeats, np.int64), np.empty(n, np.int64)
-                H.group_claimed(pos_rows, st.update_time, rows, first, nxt)
-                if values is not None:
-                    values = H.combine_groups(values, first, nxt, last_wins)
-                    if not last_wins and not H.all_finite(values):
-                        raise ValueError("summing duplicate ids overflowed float32")
+                rows, values = H.fold_repeats(positions, st.update_time, repeated,
+                                              np.empty((n, 0), np.float32) if values is None else values, last_wins)
+                if not last_wins and not H.all_finite(values):
+                    raise ValueError("summing duplicate ids overflowed float32")
         except BaseException:
             H.undo_inserts(self._index, slots, new)
-            H.release_claims(st.update_time, pos_rows, before)
+            H.release_claims(st.update_time, positions, saved)
             raise
         if new:
-            new = self._admit(r0, new, counts, slots, [rows] if rows is pos_rows else [rows, pos_rows])
+            new = self._admit(r0, new, counts, slots, [positions] if rows is positions else [positions, rows])
             self._init_rows(r0, r0 + new, init_values)
-        return _Claimed(rows, values, pos_rows, r0)
+        return _Claimed(rows, values, positions, r0)
 
     def _admit(self, r0: int, new: int, counts: np.ndarray, slots: np.ndarray, row_arrays: list[np.ndarray]) -> int:
         """Keep the rows r0.. r0+new-1 just inserted for admitted ids; take the others out again (the row arrays
