@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -33,6 +34,8 @@ _LINUX = sys.platform.startswith("linux")
 _MAP_NORESERVE = 0x4000
 _MADV_POPULATE_WRITE = 23
 HUGE_PAGE = 2 << 20
+_populated = [0, 0.0]
+"""Bytes populated and seconds spent doing it, process-wide (see populate_stats)."""
 _populate_in_kernel = True
 """False once the kernel refused MADV_POPULATE_WRITE (before Linux 5.14): populate by writing zeros."""
 
@@ -41,6 +44,12 @@ if _LINUX:
     _madvise = _libc.madvise
     _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     _madvise.restype = ctypes.c_int
+
+
+def populate_stats() -> tuple[int, float]:
+    """(bytes, seconds) faulted in by GrowableArray.populate in this process so far: what fresh memory costs
+    here (a benchmark subtracts two readings)."""
+    return _populated[0], _populated[1]
 
 
 def _round_up(n: int, step: int) -> int:
@@ -117,11 +126,20 @@ class GrowableArray:
 
     def _populate_bytes(self, start: int, stop: int) -> None:
         """Bytes [start, stop) were never written (so writing zeros there is harmless)."""
-        global _populate_in_kernel
         assert self._map is not None
         stop = min(len(self._map), _round_up(stop, mmap.PAGESIZE))
         if stop <= start:
             return
+        t0 = time.perf_counter()
+        try:
+            self._fault_in(start, stop)
+        finally:
+            _populated[0] += stop - start
+            _populated[1] += time.perf_counter() - t0
+
+    def _fault_in(self, start: int, stop: int) -> None:
+        global _populate_in_kernel
+        assert self._map is not None
         if _populate_in_kernel:
             first = start - start % mmap.PAGESIZE
             base = np.frombuffer(self._map, np.uint8, 1).ctypes.data
