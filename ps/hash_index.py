@@ -69,14 +69,15 @@ def _slot_of(key, mask):
 
 @njit(nogil=True, cache=True, inline="always")
 def _find(index, row_ids, key, verify):
-    """Row of key, or -1. A fingerprint match is confirmed against the stored id when `verify`; without,
-    the first match's row is returned unconfirmed (for a caller that confirms it later)."""
+    """Row of key, or -2 - s when absent, s the empty slot that ended its probe (where it would be inserted).
+    A fingerprint match is confirmed against the stored id when `verify`; without, the first match's row is
+    returned unconfirmed (for a caller that confirms it later)."""
     mask = np.uint64(index.shape[0] - 1)
     h, fp = _slot_of(key, mask)
     while True:
         s = index[h]
         if s == 0:
-            return -1
+            return -2 - np.int64(h)
         if s >> _S32 == fp:
             r = np.int64(s & _LOW32) - 1
             if not verify or row_ids[r] == key:
@@ -110,9 +111,10 @@ def _claim(marks, r, p, saved, repeated):
 
 
 @njit(**_PARALLEL)
-def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, tallies, mode):
+def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, ends, tallies, mode):
     """Per id, by `mode`: _ROWS rows[i] = row of ids[i] (-1 absent); _COPY out[i] = its values (zeros when
-    absent); _CLAIM as _ROWS, and claims the row (see claim_rows).
+    absent); _CLAIM as _ROWS, and claims the row, or for an absent id notes where its probe ended (see
+    claim_rows).
 
     A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids before its probe reads
     the fingerprint-matching candidate row, whose stored id (and, with _COPY, its values; with _CLAIM,
@@ -153,10 +155,11 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, t
                     for j in range(values.shape[1]):
                         out[g, j] = values[r, j] if r >= 0 else zero
                     continue
-                rows[g] = r
+                rows[g] = max(r, -1)
                 if mode == _CLAIM:
                     saved[g] = -1
                     if r < 0:
+                        ends[g] = -2 - r
                         absent += 1
                     elif _claim(marks, r, g, saved, repeated):
                         found_claimed += 1
@@ -170,45 +173,54 @@ def probe(index, row_ids, ids, rows):
     """rows[i] = row of ids[i], or -1 when absent."""
     none = np.empty(0, np.int64)
     probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), none, none,
-               np.empty(0, np.bool_), np.empty((0, 2), np.int64), _ROWS)
+               np.empty(0, np.bool_), none, np.empty((0, 2), np.int64), _ROWS)
 
 
 @njit(nogil=True, cache=True)
 def lookup_rows(index, row_ids, values, ids, out):
     """out[i] = values[row of ids[i]] (zeros when absent), in one pass."""
     none = np.empty(0, np.int64)
-    probe_rows(index, row_ids, ids, none, values, out, none, none, np.empty(0, np.bool_), np.empty((0, 2), np.int64),
-               _COPY)
+    probe_rows(index, row_ids, ids, none, values, out, none, none, np.empty(0, np.bool_), none,
+               np.empty((0, 2), np.int64), _COPY)
 
 
 @njit(nogil=True, cache=True)
-def claim_rows(index, row_ids, marks, ids, rows, saved, repeated):
+def claim_rows(index, row_ids, marks, ids, rows, saved, repeated, ends):
     """rows[i] = row of ids[i] (-1 absent), claiming each row found: marks[row] (the row's update_time)
     ends as -2 - its first position in `ids`. saved[i] gets the time a claim replaced (-1 if none);
-    repeated[i] (False on entry) is set for every position but the first of a row. Returns (how many
-    positions found their row claimed: 0 iff no id repeats, absent ids)."""
+    repeated[i] (False on entry) is set for every position but the first of a row; for an absent id, ends[i]
+    is the empty slot that ended its probe. Returns (how many positions found their row claimed: 0 iff no
+    id repeats, absent ids)."""
     tallies = np.zeros(((ids.shape[0] + _PIPE_CHUNK - 1) // _PIPE_CHUNK, 2), np.int64)
     probe_rows(index, row_ids, ids, rows, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), marks, saved,
-               repeated, tallies, _CLAIM)
+               repeated, ends, tallies, _CLAIM)
     return tallies[:, 0].sum(), tallies[:, 1].sum()
 
 
 @njit(**_SERIAL)
-def insert_absent(index, row_ids, marks, ids, rows, repeated, absent, first_row, counts, slots):
+def insert_absent(index, row_ids, marks, ids, rows, repeated, absent, ends, first_row, counts, slots):
     """Insert the ids at positions `absent` (rows[p] < 0), in order, as rows first_row, first_row+1, …;
     an id inserted earlier in this call is a repeat: it gets that row and repeated[p]. Sets rows[p] and,
     per new row k, its id, its mark (-2 - first position, as claim_rows), counts[k] (occurrences) and
-    slots[k] (its index slot, for undo_inserts). The caller guarantees room. Returns (new rows, repeats)."""
+    slots[k] (its index slot, for undo_inserts). Each insert walks on from ends[p], where claim_rows'
+    probe of this index ended (every slot before it held another id); with ends=None, from the home
+    slot. The caller guarantees room. Returns (new rows, repeats)."""
     mask = np.uint64(index.shape[0] - 1)
     m = absent.shape[0]
     k = 0
     repeats = 0
     for a in range(m):
         if a + _AHEAD < m:
-            prefetch(index, np.int64(mix64(ids[absent[a + _AHEAD]]) & mask))
+            q = absent[a + _AHEAD]
+            if ends is None:
+                prefetch(index, np.int64(mix64(ids[q]) & mask))
+            else:
+                prefetch(index, ends[q])
         p = absent[a]
         key = ids[p]
         h, fp = _slot_of(key, mask)
+        if ends is not None:
+            h = np.uint64(ends[p])
         while True:
             s = index[h]
             if s == 0:

@@ -215,8 +215,10 @@ class EmbeddingTable:
         """
         st = self._store
         n = len(ids)
-        positions, saved, repeated = np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_)
-        repeats, absent = H.claim_rows(self._index, st.ids, st.update_time, ids, positions, saved, repeated)
+        positions, saved, ends = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        repeated = np.zeros(n, np.bool_)
+        index = self._index
+        repeats, absent = H.claim_rows(index, st.ids, st.update_time, ids, positions, saved, repeated, ends)
         r0, new = st.size, 0
         counts, slots = np.empty(0, np.int64), np.empty(0, np.uint64)
         try:
@@ -224,7 +226,8 @@ class EmbeddingTable:
                 self._reserve(r0 + int(absent))
                 counts, slots = np.empty(absent, np.int64), np.empty(absent, np.uint64)
                 new, again = H.insert_absent(self._index, st.ids, st.update_time, ids, positions, repeated,
-                                             np.flatnonzero(positions < 0), r0, counts, slots)
+                                             np.flatnonzero(positions < 0), ends if self._index is index else None,
+                                             r0, counts, slots)
                 repeats += again
             rows = positions
             if repeats:
