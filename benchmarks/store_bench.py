@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from ps.malloc_tuning import tune_malloc  # noqa: E402
 from ps import growable_array  # noqa: E402
 from ps.growable_array import GrowableArray  # noqa: E402
+from ps.malloc_tuning import tune_malloc  # noqa: E402
 from ps.table import EmbeddingTable  # noqa: E402
 
 DIM = 16

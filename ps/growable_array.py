@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -36,6 +37,7 @@ _MADV_POPULATE_WRITE = 23
 HUGE_PAGE = 2 << 20
 _populated = [0, 0.0]
 """Bytes populated and seconds spent doing it, process-wide (see populate_stats)."""
+_populated_lock = threading.Lock()
 _populate_in_kernel = True
 """False once the kernel refused MADV_POPULATE_WRITE (before Linux 5.14): populate by writing zeros."""
 
@@ -49,7 +51,8 @@ if _LINUX:
 def populate_stats() -> tuple[int, float]:
     """(bytes, seconds) faulted in by GrowableArray.populate in this process so far: what fresh memory costs
     here (a benchmark subtracts two readings)."""
-    return _populated[0], _populated[1]
+    with _populated_lock:
+        return _populated[0], _populated[1]
 
 
 def _round_up(n: int, step: int) -> int:
@@ -134,8 +137,9 @@ class GrowableArray:
         try:
             self._fault_in(start, stop)
         finally:
-            _populated[0] += stop - start
-            _populated[1] += time.perf_counter() - t0
+            with _populated_lock:
+                _populated[0] += stop - start
+                _populated[1] += time.perf_counter() - t0
 
     def _fault_in(self, start: int, stop: int) -> None:
         global _populate_in_kernel

@@ -22,8 +22,8 @@ from ps import hash_index as H
 from ps.admission import AdmissionFilter
 from ps.atomic_files import CorruptCheckpointError
 from ps.config import TableConfig
-from ps.growable_array import GrowableArray
 from ps.expiry import expired_mask
+from ps.growable_array import GrowableArray
 from ps.half_floats import to_float16
 from ps.initializers import initialize_rows
 from ps.optimizers import OPTIMIZERS, check_step
@@ -211,7 +211,8 @@ class EmbeddingTable:
         """The rows of an update of `ids`: one probe finds and claims them, noticing repeated ids, and absent ids
         get rows if admitted. Only if ids repeat are the repeats folded into each row's first occurrence (values
         summed in input order, or the last kept). The caller then updates `rows` with `values` and must `_touch`
-        them (their update_time holds claims until then). If anything fails first, the table is left as it was.
+        them, even if the update fails (their update_time holds claims until then). If anything fails in here,
+        the table is left as it was.
         """
         st = self._store
         n = len(ids)
@@ -318,11 +319,13 @@ class EmbeddingTable:
         st = self._store
         with self._lock.write():
             got = self._claim(ids, grads, last_wins=False)
-            for k, (seg, opt, c0) in enumerate(zip(self._cfg.segments, self._opts, st.offsets)):
-                p = seg.optimizer.params
-                opt.step(st.values, c0, seg.dim, got.rows, got.values, lrs[k], p.get("weight_decay_factor", 0.0),
-                         global_step, p, st.elem_states[k], st.row_states[k])
-            self._touch(got.rows, update_time)
+            try:
+                for k, (seg, opt, c0) in enumerate(zip(self._cfg.segments, self._opts, st.offsets)):
+                    p = seg.optimizer.params
+                    opt.step(st.values, c0, seg.dim, got.rows, got.values, lrs[k], p.get("weight_decay_factor", 0.0),
+                             global_step, p, st.elem_states[k], st.row_states[k])
+            finally:
+                self._touch(got.rows, update_time)
 
     def _write(self, ids, values, update_time: int, add: bool) -> None:
         ids = _as_ids(ids)
@@ -332,8 +335,10 @@ class EmbeddingTable:
             return
         with _threads_for(values.size), self._lock.write():
             got = self._claim(ids, values, last_wins=not add, init_values=add)
-            H.scatter_rows(self._store.values, got.rows, got.values, add)
-            self._touch(got.rows, update_time)
+            try:
+                H.scatter_rows(self._store.values, got.rows, got.values, add)
+            finally:
+                self._touch(got.rows, update_time)
 
     def assign(self, ids, values, update_time: int = 0) -> None:
         """Set rows (the last value wins for repeated ids); absent ids are created if admitted."""
@@ -351,11 +356,13 @@ class EmbeddingTable:
         with _threads_for(len(ids) * self.dim), self._lock.write():
             got = self._claim(ids, None, last_wins=False)
             existed = got.rows[(got.rows >= 0) & (got.rows < got.first_new_row)]
-            if len(existed):
-                for seg, c0 in zip(self._cfg.segments, st.offsets):
-                    initialize_rows(st.values, c0, seg.dim, existed, st.ids[existed], seg.initializer)
-                st.init_state_rows(existed)
-            self._touch(got.rows, update_time)
+            try:
+                if len(existed):
+                    for seg, c0 in zip(self._cfg.segments, st.offsets):
+                        initialize_rows(st.values, c0, seg.dim, existed, st.ids[existed], seg.initializer)
+                    st.init_state_rows(existed)
+            finally:
+                self._touch(got.rows, update_time)
         pos = got.positions
         return np.where(pos < 0, -1, np.where(pos < got.first_new_row, 1, 0)).astype(np.int32)
 
