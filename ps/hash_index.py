@@ -45,9 +45,9 @@ def mix64(k):
     return x
 
 
-_AHEAD = 32
+_AHEAD = 20
 """Probe loops prefetch the index slot of the key this many iterations ahead."""
-_ROW_LEAD = 32
+_ROW_LEAD = 20
 """Pipelined probes prefetch a candidate row this many ids ahead of verifying (and copying) it."""
 _PIPE_CHUNK = 8192
 """Ids per pipeline (one per parallel work item): long enough to amortise its ramp-up."""
