@@ -7,13 +7,14 @@ Prints, measured in this run:
 - resident bytes per row (the process's RSS growth while the table was built) against the raw bytes of
   a row (id, update time, 16 values, 16 accumulators: what a checkpoint stores per row);
 - lookup of uniformly random stored ids against a random-row gather (numba prange) over a separate
-  float32 array of the same shape as the table's values ([rows, 16]), filled with random values before the
+  float32 array of the same shape as the table's values ([rows, 16]; the same kind of memory: aligned rows,
+  transparent huge pages), filled with random values before the
   table is built (so both have sat in memory as long: on a VM, memory left alone for a while can read slower
   than memory just written); ours and the gather alternate batch by batch and each figure is the best batch
   (the machine is shared; the minimum is the least noisy). Also, as a diagnostic, the same gather over the
   table's own values array (the memory our lookups copy rows from).
 
-About 12 GB at the default 50M rows (the table, then the gather's array). Run:
+About 12 GB at the default 50M rows (the gather's array, then the table). Run:
 `python benchmarks/scale_bench.py [--rows N] [--batch B] [--reps R]` (also run by `make bench`).
 """
 from __future__ import annotations
@@ -24,25 +25,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
+from random_gather import best_times, gather_rows  # noqa: E402
 
 from ps import growable_array  # noqa: E402
+from ps.growable_array import GrowableArray  # noqa: E402
 from ps.malloc_tuning import tune_malloc  # noqa: E402
 from ps.table import EmbeddingTable  # noqa: E402
 
 DIM = 16
 ADAGRAD = {"type": "adagrad", "learning_rate": 0.05, "initial_accumulator_value": 0.1}
-
-
-@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
-def _gather(values, rows, out):
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        for j in range(values.shape[1]):
-            out[i, j] = values[r, j]
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -65,20 +61,6 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _best(fns, inputs, rounds: int = 2) -> list[float]:
-    """Best time of each fn, alternating them batch by batch over `rounds` passes (inputs[0] warms up)."""
-    for fn in fns:
-        fn(inputs[0])
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for arg in inputs[1:]:
-            for k, fn in enumerate(fns):
-                t0 = time.perf_counter()
-                fn(arg)
-                best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=50_000_000)
@@ -96,11 +78,13 @@ def main(argv=None) -> int:
     warm.lookup(_distinct_ids(batch, 2))
     del warm
     rng = np.random.default_rng(1)
-    limit_values = np.empty((n, DIM), np.float32)
+    limit_memory = GrowableArray((DIM,), np.float32, n)  # aligned rows on huge pages, like the table's
+    limit_memory.populate(n)
+    limit_values = limit_memory.array
     for start in range(0, n, 1 << 22):
         limit_values[start:start + (1 << 22)] = rng.random((min(n - start, 1 << 22), DIM), np.float32)
     out = np.empty((batch, DIM), np.float32)
-    _gather(limit_values, np.arange(batch), out)
+    gather_rows(limit_values, np.arange(batch), out)
 
     rss0 = _rss_bytes()
     populate0 = growable_array.populate_stats()
@@ -127,8 +111,9 @@ def main(argv=None) -> int:
     pos = [rng.integers(0, n, batch) for _ in range(args.reps + 1)]
     inputs = [(ids[p], p) for p in pos]
     own_values = table._store.values
-    ours_t, limit_t, own_t = _best([lambda x: table.lookup(x[0], out=out), lambda x: _gather(limit_values, x[1], out),
-                                    lambda x: _gather(own_values, x[1], out)], inputs)
+    ours_t, limit_t, own_t = best_times([lambda x: table.lookup(x[0], out=out),
+                                         lambda x: gather_rows(limit_values, x[1], out),
+                                         lambda x: gather_rows(own_values, x[1], out)], inputs)
     print(f"lookup of random stored ids: {batch / ours_t / 1e6:.2f} M ids/s; random gather over a "
           f"[{n:,}, {DIM}] float32 array: {batch / limit_t / 1e6:.2f} M rows/s; "
           f"lookup/gather {limit_t / ours_t:.2f} (target >= 0.6)")

@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from random_gather import best_times, gather_rows, timed  # noqa: E402
 
 from ps import growable_array  # noqa: E402
 from ps.growable_array import GrowableArray  # noqa: E402
@@ -43,31 +44,8 @@ OPTIMIZERS = {
 }
 
 
-@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
-def _gather_limit(values, rows, out):
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        for j in range(values.shape[1]):
-            out[i, j] = values[r, j]
-
-
-def _timed(fn, arg) -> float:
-    t0 = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - t0
-
-
-def _best_rates(fns, inputs, n_keys, rounds: int = 2) -> list[float]:
-    """Warm every fn up on inputs[0], then alternate them over the remaining inputs, `rounds` times (a burst
-    of other load on the shared machine can cover a whole round); best keys/s of each."""
-    for fn in fns:
-        fn(inputs[0])
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for arg in inputs[1:]:
-            for k, fn in enumerate(fns):
-                best[k] = min(best[k], _timed(fn, arg))
-    return [n_keys / t for t in best]
+def _best_rates(fns, inputs, n_keys) -> list[float]:
+    return [n_keys / t for t in best_times(fns, inputs)]
 
 
 def _batches(kind: str, ids: np.ndarray, batch: int, reps: int, rng) -> list[np.ndarray]:
@@ -172,7 +150,7 @@ def main(argv=None) -> int:
         inputs = [(b, pos, tf.constant(b), g, tf.constant(g)) for b, pos, g in zip(batches, pos_of[kind], grads)]
         unique_frac = np.mean([len(np.unique(b)) / len(b) for b in batches])
         buf = np.empty((args.batch, DIM), np.float32)
-        gather_limit = lambda x, out=out: _gather_limit(aligned, x[1], out)  # noqa: E731
+        gather_limit = lambda x, out=out: gather_rows(aligned, x[1], out)  # noqa: E731
         limit, ours = _best_rates([gather_limit, lambda x: tables["adagrad"].lookup(x[0])], inputs, args.batch)
         # A separate pass: right after `lookup` on the same batch it would find the cache warm.
         limit_buf, ours_buf = _best_rates([
@@ -198,7 +176,7 @@ def main(argv=None) -> int:
                                           "initial_capacity": capacity})
         fresh.assign(chunks[0], zeros)
         faulted = growable_array.populate_stats()
-        ours_s = sum(_timed(lambda b, t=fresh: t.assign(b, zeros), b) for b in chunks[1:])
+        ours_s = sum(timed(lambda b, t=fresh: t.assign(b, zeros), b) for b in chunks[1:])
         faulted = [now - before for now, before in zip(growable_array.populate_stats(), faulted)]
         ours = (len(chunks) - 1) * args.batch / ours_s
         buckets = {} if capacity == 16 else {"initial_num_buckets": 1 << (2 * capacity - 1).bit_length()}
@@ -218,7 +196,7 @@ def main(argv=None) -> int:
             counter[0] += len(b)
 
         tf_insert_batch(chunks[0])
-        theirs = (len(chunks) - 1) * args.batch / sum(_timed(tf_insert_batch, b) for b in chunks[1:])
+        theirs = (len(chunks) - 1) * args.batch / sum(timed(tf_insert_batch, b) for b in chunks[1:])
         row(label, ours, theirs, 0)
         if capacity == 16:
             growing = (ours, theirs, ours_s, *faulted)
