@@ -1,9 +1,11 @@
 """EmbeddingTable: a collisionless int64 id → float32 row table with server-side optimizers.
 
 Concurrency: lookups and saves hold the read side of a readers/writer lock; every mutation (updates,
-inserts, growth, eviction, restore) holds the write side. Input checking, dedup and gradient summing
-happen before the lock, so they overlap with other threads' work and a rejected call changes nothing.
-Kernels release the GIL and run `parallel=True`, so one call already uses every core.
+inserts, growth, eviction, restore) holds the write side. Input checking happens before the lock. An
+update finds its rows in one probe that also notices repeated ids (ps.kernels.hash_index); summing their
+values, the one check that needs the rows, runs under the lock, and a failure there undoes the probe's
+marks and inserts, so a rejected call changes nothing. Kernels release the GIL and run
+`parallel=True`, so one call already uses every core.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ps.persist.atomic_files import CorruptCheckpointError
 from ps.persist.table_io import SavedRows, save_rows
 from ps.store.admission import AdmissionFilter
 from ps.store.expiry import expired_mask
+from ps.store.growable_array import GrowableArray
 from ps.store.initializers import initialize_rows
 from ps.store.optimizers import OPTIMIZERS, check_step
 from ps.store.row_store import RowStore
@@ -96,6 +99,18 @@ class CheckedUpdate:
     learning_rates: list[float] | None = None  # gradients only
 
 
+@dataclass
+class _Claimed:
+    """An update's rows: `rows` distinct, in first-seen order (-1: not admitted), with `values` to match
+    (when given); `positions` every input id's row (-1: not admitted); rows from `first_new_row` on were
+    created by this update."""
+
+    rows: np.ndarray
+    values: np.ndarray | None
+    positions: np.ndarray
+    first_new_row: int
+
+
 class _RowsRenumbered(Exception):
     """Raised inside a save when eviction or a restore moved rows after the save chose them."""
 
@@ -115,7 +130,10 @@ class EmbeddingTable:
 
     @staticmethod
     def _new_index(capacity: int) -> np.ndarray:
-        return np.zeros(capacity, np.uint64)
+        """A zeroed index, resident (faulted in bulk, huge pages) before the first insert touches it."""
+        index = GrowableArray((), np.uint64, capacity)
+        index.populate(capacity)
+        return index.array
 
     @classmethod
     def from_dict(cls, cfg: dict) -> EmbeddingTable:
@@ -178,15 +196,6 @@ class EmbeddingTable:
             check_step(opt.name, lr, global_step, f"segments[{k}] ({opt.name})")
         return lrs
 
-    def _dedup(self, ids: np.ndarray, values: np.ndarray, last_wins: bool):
-        uniq, _, counts, first, nxt = H.dedup_groups(ids)
-        if len(uniq) == len(ids):
-            return uniq, values, counts
-        combined = H.combine_groups(values, first, nxt, last_wins)
-        if not last_wins and not H.all_finite(combined):
-            raise ValueError("summing duplicate ids overflowed float32")
-        return uniq, combined, counts
-
     # ---- internals (caller holds the write lock)
     def _reserve(self, needed: int) -> None:
         if needed > H.MAX_ROWS:
@@ -195,7 +204,7 @@ class EmbeddingTable:
         self._store.reserve(needed)
         if 2 * needed > len(self._index):
             self._index = self._new_index(_pow2_at_least(max(2 * needed, 2 * len(self._index))))
-            H.rebuild(self._index, self._store.ids, self._store.size)
+            H.insert(self._index, self._store.ids[:self._store.size], 0)
 
     def _insert(self, new_ids: np.ndarray, init_values: bool = True) -> np.ndarray:
         """Append absent, distinct ids as freshly initialised rows; returns their row numbers.
@@ -207,11 +216,7 @@ class EmbeddingTable:
         self._reserve(r1)
         H.insert(self._index, new_ids, r0)
         st.ids[r0:r1] = new_ids
-        if init_values:
-            for seg, c0 in zip(self._cfg.segments, st.offsets):
-                initialize_rows(st.values, c0, seg.dim, slice(r0, r1), new_ids, seg.initializer)
-        st.init_state(r0, r1)
-        st.size = r1
+        self._init_rows(r0, r1, init_values)
         return np.arange(r0, r1, dtype=np.int64)
 
     def _probe(self, ids: np.ndarray) -> np.ndarray:
@@ -219,16 +224,70 @@ class EmbeddingTable:
         H.probe(self._index, self._store.ids, ids, rows)
         return rows
 
-    def _upsert(self, uniq: np.ndarray, counts: np.ndarray, init_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Rows for distinct ids, creating admitted absent ones (-1 = not admitted); also the created positions."""
-        rows = self._probe(uniq)
-        absent = np.flatnonzero(rows < 0)
-        created = absent[:0]
-        if len(absent):
-            created = absent[self._filter.admit(uniq[absent], counts[absent])]
-            if len(created):
-                rows[created] = self._insert(uniq[created], init_values)
-        return rows, created
+    def _claim(self, ids: np.ndarray, values: np.ndarray | None, last_wins: bool, init_values: bool = True) -> _Claimed:
+        """The rows of an update of `ids`: one probe finds and claims them, noticing repeated ids, and absent ids
+        get rows if admitted. Only if ids repeat are the repeats folded into each row's first occurrence (values
+        summed in input order, or the last kept). The caller then updates `rows` with `values` and must `_touch`
+        them, even if the update fails (their update_time holds claims until then). If anything fails in here,
+        the table is left as it was.
+        """
+        st = self._store
+        n = len(ids)
+        positions, saved, ends = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        repeated = np.zeros(n, np.bool_)
+        index = self._index
+        repeats, absent = H.claim_rows(index, st.ids, st.update_time, ids, positions, saved, repeated, ends)
+        r0, new = st.size, 0
+        counts, slots = np.empty(0, np.int64), np.empty(0, np.uint64)
+        try:
+            if absent:
+                self._reserve(r0 + int(absent))
+                counts, slots = np.empty(absent, np.int64), np.empty(absent, np.uint64)
+                new, again = H.insert_absent(self._index, st.ids, st.update_time, ids, positions, repeated,
+                                             np.flatnonzero(positions < 0), ends if self._index is index else None,
+                                             r0, counts, slots)
+                repeats += again
+            rows = positions
+            if repeats:
+                rows, values = H.fold_repeats(positions, st.update_time, repeated,
+                                              np.empty((n, 0), np.float32) if values is None else values, last_wins)
+                if not last_wins and not H.all_finite(values):
+                    raise ValueError("summing duplicate ids overflowed float32")
+        except BaseException:
+            H.undo_inserts(self._index, slots, new)
+            H.release_claims(st.update_time, positions, saved)
+            raise
+        if new:
+            new = self._admit(r0, new, counts, slots, [positions] if rows is positions else [positions, rows])
+            self._init_rows(r0, r0 + new, init_values)
+        return _Claimed(rows, values, positions, r0)
+
+    def _admit(self, r0: int, new: int, counts: np.ndarray, slots: np.ndarray, row_arrays: list[np.ndarray]) -> int:
+        """Keep the rows r0.. r0+new-1 just inserted for admitted ids; take the others out again (the row arrays
+        are renumbered). Returns how many stay."""
+        st = self._store
+        new_ids = st.ids[r0:r0 + new]
+        admitted = self._filter.admit(new_ids, counts[:new])
+        if admitted.all():
+            return new
+        kept = np.ascontiguousarray(new_ids[admitted])
+        H.undo_inserts(self._index, slots, new)
+        H.insert(self._index, kept, r0)
+        st.ids[r0:r0 + len(kept)] = kept
+        final = np.full(new, -1, np.int64)
+        final[admitted] = np.arange(r0, r0 + len(kept))
+        for rows in row_arrays:
+            H.renumber(rows, r0, final)
+        return len(kept)
+
+    def _init_rows(self, r0: int, r1: int, init_values: bool) -> None:
+        """Initial values and optimizer state of new rows r0..r1-1 (whose ids are stored); they become live."""
+        st = self._store
+        if init_values:
+            for seg, c0 in zip(self._cfg.segments, st.offsets):
+                initialize_rows(st.values, c0, seg.dim, slice(r0, r1), st.ids[r0:r1], seg.initializer)
+        st.init_state(r0, r1)
+        st.size = r1
 
     def _touch(self, rows: np.ndarray, update_time: int) -> None:
         H.stamp(self._store.update_time, rows, update_time)
@@ -309,15 +368,16 @@ class EmbeddingTable:
             self._apply(update.ids, update.values, update.global_step, update.update_time, update.learning_rates or [])
 
     def _apply(self, ids, grads, global_step: int, update_time: int, lrs: list[float]) -> None:
-        uniq, g, counts = self._dedup(ids, grads, last_wins=False)
         st = self._store
         with self._lock.write():
-            rows, _ = self._upsert(uniq, counts)
-            for k, (seg, opt, c0) in enumerate(zip(self._cfg.segments, self._opts, st.offsets)):
-                p = seg.optimizer.params
-                opt.step(st.values, c0, seg.dim, rows, g, lrs[k], p.get("weight_decay_factor", 0.0), global_step, p,
-                         st.elem_states[k], st.row_states[k])
-            self._touch(rows, update_time)
+            got = self._claim(ids, grads, last_wins=False)
+            try:
+                for k, (seg, opt, c0) in enumerate(zip(self._cfg.segments, self._opts, st.offsets)):
+                    p = seg.optimizer.params
+                    opt.step(st.values, c0, seg.dim, got.rows, got.values, lrs[k], p.get("weight_decay_factor", 0.0),
+                             global_step, p, st.elem_states[k], st.row_states[k])
+            finally:
+                self._touch(got.rows, update_time)
 
     def check_values(self, ids, values, update_time: int = 0) -> CheckedUpdate:
         """Every check `assign`/`assign_add` make, nothing written (see `check_gradients`)."""
@@ -337,15 +397,12 @@ class EmbeddingTable:
     def _write_rows(self, ids, values, update_time: int, add: bool) -> None:
         if not len(ids):
             return
-        with _threads_for(values.size):
-            uniq, vals, counts = self._dedup(ids, values, last_wins=not add)
-            self._upsert_values(uniq, vals, counts, update_time, add)
-
-    def _upsert_values(self, uniq, vals, counts, update_time: int, add: bool) -> None:
-        with self._lock.write():
-            rows, _ = self._upsert(uniq, counts, init_values=add)
-            H.scatter_rows(self._store.values, rows, vals, add)
-            self._touch(rows, update_time)
+        with _threads_for(values.size), self._lock.write():
+            got = self._claim(ids, values, last_wins=not add, init_values=add)
+            try:
+                H.scatter_rows(self._store.values, got.rows, got.values, add)
+            finally:
+                self._touch(got.rows, update_time)
 
     def assign(self, ids, values, update_time: int = 0) -> None:
         """Set rows (the last value wins for repeated ids); absent ids are created if admitted."""
@@ -359,20 +416,19 @@ class EmbeddingTable:
         """Re-run initializer and optimizer-state init. Status per id: 1 existed, 0 created, -1 not admitted."""
         ids = _as_ids(ids)
         update_time = _as_int(update_time, "update_time", 0)
-        uniq, inv, counts = H.dedup(ids)
         st = self._store
         with _threads_for(len(ids) * self.dim), self._lock.write():
-            before = self._probe(uniq)
-            rows, _ = self._upsert(uniq, counts)
-            existed = np.flatnonzero(before >= 0)
-            if len(existed):
-                er = before[existed]
-                for seg, c0 in zip(self._cfg.segments, st.offsets):
-                    initialize_rows(st.values, c0, seg.dim, er, uniq[existed], seg.initializer)
-                st.init_state_rows(er)
-            self._touch(rows, update_time)
-        status = np.where(before >= 0, 1, np.where(rows >= 0, 0, -1)).astype(np.int32)
-        return status[inv]
+            got = self._claim(ids, None, last_wins=False)
+            existed = got.rows[(got.rows >= 0) & (got.rows < got.first_new_row)]
+            try:
+                if len(existed):
+                    for seg, c0 in zip(self._cfg.segments, st.offsets):
+                        initialize_rows(st.values, c0, seg.dim, existed, st.ids[existed], seg.initializer)
+                    st.init_state_rows(existed)
+            finally:
+                self._touch(got.rows, update_time)
+        pos = got.positions
+        return np.where(pos < 0, -1, np.where(pos < got.first_new_row, 1, 0)).astype(np.int32)
 
     def evict_expired(self) -> int:
         """Remove rows whose update time is expire_time_days or more behind the newest update seen."""
@@ -466,7 +522,7 @@ class EmbeddingTable:
         ids = saved.ids()
         if shard is not None:
             ids = ids[np.mod(ids, shard[1]) == shard[0]]
-        if len(H.dedup(ids)[0]) != len(ids):
+        if H.has_repeats(ids):
             raise CorruptCheckpointError(f"{directory}: repeated ids in the checkpoint")
         with self._lock.write():
             if clear:
