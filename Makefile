@@ -12,10 +12,10 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # glibc returns every large temporary to the OS by default (page faults on each RPC): keep them.
 export MALLOC_MMAP_THRESHOLD_ := 67108864
 export MALLOC_TRIM_THRESHOLD_ := 268435456
-# numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernel_threads.py).
+# numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernels/threads.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup protos prometheus-server test demo bench lint clean
+.PHONY: setup protos prometheus-server test test-fast demo bench lint clean
 
 setup: $(STAMP) protos prometheus-server
 
@@ -43,14 +43,21 @@ protos/%_pb2.py: protos/%.proto $(STAMP)
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# The unit tests: no processes started, no model trained end to end (those are marked slow).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 demo: setup
-	$(BIN)/python -m worker.demo.movielens_demo
+	$(BIN)/python -m launch.demo
 
+# Runs every benchmark and writes their output, with the machine's load, to benchmarks/RESULTS.md.
 bench: setup
-	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/write_results.py
 
+# ruff (style, imports, complexity, simplifications) and mypy (everything but the numba kernels).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .cache protos/*_pb2*.py protos/*_pb2*.pyi

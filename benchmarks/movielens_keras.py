@@ -6,13 +6,14 @@ difference is where embeddings live (a Keras variable vs our store / PS tables).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from worker.metrics_eval import auc
 from worker.models.movielens import HIDDEN, make_dataset
 from worker.models.movielens_data import FEATURES, SINGLE_FEATURES, MovieLens
+from worker.runtime.evaluation import auc
 
 
 class KerasMovieRanking:
@@ -26,7 +27,8 @@ class KerasMovieRanking:
                        for i, w in enumerate(HIDDEN)]
         self.layers.append(tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.GlorotUniform(seed + 9)))
         self.optimizer = tf.keras.optimizers.Adagrad(learning_rate, initial_accumulator_value=0.1)
-        self._train = self._eval = None
+        self._train: Any = None
+        self._eval: Any = None
 
     def _logits(self, features):
         parts = []

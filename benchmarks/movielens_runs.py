@@ -9,10 +9,10 @@ import time
 
 from movielens_keras import KerasMovieRanking
 
-from worker.estimator import Estimator
 from worker.models.movielens import MovieRankingModel
 from worker.models.movielens_data import load_movielens
-from worker.run_config import RunConfig
+from worker.runtime.estimator import Estimator
+from worker.runtime.run_config import RunConfig
 
 MODEL = "worker.models.movielens:MovieRankingModel"
 
@@ -32,7 +32,7 @@ def run_local(steps: int, batch_size: int, evaluate: bool = True, staleness: int
 
 def run_cluster(num_ps: int, num_workers: int, steps: int, batch_size: int, evaluate: bool = True,
                 staleness: int = 1) -> dict:
-    from services.launch.local_cluster import run_local_cluster
+    from launch.local_cluster import run_local_cluster
 
     model_dir = tempfile.mkdtemp(prefix=f"bench-{num_ps}ps{num_workers}w-")
     summary = os.path.join(model_dir, "summary.json")

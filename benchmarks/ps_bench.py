@@ -4,14 +4,14 @@ One PS process (per server model), this process as the client, loopback. Each ca
 Zipf-distributed ids (a=1.2 over a 1M-row table, dim 16); the client dedupes them (~15% unique), so
 the wire carries the unique ids and their rows. Peers measured in the same run, each named by what it
 moves per call (request bytes in, reply bytes out):
-  (a) gRPC echo on the same server model (`ps.server.serve`, same threads and options) that returns a
-      preallocated reply of the given size: the cost of gRPC itself;
+  (a) gRPC echo on the same server model (`ps.service.server.serve`, same threads and options) that
+      returns a preallocated reply of the given size: the cost of gRPC itself;
   (b) a raw TCP socket echo with preallocated buffers: the ceiling of the loopback.
 Each peer runs with two payloads:
   - "logical": the call's payload, 65,536 ids x dim 16 (512 KiB of int64 ids in, 4 MiB of float32
-    rows out; for ApplyGradients 512 KiB ids + 4 MiB gradients in), as performance.md frames the
-    transport. This is what the targets compare: rows/s delivered to the caller against rows/s the
-    transport alone moves for the same call. Deduping is part of how our Lookup serves that payload.
+    rows out; for ApplyGradients 512 KiB ids + 4 MiB gradients in): the call as its caller sees it.
+    This is what the targets compare: rows/s delivered to the caller against rows/s the transport
+    alone moves for the same call. Deduping is part of how our Lookup serves that payload.
   - "deduped": exactly the bytes our Lookup/ApplyGradients put on the wire (unique ids in, their rows
     out; unique ids + summed gradients in). A diagnostic: what our RPC, the client's dedupe and the
     re-expansion cost beyond gRPC for the bytes actually sent. Uniform ids (~97% unique, so dedupe
@@ -41,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ps.kernel_threads import ENV as KERNEL_THREADS_ENV  # noqa: E402
-from ps.malloc_tuning import ENV as MALLOC_ENV  # noqa: E402
+from ps.kernels.threads import ENV as KERNEL_THREADS_ENV  # noqa: E402
+from services.malloc_tuning import ENV as MALLOC_ENV  # noqa: E402
 from services.ports import free_port  # noqa: E402
 
 IDS_PER_CALL = 65_536
@@ -60,7 +60,8 @@ def serve_grpc_echo(model: str, port: int) -> None:
     """Same `serve()` as the PS: request = 8-byte reply size + payload; reply = a preallocated payload."""
     import grpc
 
-    from ps.server import serve
+    from ps.config import ServerConfig
+    from ps.service.server import serve
 
     replies: dict[int, bytes] = {}
 
@@ -73,7 +74,7 @@ def serve_grpc_echo(model: str, port: int) -> None:
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
-    serve([handler], f"127.0.0.1:{port}", model=model, stop=threading.Event(),
+    serve([handler], ServerConfig(port=port, server_model=model), stop=threading.Event(),
           on_ready=lambda p: print(f"ready {p}", flush=True))
 
 
@@ -112,24 +113,26 @@ def serve_tcp_echo(port: int) -> None:
 # -- client side ------------------------------------------------------------------------------------
 class Children:
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, args: list[str]) -> subprocess.Popen:
+    def start(self, args: list[str]) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=str(REPO), **MALLOC_ENV, **KERNEL_THREADS_ENV)
         proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         return proc
 
-    def wait_ready(self, proc: subprocess.Popen, pattern: str = r"ready\D*?(\d+)") -> None:
+    def wait_ready(self, proc: subprocess.Popen[str], pattern: str = r"ready\D*?(\d+)") -> None:
         deadline = time.monotonic() + 120
-        for line in proc.stdout:
+        stdout = proc.stdout
+        assert stdout is not None
+        for line in stdout:
             if re.search(pattern, line):
-                threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
+                threading.Thread(target=stdout.read, daemon=True).start()  # keep draining
                 return
             if time.monotonic() > deadline:
                 break
-        raise RuntimeError(f"child {proc.args} did not become ready (rc={proc.poll()})")
+        raise RuntimeError(f"child {proc.args!r} did not become ready (rc={proc.poll()})")
 
     def close(self) -> None:
         for p in self.procs:
@@ -141,9 +144,9 @@ class Children:
                 p.kill()
 
 
-def start_ps(children: Children, index: int, num_shards: int, model: str) -> str:
+def start_ps(children: Children, index: int, num_shards: int, model: str) -> tuple[str, subprocess.Popen[str]]:
     port = free_port()
-    proc = children.start(["-m", "services.cli", "ps", "--port", str(port), "--shard-index", str(index),
+    proc = children.start(["-m", "launch.cli", "ps", "--port", str(port), "--shard-index", str(index),
                            "--num-shards", str(num_shards), "--server-model", model, "--metrics-port", "-1"])
     return f"127.0.0.1:{port}", proc
 
@@ -171,6 +174,168 @@ def best_of(rounds: int, fn, seconds: float) -> float:
     return max(timed(fn, seconds) for _ in range(rounds))
 
 
+RATIOS = [
+    ("sync Lookup / gRPC echo of the call's payload (target >= 0.8)", "sync lookup",
+     "sync grpc echo (lookup logical bytes)"),
+    ("sync Lookup / raw TCP echo of the call's payload (target >= 0.35)", "sync lookup",
+     "tcp echo (lookup logical bytes)"),
+    ("sync Lookup / gRPC echo, deduped bytes", "sync lookup", "sync grpc echo (lookup bytes)"),
+    ("sync Lookup / raw TCP echo, deduped bytes", "sync lookup", "tcp echo (lookup bytes)"),
+    ("sync Lookup uniform / gRPC echo, deduped bytes", "sync lookup uniform", "sync grpc echo (uniform bytes)"),
+    ("sync Lookup uniform / raw TCP echo, deduped bytes", "sync lookup uniform", "tcp echo (uniform bytes)"),
+    ("sync Lookup f16 / gRPC echo, its deduped bytes", "sync lookup f16", "sync grpc echo (f16 bytes)"),
+    ("sync Apply / gRPC echo, deduped bytes", "sync apply", "sync grpc echo (apply bytes)"),
+    ("sync Apply / raw TCP echo, deduped bytes", "sync apply", "tcp echo (apply bytes)"),
+    ("sync Apply / gRPC echo, logical payload", "sync apply", "sync grpc echo (apply logical bytes)"),
+    ("sync Apply / raw TCP echo, logical payload", "sync apply", "tcp echo (apply logical bytes)"),
+    ("aio Lookup / gRPC echo, deduped bytes", "aio lookup", "aio grpc echo (lookup bytes)"),
+    ("aio Lookup / gRPC echo, logical payload", "aio lookup", "aio grpc echo (lookup logical bytes)"),
+    ("aio Apply / gRPC echo, deduped bytes", "aio apply", "aio grpc echo (apply bytes)"),
+    ("aio Apply / gRPC echo, logical payload", "aio apply", "aio grpc echo (apply logical bytes)"),
+    ("aio / sync Lookup", "aio lookup", "sync lookup"),
+    ("aio / sync Apply", "aio apply", "sync apply"),
+    ("2 shards x 2 threads / 1 x 1 Lookup", "2 shards x 2 threads lookup", "sync lookup"),
+    ("2 shards x 2 threads / 1 x 1 Apply", "2 shards x 2 threads apply", "sync apply"),
+]
+
+
+class Bench:
+    """One run: the workload, the peers' addresses, and every rate measured (name -> calls/s)."""
+
+    def __init__(self, args: argparse.Namespace, echo_ports: dict[str, int], tcp_port: int) -> None:
+        from ps.client.routing import route
+
+        self.args, self.echo_ports, self.tcp_port = args, echo_ports, tcp_port
+        self.population, self.batches, self.uniform = make_batches(8)
+        self.uniques = [route(b, 1).unique.size for b in self.batches]
+        self.uniform_uniques = [route(b, 1).unique.size for b in self.uniform]
+        u, uu = self.uniques, self.uniform_uniques
+        self.sizes = {  # (request, reply) bytes per call of each payload the peers echo
+            "lookup": [(n * 8, n * DIM * 4) for n in u],
+            "uniform": [(n * 8, n * DIM * 4) for n in uu],
+            "apply": [(n * 8 + n * DIM * 4, 0) for n in u],
+            "f16": [(n * 8, n * DIM * 2) for n in u],
+            "lookup logical": [(IDS_PER_CALL * 8, IDS_PER_CALL * DIM * 4)],
+            "apply logical": [(IDS_PER_CALL * 8 + IDS_PER_CALL * DIM * 4, 0)],
+        }
+        rng = np.random.default_rng(1)
+        self.grads = [rng.normal(scale=1e-3, size=(IDS_PER_CALL, DIM)).astype(np.float32) for _ in self.batches]
+        self.results: dict[str, float] = {}
+        self.kinds: dict[str, str] = {}  # result name -> payload kind (for the wire MB/s column)
+
+    def best(self, fn) -> float:
+        return best_of(self.args.rounds, fn, self.args.seconds)
+
+    def record(self, name: str, kind: str, rate: float) -> None:
+        self.results[name], self.kinds[name] = rate, kind
+
+    def print_workload(self) -> None:
+        mean_unique = statistics.mean(self.uniques)
+        print(f"workload: {IDS_PER_CALL} Zipf(a={ZIPF_A}) ids per call over {TABLE_ROWS:,} rows, dim {DIM}; "
+              f"{mean_unique:,.0f} unique per call ({mean_unique / IDS_PER_CALL:.0%})")
+        print("payloads per call (request in / reply out):")
+        for kind, pairs in self.sizes.items():
+            print(f"  {kind:15s} {statistics.mean(a for a, _ in pairs) / 2**10:8.1f} KiB in "
+                  f"{statistics.mean(b for _, b in pairs) / 2**10:8.1f} KiB out")
+
+    def populate(self, client) -> None:
+        client.create_tables({"emb": TABLE})
+        for lo in range(0, TABLE_ROWS, 1 << 17):
+            chunk = self.population[lo:lo + (1 << 17)]
+            client.assign("emb", chunk, np.full((chunk.size, DIM), 0.01, np.float32))
+
+    def lookup(self, client, i: int, ids=None):
+        return client.lookup("emb", (ids or self.batches)[i % 8])
+
+    def apply(self, client, i: int):
+        return client.apply_gradients("emb", self.batches[i % 8], self.grads[i % 8])
+
+    def grpc_echo_rate(self, address: str, sizes) -> float:
+        import grpc
+
+        from ps.service.server import grpc_options
+
+        channel = grpc.insecure_channel(address, options=grpc_options(512 << 20))
+        call = channel.unary_unary(ECHO_METHOD)
+        payloads = [struct.pack("<Q", reply) + bytes(req) for req, reply in sizes]
+        rate = self.best(lambda i: call(payloads[i % len(payloads)], timeout=30))
+        channel.close()
+        return rate
+
+    def tcp_echo_rate(self, sizes) -> float:
+        conn = socket.create_connection(("127.0.0.1", self.tcp_port))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reply = bytearray(64 << 20)
+        frames = [_HDR.pack(req, rep) + bytes(req) for req, rep in sizes]
+
+        def once(i: int) -> None:
+            k = i % len(frames)
+            conn.sendall(frames[k])
+            _recv_exact(conn, memoryview(reply)[: sizes[k][1]])
+
+        rate = self.best(once)
+        conn.close()
+        return rate
+
+    def one_shard(self, model: str, address: str) -> None:
+        """Lookup and ApplyGradients on one shard of `model`, then the echo peers of the same model."""
+        from ps.client import PSClient
+
+        with PSClient([address]) as client:
+            self.populate(client)
+            self.record(f"{model} lookup", "lookup", self.best(lambda i: self.lookup(client, i)))
+            self.record(f"{model} apply", "apply", self.best(lambda i: self.apply(client, i)))
+        kinds: tuple[str, ...] = ("lookup", "apply", "lookup logical", "apply logical")
+        if model == "sync":
+            with PSClient([address]) as client:
+                self.record("sync lookup uniform", "uniform",
+                            self.best(lambda i: self.lookup(client, i, self.uniform)))
+            with PSClient([address], float16_lookup=True) as client:
+                self.record("sync lookup f16", "f16", self.best(lambda i: self.lookup(client, i)))
+            kinds += ("f16", "uniform")
+        echo = f"127.0.0.1:{self.echo_ports[model]}"
+        for kind in kinds:
+            self.record(f"{model} grpc echo ({kind} bytes)", kind, self.grpc_echo_rate(echo, self.sizes[kind]))
+
+    def two_shards_two_threads(self, addrs: list[str]) -> None:
+        """Each thread its own client, like two workers."""
+        from ps.client import PSClient
+
+        with PSClient(addrs) as client:
+            self.populate(client)
+        for name, op in (("lookup", self.lookup), ("apply", self.apply)):
+            clients = [PSClient(addrs) for _ in range(2)]
+            rates = [0.0, 0.0]
+
+            def run(k: int, op=op, clients=clients, rates=rates) -> None:
+                rates[k] = self.best(lambda i: op(clients[k], i + k))
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.record(f"2 shards x 2 threads {name}", name, sum(rates))
+            for c in clients:
+                c.close()
+
+    def report(self) -> None:
+        mib = 2**20
+        wire = {kind: statistics.mean(a + b for a, b in pairs) for kind, pairs in self.sizes.items()}
+        # an echo moves the rows its payload holds; our RPCs deliver IDS_PER_CALL rows to the caller
+        echo_rows = {kind: IDS_PER_CALL if kind.endswith("logical") else statistics.mean(self.uniques)
+                     for kind in self.sizes}
+        echo_rows["uniform"] = statistics.mean(self.uniform_uniques)
+        print(f"\n{'measurement':44s} {'calls/s':>9s} {'rows/s':>13s} {'wire MB/s':>10s}")
+        for name, rate in self.results.items():
+            rows = echo_rows[self.kinds[name]] if "echo" in name else IDS_PER_CALL
+            print(f"{name:44s} {rate:9.1f} {rate * rows:13,.0f} {rate * wire[self.kinds[name]] / mib:10.1f}")
+        print("\nratios (same run; calls/s over calls/s. For the call's payload this equals rows/s over rows/s; "
+              "a deduped echo moves only the unique rows):")
+        for label, a, b in RATIOS:
+            print(f"  {label:66s} {self.results[a] / self.results[b]:6.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
@@ -186,13 +351,8 @@ def main() -> int:
         serve_tcp_echo(args.port)
         return 0
 
-    import grpc
-
-    from ps.kernel_threads import passive_kernel_threads
-    from ps.malloc_tuning import tune_malloc
-    from ps.server import grpc_options
-    from services.ps_client import PSClient
-    from services.ps_routing import route
+    from ps.kernels.threads import passive_kernel_threads
+    from services.malloc_tuning import tune_malloc
 
     tune_malloc()
     passive_kernel_threads()
@@ -200,156 +360,23 @@ def main() -> int:
     try:
         servers = {m: start_ps(children, 0, 1, m) for m in ("sync", "aio")}
         echo_ports = {m: free_port() for m in ("sync", "aio")}
-        echo_procs = {m: children.start([__file__, "--serve-grpc-echo", m, "--port", str(p)])
-                      for m, p in echo_ports.items()}
+        echo_procs = [children.start([__file__, "--serve-grpc-echo", m, "--port", str(p)])
+                      for m, p in echo_ports.items()]
         tcp_port = free_port()
         tcp_proc = children.start([__file__, "--serve-tcp-echo", "--port", str(tcp_port)])
         two = [start_ps(children, i, 2, "sync") for i in range(2)]
-        population, batches, uniform = make_batches(8)
-        for _addr, proc in [*servers.values(), *two]:
+        bench = Bench(args, echo_ports, tcp_port)
+        for proc in [p for _a, p in [*servers.values(), *two]] + echo_procs + [tcp_proc]:
             children.wait_ready(proc)
-        for proc in [*echo_procs.values(), tcp_proc]:
-            children.wait_ready(proc)
-
-        uniques = [route(b, 1).unique.size for b in batches]
-        uniform_uniques = [route(b, 1).unique.size for b in uniform]
-        sizes = {  # (request, reply) bytes per call of each payload the peers echo
-            "lookup": [(u * 8, u * DIM * 4) for u in uniques],
-            "uniform": [(u * 8, u * DIM * 4) for u in uniform_uniques],
-            "apply": [(u * 8 + u * DIM * 4, 0) for u in uniques],
-            "f16": [(u * 8, u * DIM * 2) for u in uniques],
-            "lookup logical": [(IDS_PER_CALL * 8, IDS_PER_CALL * DIM * 4)],
-            "apply logical": [(IDS_PER_CALL * 8 + IDS_PER_CALL * DIM * 4, 0)],
-        }
-        mean_unique = statistics.mean(uniques)
-        print(f"workload: {IDS_PER_CALL} Zipf(a={ZIPF_A}) ids per call over {TABLE_ROWS:,} rows, dim {DIM}; "
-              f"{mean_unique:,.0f} unique per call ({mean_unique / IDS_PER_CALL:.0%})")
-        print("payloads per call (request in / reply out):")
-        for kind, pairs in sizes.items():
-            print(f"  {kind:15s} {statistics.mean(a for a, _ in pairs) / 2**10:8.1f} KiB in "
-                  f"{statistics.mean(b for _, b in pairs) / 2**10:8.1f} KiB out")
-
-        rng = np.random.default_rng(1)
-        grads = [rng.normal(scale=1e-3, size=(IDS_PER_CALL, DIM)).astype(np.float32) for _ in batches]
-        results: dict[str, float] = {}
-        kinds: dict[str, str] = {}  # result name -> payload kind (for the wire MB/s column)
-
-        def record(name: str, kind: str, rate: float) -> None:
-            results[name], kinds[name] = rate, kind
-
-        def populate(client: PSClient) -> None:
-            client.create_tables({"emb": TABLE})
-            for lo in range(0, TABLE_ROWS, 1 << 17):
-                chunk = population[lo:lo + (1 << 17)]
-                client.assign("emb", chunk, np.full((chunk.size, DIM), 0.01, np.float32))
-
-        def grpc_echo_rate(address: str, sizes) -> float:
-            channel = grpc.insecure_channel(address, options=grpc_options(512 << 20))
-            call = channel.unary_unary(ECHO_METHOD)
-            payloads = [struct.pack("<Q", reply) + bytes(req) for req, reply in sizes]
-            rate = best_of(args.rounds, lambda i: call(payloads[i % len(payloads)], timeout=30), args.seconds)
-            channel.close()
-            return rate
-
-        def tcp_echo_rate(sizes) -> float:
-            conn = socket.create_connection(("127.0.0.1", tcp_port))
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reply = bytearray(64 << 20)
-            frames = [_HDR.pack(req, rep) + bytes(req) for req, rep in sizes]
-
-            def once(i: int) -> None:
-                k = i % len(frames)
-                conn.sendall(frames[k])
-                _recv_exact(conn, memoryview(reply)[: sizes[k][1]])
-
-            rate = best_of(args.rounds, once, args.seconds)
-            conn.close()
-            return rate
-
+        bench.print_workload()
         for model, (address, _proc) in servers.items():
-            with PSClient([address]) as client:
-                populate(client)
-                record(f"{model} lookup", "lookup", best_of(
-                    args.rounds, lambda i, c=client: c.lookup("emb", batches[i % 8]), args.seconds))
-                record(f"{model} apply", "apply", best_of(
-                    args.rounds, lambda i, c=client: c.apply_gradients("emb", batches[i % 8], grads[i % 8]),
-                    args.seconds))
-            if model == "sync":
-                with PSClient([address]) as client:
-                    record("sync lookup uniform", "uniform", best_of(
-                        args.rounds, lambda i, c=client: c.lookup("emb", uniform[i % 8]), args.seconds))
-                with PSClient([address], float16_lookup=True) as client:
-                    record("sync lookup f16", "f16", best_of(
-                        args.rounds, lambda i, c=client: c.lookup("emb", batches[i % 8]), args.seconds))
-            echo_addr = f"127.0.0.1:{echo_ports[model]}"
-            kinds_here = ("lookup", "apply", "lookup logical", "apply logical")
-            if model == "sync":
-                kinds_here += ("f16", "uniform")
-            for kind in kinds_here:
-                record(f"{model} grpc echo ({kind} bytes)", kind, grpc_echo_rate(echo_addr, sizes[kind]))
+            bench.one_shard(model, address)
         for kind in ("lookup", "apply", "uniform", "lookup logical", "apply logical"):
-            record(f"tcp echo ({kind} bytes)", kind, tcp_echo_rate(sizes[kind]))
-
-        # 2 shards x 2 client threads (each thread its own client, like two workers)
-        addrs = [a for a, _p in two]
-        with PSClient(addrs) as client:
-            populate(client)
-        for name, op in (("lookup", lambda c, i: c.lookup("emb", batches[i % 8])),
-                         ("apply", lambda c, i: c.apply_gradients("emb", batches[i % 8], grads[i % 8]))):
-            clients = [PSClient(addrs) for _ in range(2)]
-            rates = [0.0, 0.0]
-
-            def run(k: int, op=op, clients=clients, rates=rates) -> None:
-                rates[k] = best_of(args.rounds, lambda i: op(clients[k], i + k), args.seconds)
-
-            threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            record(f"2 shards x 2 threads {name}", name, sum(rates))
-            for c in clients:
-                c.close()
+            bench.record(f"tcp echo ({kind} bytes)", kind, bench.tcp_echo_rate(bench.sizes[kind]))
+        bench.two_shards_two_threads([a for a, _p in two])
     finally:
         children.close()
-
-    mib = 2**20
-    wire = {kind: statistics.mean(a + b for a, b in pairs) for kind, pairs in sizes.items()}
-    # an echo moves the rows its payload holds; our RPCs deliver IDS_PER_CALL rows to the caller
-    echo_rows = {kind: IDS_PER_CALL if kind.endswith("logical") else statistics.mean(uniques) for kind in sizes}
-    echo_rows["uniform"] = statistics.mean(uniform_uniques)
-    print(f"\n{'measurement':44s} {'calls/s':>9s} {'rows/s':>13s} {'wire MB/s':>10s}")
-    for name, rate in results.items():
-        rows = echo_rows[kinds[name]] if "echo" in name else IDS_PER_CALL
-        print(f"{name:44s} {rate:9.1f} {rate * rows:13,.0f} {rate * wire[kinds[name]] / mib:10.1f}")
-    r = results
-    ratios = [
-        ("sync Lookup / gRPC echo of the call's payload (target >= 0.8)", "sync lookup",
-         "sync grpc echo (lookup logical bytes)"),
-        ("sync Lookup / raw TCP echo of the call's payload (target >= 0.35)", "sync lookup",
-         "tcp echo (lookup logical bytes)"),
-        ("sync Lookup / gRPC echo, deduped bytes", "sync lookup", "sync grpc echo (lookup bytes)"),
-        ("sync Lookup / raw TCP echo, deduped bytes", "sync lookup", "tcp echo (lookup bytes)"),
-        ("sync Lookup uniform / gRPC echo, deduped bytes", "sync lookup uniform", "sync grpc echo (uniform bytes)"),
-        ("sync Lookup uniform / raw TCP echo, deduped bytes", "sync lookup uniform", "tcp echo (uniform bytes)"),
-        ("sync Lookup f16 / gRPC echo, its deduped bytes", "sync lookup f16", "sync grpc echo (f16 bytes)"),
-        ("sync Apply / gRPC echo, deduped bytes", "sync apply", "sync grpc echo (apply bytes)"),
-        ("sync Apply / raw TCP echo, deduped bytes", "sync apply", "tcp echo (apply bytes)"),
-        ("sync Apply / gRPC echo, logical payload", "sync apply", "sync grpc echo (apply logical bytes)"),
-        ("sync Apply / raw TCP echo, logical payload", "sync apply", "tcp echo (apply logical bytes)"),
-        ("aio Lookup / gRPC echo, deduped bytes", "aio lookup", "aio grpc echo (lookup bytes)"),
-        ("aio Lookup / gRPC echo, logical payload", "aio lookup", "aio grpc echo (lookup logical bytes)"),
-        ("aio Apply / gRPC echo, deduped bytes", "aio apply", "aio grpc echo (apply bytes)"),
-        ("aio Apply / gRPC echo, logical payload", "aio apply", "aio grpc echo (apply logical bytes)"),
-        ("aio / sync Lookup", "aio lookup", "sync lookup"),
-        ("aio / sync Apply", "aio apply", "sync apply"),
-        ("2 shards x 2 threads / 1 x 1 Lookup", "2 shards x 2 threads lookup", "sync lookup"),
-        ("2 shards x 2 threads / 1 x 1 Apply", "2 shards x 2 threads apply", "sync apply"),
-    ]
-    print("\nratios (same run; calls/s over calls/s. For the call's payload this equals rows/s over rows/s; "
-          "a deduped echo moves only the unique rows):")
-    for label, a, b in ratios:
-        print(f"  {label:66s} {r[a] / r[b]:6.2f}")
+    bench.report()
     return 0
 
 

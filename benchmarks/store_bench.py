@@ -5,13 +5,14 @@ operation prints keys/s for ours, the TF peer doing the same work in the same ru
 ours/peer and ours/limit. The limit is a numba prange gather of random rows of a 1M×16 float32 array
 (what memory allows for reading rows at all). Ours and the limit alternate batch by batch; the TF peer
 runs the same batches in a pass of its own, because TF's thread pool spins for a while after each call
-and slowed whichever kernel ran next by about 15%. Each figure is the best batch (the machine is
+and slowed whichever kernel ran next. Each figure is the best batch (the machine is
 shared: the minimum time is the least noisy estimate).
 "lookup" returns a fresh array per call as the TF peer does; "lookup into buffer" reuses one output
 array as the gather limit does (and as a server can);
-insert is total time over all batches including growth (TF's variable is pre-allocated). On this VM growth
-is dominated by the first touch of memory the machine has never used: copying 16 MiB into fresh pages took
-38 ms, into reused pages 0.7 ms; a second growing table in the same process inserts 2-5x faster.
+insert is total time over all batches of ids the table has never seen, including growth (TF's variable is
+pre-allocated, its hash table grows); for the growing table it also prints how much of that time went into
+faulting in fresh memory and at what rate (on a VM the host backs fresh memory on first touch too, so this
+rate depends on the machine more than on the store), and the rate of the rest.
 
 Run: `python benchmarks/store_bench.py` (also run by `make bench`). Options: --rows, --batch, --reps.
 """
@@ -24,14 +25,16 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from random_gather import best_times, gather_rows, timed  # noqa: E402
 
-from ps.malloc_tuning import tune_malloc  # noqa: E402
-from ps.row_store import aligned_empty  # noqa: E402
-from ps.table import EmbeddingTable  # noqa: E402
+from ps.store import growable_array  # noqa: E402
+from ps.store.growable_array import GrowableArray  # noqa: E402
+from ps.store.table import EmbeddingTable  # noqa: E402
+from services.malloc_tuning import tune_malloc  # noqa: E402
 
 DIM = 16
 OPTIMIZERS = {
@@ -41,31 +44,8 @@ OPTIMIZERS = {
 }
 
 
-@njit(nogil=True, cache=True, parallel=True, error_model="numpy")
-def _gather_limit(values, rows, out):
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        for j in range(values.shape[1]):
-            out[i, j] = values[r, j]
-
-
-def _timed(fn, arg) -> float:
-    t0 = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - t0
-
-
-def _best_rates(fns, inputs, n_keys, rounds: int = 2) -> list[float]:
-    """Warm every fn up on inputs[0], then alternate them over the remaining inputs, `rounds` times (a burst
-    of other load on the shared machine can cover a whole round); best keys/s of each."""
-    for fn in fns:
-        fn(inputs[0])
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for arg in inputs[1:]:
-            for k, fn in enumerate(fns):
-                best[k] = min(best[k], _timed(fn, arg))
-    return [n_keys / t for t in best]
+def _best_rates(fns, inputs, n_keys) -> list[float]:
+    return [n_keys / t for t in best_times(fns, inputs)]
 
 
 def _batches(kind: str, ids: np.ndarray, batch: int, reps: int, rng) -> list[np.ndarray]:
@@ -144,7 +124,9 @@ def main(argv=None) -> int:
         t.assign(ids, values)
         tables[name] = t
     peer = TFPeer(tf, ids, values)
-    aligned = aligned_empty(values.shape, np.float32)
+    limit_memory = GrowableArray(values.shape[1:], np.float32, len(values))  # the same kind of memory as the table's
+    limit_memory.populate(len(values))
+    aligned = limit_memory.array
     aligned[:] = values
     pos_of = {}
     time.sleep(2.0)  # let background work from the setup (TF threads, the kernel collapsing huge pages) settle
@@ -168,7 +150,7 @@ def main(argv=None) -> int:
         inputs = [(b, pos, tf.constant(b), g, tf.constant(g)) for b, pos, g in zip(batches, pos_of[kind], grads)]
         unique_frac = np.mean([len(np.unique(b)) / len(b) for b in batches])
         buf = np.empty((args.batch, DIM), np.float32)
-        gather_limit = lambda x, out=out: _gather_limit(aligned, x[1], out)  # noqa: E731
+        gather_limit = lambda x, out=out: gather_rows(aligned, x[1], out)  # noqa: E731
         limit, ours = _best_rates([gather_limit, lambda x: tables["adagrad"].lookup(x[0])], inputs, args.batch)
         # A separate pass: right after `lookup` on the same batch it would find the cache warm.
         limit_buf, ours_buf = _best_rates([
@@ -188,12 +170,15 @@ def main(argv=None) -> int:
     chunks = [new_ids[i:i + args.batch] for i in range(0, len(new_ids) - args.batch + 1, args.batch)]
     zeros = np.zeros((args.batch, DIM), np.float32)
     tf_zeros = tf.constant(zeros)
+    growing: tuple = ()
     for label, capacity in (("insert (growing table)", 16), ("insert (pre-sized table)", len(new_ids))):
         fresh = EmbeddingTable.from_dict({"dim": DIM, "optimizer": OPTIMIZERS["adagrad"],
                                           "initial_capacity": capacity})
         fresh.assign(chunks[0], zeros)
-        ours = (len(chunks) - 1) * args.batch / sum(_timed(lambda b, t=fresh: t.assign(b, zeros), b)
-                                                    for b in chunks[1:])
+        before = growable_array.populate_stats()
+        ours_s = sum(timed(lambda b, t=fresh: t.assign(b, zeros), b) for b in chunks[1:])
+        faulted = [now - then for now, then in zip(growable_array.populate_stats(), before)]
+        ours = (len(chunks) - 1) * args.batch / ours_s
         buckets = {} if capacity == 16 else {"initial_num_buckets": 1 << (2 * capacity - 1).bit_length()}
         tf_table = tf.lookup.experimental.DenseHashTable(tf.int64, tf.int64, default_value=-1,
                                                          empty_key=-(2 ** 63), deleted_key=-(2 ** 63) + 1, **buckets)
@@ -211,8 +196,14 @@ def main(argv=None) -> int:
             counter[0] += len(b)
 
         tf_insert_batch(chunks[0])
-        theirs = (len(chunks) - 1) * args.batch / sum(_timed(tf_insert_batch, b) for b in chunks[1:])
+        theirs = (len(chunks) - 1) * args.batch / sum(timed(tf_insert_batch, b) for b in chunks[1:])
         row(label, ours, theirs, 0)
+        if capacity == 16:
+            growing = (ours, theirs, ours_s, *faulted)
+    ours, theirs, ours_s, fault_bytes, fault_s = growing
+    print(f"  (growing: {fault_s:.2f} of {ours_s:.2f} s went into faulting in {fault_bytes / 2 ** 20:.0f} MiB of fresh "
+          f"memory, {fault_bytes / max(fault_s, 1e-9) / 1e9:.2f} GB/s; the rest ran at "
+          f"{(len(chunks) - 1) * args.batch / max(ours_s - fault_s, 1e-9) / 1e6:.1f} M ids/s)")
 
     lookup_u = next(r for r in results if r[0] == "lookup [uniform]")
     lookup_buf = next(r for r in results if r[0] == "lookup into buffer [uniform]")
@@ -220,7 +211,8 @@ def main(argv=None) -> int:
     print(f"targets (uniform): lookup >= 0.5x limit: {lookup_u[1] / lookup_u[3]:.2f} "
           f"(into a reused buffer like the limit's, measured in its own pass: {lookup_buf[1] / lookup_buf[3]:.2f}), "
           f"lookup >= 5x DenseHashTable: {lookup_u[1] / lookup_u[2]:.1f}x, "
-          f"adagrad >= 5x DenseHashTable+scatter: {adagrad_u[1] / adagrad_u[2]:.1f}x")
+          f"adagrad >= 5x DenseHashTable+scatter: {adagrad_u[1] / adagrad_u[2]:.1f}x, "
+          f"growing-table insert >= 10M ids/s: {ours / 1e6:.1f}M ({ours / theirs:.1f}x DenseHashTable's)")
     return 0
 
 

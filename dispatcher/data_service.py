@@ -44,7 +44,7 @@ def start_dsworker(
 
 
 def unique_job_name(prefix: str = "monolith") -> str:
-    """A fresh job name: a reused name joins the finished job and yields nothing (ecosystem.md)."""
+    """A fresh job name: a reused name joins the finished job and yields nothing (docs/monolith-reference.md)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 

@@ -1,4 +1,4 @@
-"""Who owns what: ids by floor modulo (facts §6.3), dense variables by a stable hash of the name.
+"""Who owns what: ids by floor modulo (docs/monolith-reference.md), dense variables by a stable hash of the name.
 
 Both the client (routing) and the server (ownership checks, re-sharding on restore) use these, so
 they can never disagree.

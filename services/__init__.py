@@ -1,1 +1,2 @@
-"""What several roles share: discovery, metrics, config, launch, the PS client."""
+"""Plumbing below every role: discovery (MLPEnv, ClusterSpec), role logging, exit hook, metrics, ports,
+malloc tuning, the Kafka producer. Imports no role."""

@@ -2,7 +2,8 @@
 
 The rest of the code never reads environment variables: it receives a `ClusterSpec`. Roles are lower
 case (`ps`, `worker`, `dispatcher`, `dsworker`); the chief is worker 0. A `TF_CONFIG` `chief` task is
-folded into the worker list as worker 0 (facts §8.3: `worker` task k becomes worker k+1).
+folded into the worker list as worker 0 (`worker` task k becomes worker k+1, as in Monolith:
+docs/monolith-reference.md).
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from dataclasses import dataclass, field
 from services.mlp_env import MLPEnv, MLPEnvError, format_addr, split_addr
 
 ROLES = ("ps", "worker", "dispatcher", "dsworker")
+
+LAUNCH_ID_VAR = "MONOLITH_LAUNCH_ID"
+"""Set by a launcher to the same value for every process of one launch of a job, new for each launch
+(`monolith local`/`ray`: a random id; Kubernetes: the worker Job's uid). Workers scope their barriers with
+it, so arrivals left on a still-running PS by an earlier launch never count for this one."""
 
 
 @dataclass(frozen=True)
@@ -114,13 +120,7 @@ class ClusterSpec:
             raise MLPEnvError("TF_CONFIG.cluster is missing or empty (expected {'ps': [...], 'worker': [...]})")
         if not isinstance(task, Mapping) or "type" not in task:
             raise MLPEnvError("TF_CONFIG.task is missing or has no 'type' (expected {'type': 'worker', 'index': 0})")
-        roles: dict[str, tuple[str, ...]] = {}
-        for role, addrs in cluster.items():
-            if isinstance(addrs, Mapping):  # sparse form {index: addr}
-                addrs = [addrs[k] for k in sorted(addrs, key=int)]
-            if not isinstance(addrs, list | tuple) or not all(isinstance(a, str) for a in addrs):
-                raise MLPEnvError(f"TF_CONFIG.cluster.{role} must be a list of 'host:port' strings, got {addrs!r}")
-            roles[role.lower()] = tuple(addrs)
+        roles = {role.lower(): _tf_config_addresses(role, addrs) for role, addrs in cluster.items()}
         chief = roles.pop("chief", ())
         if len(chief) > 1:
             raise MLPEnvError(f"TF_CONFIG.cluster.chief has {len(chief)} entries; at most one is allowed")
@@ -145,6 +145,15 @@ class ClusterSpec:
         if environ.get("TF_CONFIG", "").strip():
             return cls.from_tf_config(environ["TF_CONFIG"])
         raise MLPEnvError("neither MLP_ROLE nor TF_CONFIG is set: cannot tell this process's role")
+
+
+def _tf_config_addresses(role: str, addrs: object) -> tuple[str, ...]:
+    """A role's addresses in TF_CONFIG: a list, or the sparse form {index: addr}."""
+    if isinstance(addrs, Mapping):
+        addrs = [addrs[k] for k in sorted(addrs, key=int)]
+    if not isinstance(addrs, list | tuple) or not all(isinstance(a, str) for a in addrs):
+        raise MLPEnvError(f"TF_CONFIG.cluster.{role} must be a list of 'host:port' strings, got {addrs!r}")
+    return tuple(addrs)
 
 
 def mlp_environment(roles: Mapping[str, list[tuple[str, int]]], role: str, index: int) -> dict[str, str]:

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping
+from typing import overload
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def get_local_host(environ: Mapping[str, str] | None = None) -> str:
     name = socket.gethostname()
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            return socket.getaddrinfo(name, None, family)[0][4][0]
+            return str(socket.getaddrinfo(name, None, family)[0][4][0])
         except (socket.gaierror, IndexError):
             continue
     raise MLPEnvError(f"cannot resolve this host's address: set CLOUDNATIVE_INET_ADDR or YARN_INET_ADDR ({name=})")
@@ -122,9 +123,9 @@ class MLPEnv:
             self.port = self._get_int("MLP_PORT", 0, "a TCP port")
         self.cpu = self._get_int("MLP_CPU", 0, "a CPU count")
         self.gpu = self._get_int("MLP_GPU", 0, "a GPU count")
-        self.gpu_type = self._get("MLP_GPU_TYPE")
+        self.gpu_type = self._get("MLP_GPU_TYPE", "")
         self.mem = self._get_int("MLP_MEM", 0, "a memory size")
-        self.host = get_local_host(environ) if self.available else None
+        self.host = get_local_host(environ)
 
     @property
     def enable_mpi(self) -> bool:
@@ -144,6 +145,12 @@ class MLPEnv:
             return default
         value = value.strip().strip("\"'").strip()
         return value if value else default
+
+    @overload
+    def _get_int(self, name: str, default: int, expected: str) -> int: ...
+
+    @overload
+    def _get_int(self, name: str, default: None, expected: str) -> int | None: ...
 
     def _get_int(self, name: str, default: int | None, expected: str) -> int | None:
         raw = self._get(name)
@@ -198,6 +205,12 @@ class MLPEnv:
     def get_host(self, role: str | None = None, index: int | None = None, is_primary: bool = True) -> str | None:
         return self._get(self.host_var(role, index, is_primary))
 
+    @overload
+    def _port(self, role: str, index: int | None, default: int) -> int: ...
+
+    @overload
+    def _port(self, role: str, index: int | None, default: None) -> int | None: ...
+
     def _port(self, role: str, index: int | None, default: int | None) -> int | None:
         name = self.port_var(role, index)
         base = self._get_int(name, default, "a TCP port")
@@ -218,12 +231,13 @@ class MLPEnv:
             return None
         return format_addr(host, port)
 
-    def dispatcher_addr(self, role: str = "dispatcher") -> str | None:
-        return self.get_addr(role.upper())
+    def dispatcher_addr(self, role: str | None = None) -> str | None:
+        """`host:port` of replica 0 of `role` (default the dispatcher; any case), as the original takes it."""
+        return self.get_addr((role or "dispatcher").upper())
 
-    def dispatcher_target(self) -> str:
-        """The tf.data service target (`grpc://host:port`) of the job's dispatcher."""
-        addr = self.dispatcher_addr()
+    def dispatcher_target(self, role: str | None = None) -> str:
+        """The tf.data service target (`grpc://host:port`) of `role` (default the job's dispatcher)."""
+        addr = self.dispatcher_addr(role)
         return f"grpc://{addr}" if addr else DEFAULT_DISPATCHER_TARGET
 
     @property

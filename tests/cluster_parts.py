@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 PARTS = {
-    "ps.server_main": "needs the PS server (ps/server_main.py, PS service issue)",
-    "services.ps_client": "needs the PS client (services/ps_client.py, PS service issue)",
+    "ps.__main__": "needs the PS server (ps/__main__.py, PS service issue)",
+    "ps.client.client": "needs the PS client (ps/client/client.py, PS service issue)",
     "worker.train_main": "needs `monolith train` (worker/train_main.py, worker issue)",
     "worker.models.ffm": "needs the FFM test model (worker/models/ffm.py, worker issue)",
 }

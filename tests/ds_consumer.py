@@ -35,18 +35,18 @@ def main() -> int:
     from dispatcher.data_service import distribute
 
     barrier = Path(args.barrier_dir)
-    out = open(args.out, "w")
-    for epoch in range(args.epochs):
-        (barrier / f"e{epoch}-c{args.index}").touch()
-        while len(list(barrier.glob(f"e{epoch}-c*"))) < args.consumers:
-            time.sleep(0.05)
-        ds = tf.data.Dataset.range(args.examples).map(lambda i: {"example_id": i, "x": tf.cast(i, tf.float32) * 2.0})
-        ds = distribute(ds, args.service, f"{args.job_name}-e{epoch}")
-        for batch in ds:
-            assert float(batch["x"]) == 2.0 * int(batch["example_id"])
-            out.write(f"{epoch} {int(batch['example_id'])}\n")
-        out.flush()
-    out.close()
+    with open(args.out, "w") as out:
+        for epoch in range(args.epochs):
+            (barrier / f"e{epoch}-c{args.index}").touch()
+            while len(list(barrier.glob(f"e{epoch}-c*"))) < args.consumers:
+                time.sleep(0.05)
+            ds = tf.data.Dataset.range(args.examples).map(
+                lambda i: {"example_id": i, "x": tf.cast(i, tf.float32) * 2.0})
+            ds = distribute(ds, args.service, f"{args.job_name}-e{epoch}")
+            for batch in ds:
+                assert float(batch["x"]) == 2.0 * int(batch["example_id"])
+                out.write(f"{epoch} {int(batch['example_id'])}\n")
+            out.flush()
     return 0
 
 

@@ -5,8 +5,8 @@ import re
 import subprocess
 import time
 
-from ps.kernel_threads import ENV as KERNEL_THREADS_ENV
-from ps.malloc_tuning import ENV as MALLOC_ENV
+from ps.kernels.threads import ENV as KERNEL_THREADS_ENV
+from services.malloc_tuning import ENV as MALLOC_ENV
 from services.ports import free_port
 from tests.processes import ProcessGroup
 
@@ -24,7 +24,7 @@ class Shard:
 
 def start_shard(group: ProcessGroup, index: int, num_shards: int, port: int | None = None,
                 checkpoint_dir: str | None = None, extra: list[str] | None = None) -> subprocess.Popen:
-    args = ["-m", "services.cli", "ps", "--port", str(port or free_port()), "--shard-index", str(index),
+    args = ["-m", "launch.cli", "ps", "--port", str(port or free_port()), "--shard-index", str(index),
             "--num-shards", str(num_shards), "--grace-s", "2", *(extra or [])]
     if checkpoint_dir:
         args += ["--checkpoint-dir", checkpoint_dir]

@@ -16,9 +16,9 @@ EPOCHS = 2
 
 def test_every_example_exactly_once_per_epoch(processes, tmp_path):
     dport, w0, w1 = free_port(), free_port(), free_port()
-    disp = processes.start(["-m", "services.cli", "dispatcher", "--port", str(dport)], name="dispatcher")
+    disp = processes.start(["-m", "launch.cli", "dispatcher", "--port", str(dport)], name="dispatcher")
     workers = [
-        processes.start(["-m", "services.cli", "dsworker", "--dispatcher", f"grpc://127.0.0.1:{dport}",
+        processes.start(["-m", "launch.cli", "dsworker", "--dispatcher", f"grpc://127.0.0.1:{dport}",
                          "--port", str(p), "--index", str(i)], name=f"dsworker{i}")
         for i, p in enumerate((w0, w1))
     ]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from worker.metrics.deep_insight import hit_sample_ratio, uid_hash, write_deep_insight
+from worker.modeling.deep_insight import hit_sample_ratio, uid_hash, write_deep_insight
 
 
 def _splitmix64_reference(x: int) -> int:
@@ -148,7 +148,7 @@ def test_bad_single_target_inputs_are_named():
 def test_dump_file_receives_the_sampled_messages(tmp_path):
     import tensorflow as tf
 
-    from worker.metrics.deep_insight import deep_insight_client
+    from worker.modeling.deep_insight import deep_insight_client
 
     path = str(tmp_path / "di.tfrecord")
     f = _features(n=500, start=0)
@@ -162,7 +162,7 @@ def test_dump_file_receives_the_sampled_messages(tmp_path):
 def test_usable_inside_tf_function():
     import tensorflow as tf
 
-    from worker.metrics.deep_insight import write_deep_insight_tf
+    from worker.modeling.deep_insight import write_deep_insight_tf
 
     @tf.function
     def step(uid, req_time, rate, label, pred):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cluster_spec import ClusterSpec
-from services.launch import run_role
+from launch import run_role
+from services.cluster_spec import LAUNCH_ID_VAR, ClusterSpec
 from services.mlp_env import MLPEnv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +91,9 @@ def _pod_env(objs, workload: dict, index: int) -> dict[str, str]:
             env[var["name"]] = str(index)
         elif path == "status.podIP":
             env[var["name"]] = f"10.244.0.{10 + index}"
+        elif path == "metadata.labels['batch.kubernetes.io/controller-uid']":  # the Job's uid, on every pod
+            assert workload["kind"] == "Job"
+            env[var["name"]] = "0b4bd3a5-6f0a-4d4e-9e61-3c8e1b1f4e2a"
         else:
             raise AssertionError(f"unexpected fieldRef {path}")
     return env
@@ -140,6 +143,7 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
             run_role.add_arguments(parser)
             parsed = parser.parse_args(args[1:])
             if role == "worker":
+                assert env[LAUNCH_ID_VAR]  # the same on every worker of the Job: scopes their barriers
                 cmd = run_role.train_command(spec, parsed)
                 assert cmd[cmd.index("--ps") + 1] == "monolith-ps-0.monolith-ps:7000,monolith-ps-1.monolith-ps:7000"
                 assert cmd[cmd.index("--dispatcher") + 1] == "grpc://monolith-dispatcher:5050"
@@ -160,8 +164,8 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
 def test_ps_readiness_probe_calls_the_health_rpc():
     sts = _objects()[("StatefulSet", "monolith-ps")]
     probe = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
-    assert probe[:3] == ["python", "-m", "services.launch.health_probe"]
-    assert (REPO / "services" / "launch" / "health_probe.py").exists()
+    assert probe[:3] == ["python", "-m", "launch.health_probe"]
+    assert (REPO / "launch" / "health_probe.py").exists()
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """float16 transport conversions are bit-identical to numpy's (round to nearest even, subnormals, overflow)."""
 import numpy as np
 
-from ps.half_floats import to_float16, to_float32
+from ps.kernels.half_floats import to_float16, to_float32
 
 
 def test_narrowing_matches_numpy_bit_for_bit():

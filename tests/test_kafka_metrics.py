@@ -11,9 +11,9 @@ from kafka import KafkaConsumer, TopicPartition
 from services.kafka_producer import KProducer
 from services.ports import free_port
 from tests.processes import wait_for
-from worker.hooks.base import StepContext, StepResult
-from worker.hooks.kafka_metric import KafkaMetricHook
-from worker.metrics.deep_insight import write_deep_insight
+from worker.modeling.deep_insight import write_deep_insight
+from worker.modeling.hooks.base import StepContext, StepResult
+from worker.modeling.hooks.kafka_metric import KafkaMetricHook
 
 API = (2, 3, 0)
 pytestmark = pytest.mark.slow

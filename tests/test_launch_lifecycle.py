@@ -1,6 +1,6 @@
 """`monolith run` lifecycle without the PS or worker code: config errors, bounded waits, job-status joins.
 
-The "worker" here is the real job-status server a worker's launcher runs (services.launch.job_status),
+The "worker" here is the real job-status server a worker's launcher runs (launch.job_status),
 driven from the test so the data-service processes' reaction to each worker state can be observed.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from services.launch.job_status import JobWatcher, StatusServer, query_status
+from launch.job_status import JobWatcher, StatusServer, query_status
 from services.ports import free_port
 from tests.processes import wait_for
 
@@ -28,7 +28,7 @@ def hand_made_env(roles: dict[str, list[int]], role: str, index: int) -> dict[st
     return env
 
 
-RUN = ["-m", "services.cli", "run", "--bind-host", "127.0.0.1", "--poll-interval", "0.2"]
+RUN = ["-m", "launch.cli", "run", "--bind-host", "127.0.0.1", "--poll-interval", "0.2"]
 
 
 def test_missing_variable_is_named_and_exit_status_is_2(processes):
@@ -143,3 +143,24 @@ def test_data_service_roles_stop_when_every_worker_reports_success_or_on_sigterm
     finally:
         for w in workers:
             w.close()
+
+
+def test_local_cluster_members_import_from_the_current_directory_and_share_a_launch_id(tmp_path, monkeypatch):
+    """`monolith local` makes the current directory importable in every process (even with
+    PYTHONSAFEPATH, which stops `python -m` from doing it), and gives them one launch id."""
+    import os
+    import subprocess
+    import sys
+
+    from launch.local_cluster import child_environment
+    from services.cluster_spec import LAUNCH_ID_VAR
+
+    (tmp_path / "users_model.py").write_text("NAME = 'found'\n")
+    monkeypatch.chdir(tmp_path)
+    env = child_environment({"PYTHONPATH": "/elsewhere", "PYTHONSAFEPATH": "1", "PATH": os.environ["PATH"]},
+                            {"MLP_ROLE": "WORKER"}, "launch-1")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/elsewhere"]
+    assert env[LAUNCH_ID_VAR] == "launch-1" and env["MLP_ROLE"] == "WORKER"
+    done = subprocess.run([sys.executable, "-c", "import users_model; print(users_model.NAME)"], cwd="/",
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "found", done.stderr

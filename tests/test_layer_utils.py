@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker.layers.utils import (
+from worker.modeling.layers.utils import (
     DCNType,
     MergeType,
     check_dim,

@@ -35,7 +35,7 @@ def pids_in(log: str) -> set[int]:
 
 
 def start_local(processes, tmp_path, num_workers: int, steps: int):
-    return processes.start(["-m", "services.cli", "local", "--num-ps", "1", "--num-workers", str(num_workers),
+    return processes.start(["-m", "launch.cli", "local", "--num-ps", "1", "--num-workers", str(num_workers),
                             "--model", MODEL, "--model-dir", str(tmp_path / "model"), "--max-steps", str(steps)],
                            name="local")
 
@@ -74,8 +74,8 @@ def test_run_local_cluster_api_with_the_data_service(tmp_path):
     import io
     import urllib.request
 
-    from services.launch.local_cluster import run_local_cluster
-    from worker.demo.movielens_demo import MetricsURLCollector
+    from launch.demo import MetricsURLCollector
+    from launch.local_cluster import run_local_cluster
 
     scraped: dict[str, str] = {}
 

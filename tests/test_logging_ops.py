@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 from protos import monitoring_pb2
 from services.metrics import start_metrics_server, stop_metrics_server
 from tests.scrape import scrape
-from worker import logging_ops
+from worker.modeling import logging_ops
 
 
 def test_tensors_timestamp_is_monotonic():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker.losses import batch_softmax_loss
+from worker.modeling.losses import batch_softmax_loss
 
 
 def _reference(query, item, interval, r, normalize=True, temperature=1.0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker.losses import inbatch_auc_loss
+from worker.modeling.losses import inbatch_auc_loss
 
 
 def _reference(labels, logits, neg_weight=1.0):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker.learning_rate_functions import LearningRateFunction, PolynomialDecay
+from worker.modeling.learning_rate_functions import LearningRateFunction, PolynomialDecay
 
 
 def test_original_values_and_str():

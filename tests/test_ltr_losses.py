@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests import ltr_reference as ref
-from worker.losses import ltr
+from worker.modeling.losses import ltr
 
 SUM, NONZERO = "weighted_sum", "weighted_sum_by_nonzero_weights"
 TOL = dict(rel=1e-5, abs=1e-5)
@@ -221,6 +221,7 @@ def test_shape_errors():
 ALL_KEYS = [v for k, v in vars(ltr.RankingLossKey).items() if k.isupper()]
 
 
+@pytest.mark.slow  # traces for seconds: left out of `make test-fast`
 def test_every_loss_traces_with_unknown_batch_and_list_size_and_has_gradients():
     """Nothing loops over batch elements in Python: each loss traces once for any [batch, list] shape."""
     spec = tf.TensorSpec([None, None], tf.float32)

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tests import ltr_reference as ref
-from worker.losses import ltr
-from worker.losses.reduction import Reduction, compute_weighted_loss
+from worker.modeling.losses import ltr
+from worker.modeling.losses.reduction import Reduction, compute_weighted_loss
 
 
 def test_label_valid_fn():

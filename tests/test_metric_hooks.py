@@ -1,4 +1,4 @@
-"""Throughput, loss and custom-metric hooks (scraped over HTTP); FileMetricHook as in the seed's test."""
+"""Throughput, loss and custom-metric hooks (scraped over HTTP); FileMetricHook as in Monolith's test."""
 import datetime
 import json
 import os
@@ -11,13 +11,13 @@ import pytest
 from services.metrics import start_metrics_server, stop_metrics_server
 from tests.processes import wait_for
 from tests.scrape import scrape
-from worker.hooks.base import StepContext, StepResult
-from worker.hooks.custom_metric import CustomMetricHook
-from worker.hooks.file_metric import FileMetricHook
-from worker.hooks.partitioned_file import WriteOnlyFileAndStat
-from worker.hooks.step_loss import StepLossMetricHook
-from worker.hooks.throughput import ThroughputMetricHook
-from worker.hooks.vepfs import default_layout_fn, default_parse_fn, req_date, vepfs_key_fn, vepfs_layout_fn
+from worker.modeling.hooks.base import StepContext, StepResult
+from worker.modeling.hooks.custom_metric import CustomMetricHook
+from worker.modeling.hooks.file_metric import FileMetricHook
+from worker.modeling.hooks.partitioned_file import WriteOnlyFileAndStat
+from worker.modeling.hooks.step_loss import StepLossMetricHook
+from worker.modeling.hooks.throughput import ThroughputMetricHook
+from worker.modeling.hooks.vepfs import default_layout_fn, default_parse_fn, req_date, vepfs_key_fn, vepfs_layout_fn
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_partitioned_file_rolls_exactly_and_never_overwrites(tmp_path):
 
 
 def test_idle_files_are_closed_and_flushed(tmp_path, monkeypatch):
-    from worker.hooks import file_metric
+    from worker.modeling.hooks import file_metric
 
     monkeypatch.setattr(file_metric, "CLEANUP_SECS", 0)
     hook = FileMetricHook(base_name=str(tmp_path), batch_size=100)

@@ -98,7 +98,7 @@ def _worker_metrics_port(group, proc) -> int:
 def test_prometheus_scrapes_a_ps_and_a_training_worker(processes, tmp_path):
     from tests.cluster_parts import require
 
-    require("ps.server_main", "worker.train_main")
+    require("ps.__main__", "worker.train_main")
     from tests.ps_cluster import start_shard, wait_ready
 
     # ports chosen up front so Prometheus starts while the PS and the worker import TensorFlow
@@ -118,7 +118,7 @@ def test_prometheus_scrapes_a_ps_and_a_training_worker(processes, tmp_path):
     shard = wait_ready(processes, start_shard(processes, 0, 1, extra=["--metrics-port", ps_metrics.split(":")[1]]))
     assert shard.metrics == ps_metrics
     worker = processes.start(
-        ["-m", "services.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", shard.address,
+        ["-m", "launch.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", shard.address,
          "--model-dir", str(tmp_path / "model"), "--max-steps", "1000000",
          "--metrics-port", worker_metrics.split(":")[1]], name="worker0")
     assert f"127.0.0.1:{_worker_metrics_port(processes, worker)}" == worker_metrics

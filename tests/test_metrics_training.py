@@ -9,13 +9,13 @@ import tensorflow as tf
 from services.metrics import start_metrics_server, stop_metrics_server
 from tests.scrape import scrape
 from tests.tiny_models import BATCH, FEATURES, NUM_BATCHES, TinyDNN, batch_tensors, make_batches
-from worker.estimator_spec import ModeKeys
-from worker.hooks.custom_metric import CustomMetricHook
-from worker.hooks.file_metric import FileMetricHook
-from worker.hooks.step_loss import StepLossMetricHook
-from worker.hooks.vepfs import vepfs_key_fn
-from worker.metrics.deep_insight import hit_sample_ratio, write_deep_insight_tf
 from worker.model import Estimator, RunConfig
+from worker.modeling.deep_insight import hit_sample_ratio, write_deep_insight_tf
+from worker.modeling.estimator_spec import ModeKeys
+from worker.modeling.hooks.custom_metric import CustomMetricHook
+from worker.modeling.hooks.file_metric import FileMetricHook
+from worker.modeling.hooks.step_loss import StepLossMetricHook
+from worker.modeling.hooks.vepfs import vepfs_key_fn
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""MLPEnv rules (facts §8.1) with fixed environment maps, check_port over IPv4/IPv6, ClusterSpec sources."""
+"""MLPEnv rules (docs/monolith-reference.md) with fixed environment maps, check_port over IPv4/IPv6,
+ClusterSpec sources."""
 from __future__ import annotations
 
 import json
@@ -93,7 +94,20 @@ def test_defaults_when_unset():
 def test_not_available_without_roles():
     assert not MLPEnv({"MLP_ROLE": "worker"}).available
     assert not MLPEnv({}).available
-    assert MLPEnv({}).host is None
+
+
+def test_host_is_this_machine_even_without_mlp_variables():
+    """As the original: `host` is `get_local_host()` whether or not a scheduler set anything."""
+    assert MLPEnv({"YARN_INET_ADDR": "10.9.8.7"}).host == "10.9.8.7"
+    assert MLPEnv({}).host == get_local_host({})
+    assert MLPEnv({}).host
+
+
+def test_gpu_type_is_an_empty_string_when_missing_or_empty():
+    assert MLPEnv(env_of(MLP_GPU_TYPE=None)).gpu_type == ""
+    assert MLPEnv(env_of(MLP_GPU_TYPE="")).gpu_type == ""
+    assert MLPEnv(env_of(MLP_GPU_TYPE=" ")).gpu_type == ""
+    assert MLPEnv(env_of(MLP_GPU_TYPE="A100")).gpu_type == "A100"
 
 
 def test_all_roles_takes_only_three_part_num_keys():
@@ -148,6 +162,17 @@ def test_dispatcher_target():
     e = MLPEnv(env_of(MLP_DISPATCHER_NUM="1", MLP_DISPATCHER_0_PRIMARY_HOST="10.1.0.9", MLP_DISPATCHER_0_PORT="5051"))
     assert e.dispatcher_addr() == "10.1.0.9:5051"
     assert e.dispatcher_target() == "grpc://10.1.0.9:5051"
+
+
+def test_dispatcher_target_takes_the_role_in_any_case():
+    e = MLPEnv(env_of(MLP_DISPATCHER_NUM="1", MLP_DISPATCHER_0_PRIMARY_HOST="10.1.0.9", MLP_DISPATCHER_0_PORT="5051",
+                      MLP_DSWORKER_NUM="1", MLP_DSWORKER_0_PRIMARY_HOST="10.1.0.8", MLP_DSWORKER_0_PORT="5060"))
+    for role in ("dispatcher", "DISPATCHER", "Dispatcher", None):
+        assert e.dispatcher_target(role) == "grpc://10.1.0.9:5051"
+        assert e.dispatcher_addr(role) == "10.1.0.9:5051"
+    assert e.dispatcher_target("dsworker") == e.dispatcher_target("DSWorker") == "grpc://10.1.0.8:5060"
+    assert e.dispatcher_target("ps") == "grpc://10.1.0.1:7000"
+    assert MLPEnv(JOB).dispatcher_target("dispatcher") == "grpc://localhost:5050"
 
 
 def test_mpi_mode_for_workers():
@@ -354,6 +379,7 @@ stop.set()
 """
 
 
+@pytest.mark.slow  # traces for seconds: left out of `make test-fast`
 def test_profiler_server_and_trace_capture_a_real_profile(tmp_path):
     """`start_profiler` serves TF's profiler; `profiler_trace` of every worker writes an xplane profile."""
     from services.ports import free_port

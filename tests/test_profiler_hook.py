@@ -1,4 +1,4 @@
-"""Tf2ProfilerHook: the seed's profile-dump counts for step and second windows (real TF profiler)."""
+"""Tf2ProfilerHook: Monolith's profile-dump counts for step and second windows (real TF profiler)."""
 import glob
 import os
 import time
@@ -6,14 +6,14 @@ import time
 import pytest
 import tensorflow as tf
 
-from worker.hooks.base import StepContext, StepResult
-from worker.hooks.profiler import Tf2ProfilerHook
+from worker.modeling.hooks.base import StepContext, StepResult
+from worker.modeling.hooks.profiler import Tf2ProfilerHook
 
 pytestmark = pytest.mark.slow
 
 
 def count_profiles(logdir) -> int:
-    """Profile runs (the seed's `plugins/profile/*`); each must hold a TensorBoard `.xplane.pb` dump."""
+    """Profile runs (Monolith's `plugins/profile/*`); each must hold a TensorBoard `.xplane.pb` dump."""
     runs = glob.glob(os.path.join(logdir, "plugins", "profile", "*"))
     for run in runs:
         assert glob.glob(os.path.join(run, "*.xplane.pb")), f"no xplane dump in {run}"
@@ -21,7 +21,7 @@ def count_profiles(logdir) -> int:
 
 
 def train(hook, steps, sleep=0.15, start=0):
-    """The seed's loop: a global step incremented by a train op, `sleep` seconds per step."""
+    """Monolith's test loop: a global step incremented by a train op, `sleep` seconds per step."""
     step_var = tf.Variable(start, dtype=tf.int64)
     train_op = tf.function(lambda: step_var.assign_add(1))
     for _ in range(steps):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2
-from ps import checkpoint as ckpt
-from services.ps_client import PSClient, PSError, PSUnavailable
+from ps.client import PSClient
+from ps.errors import PSError, PSUnavailable
+from ps.persist import checkpoint as ckpt
 from tests.ps_cluster import start_cluster, start_shard, wait_ready
 
 pytestmark = pytest.mark.slow

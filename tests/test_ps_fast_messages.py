@@ -4,7 +4,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
-from ps.fast_messages import (
+from ps.wire.fast_messages import (
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     decode_lookup_response,

@@ -14,13 +14,13 @@ from tests.processes import wait_for
 from tests.scrape import Scrape
 from tests.test_launch_lifecycle import RUN, hand_made_env
 
-cluster_parts.require("ps.server_main", "services.ps_client")
+cluster_parts.require("ps.__main__", "ps.client.client")
 
 pytestmark = pytest.mark.slow
 
 
 def probe(addr: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.launch.health_probe", "--ps", addr, "--timeout", "2"],
+    return subprocess.run([sys.executable, "-m", "launch.health_probe", "--ps", addr, "--timeout", "2"],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from protos import ps_pb2
-from ps.table import EmbeddingTable
-from services.ps_client import PSClient, PSError, PSNotFound
+from ps.client import PSClient
+from ps.errors import PSAlreadyExists, PSError, PSNotFound
+from ps.store.table import EmbeddingTable
 from tests.ps_cluster import start_shard, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def test_health_reports_each_shard(cluster):
 def test_create_tables_is_idempotent_and_refuses_a_conflict(cluster):
     client = cluster["client"]
     assert client.create_tables({"item": dict(ITEM)})["item"].dim == 4
-    with pytest.raises(PSError) as info:
+    with pytest.raises(PSAlreadyExists) as info:  # the status the shard sent, as the client's own class
         client.create_tables({"item": {**ITEM, "dim": 5}})
     assert info.value.code is grpc.StatusCode.ALREADY_EXISTS
     assert "'item'" in str(info.value) and "shard" in str(info.value)
@@ -203,7 +204,7 @@ def test_dense_push_pull_matches_numpy(cluster):
     np.testing.assert_allclose(pulled["tower/w"], w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pulled["tower/b"], b, rtol=1e-5, atol=1e-6)
     assert set(client.dense_pull(["tower/b"])) == {"tower/b"}
-    with pytest.raises(PSError) as info:
+    with pytest.raises(PSAlreadyExists) as info:
         client.create_dense({"tower/w": {"shape": [4, 3], "optimizer": adagrad}})
     assert info.value.code is grpc.StatusCode.ALREADY_EXISTS
     with pytest.raises(ValueError, match="gradient shape"):

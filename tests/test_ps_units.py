@@ -4,12 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from ps import checkpoint as ckpt
-from ps.config_codec import table_config_from_proto, table_config_to_proto
+from ps.client.routing import route, sum_duplicates
+from ps.config import TableConfig
+from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
-from ps.wire import ids_from_bytes, rows_from_bytes
-from services.ps_routing import route, sum_duplicates
+from ps.wire.config_codec import table_config_from_proto, table_config_to_proto
+from ps.wire.tensors import ids_from_bytes, rows_from_bytes
 
+SGD = {"type": "sgd", "learning_rate": 0.1}
 CONFIGS = [
     {"dim": 8, "initializer": {"type": "zeros"},
      "optimizer": {"type": "adagrad", "learning_rate": 0.1, "initial_accumulator_value": 0.1}},
@@ -17,32 +19,41 @@ CONFIGS = [
         {"dim": 1, "initializer": {"type": "constant", "value": 0.5}, "optimizer": {"type": "sgd", "learning_rate": 1}},
         {"dim": 7, "initializer": {"type": "random_uniform", "minval": -0.1, "maxval": 0.1, "seed": 7},
          "optimizer": {"type": "momentum", "learning_rate": 0.01, "momentum": 0.9, "use_nesterov": True}},
-    ], "occurrence_threshold": 20, "expire_time_days": 7, "filter_capacity": 1 << 20, "note": "x",
-        "nested": {"a": [1, 2.5]}},
-    {"dim": 4, "expire_time_days": 0.5},
+    ], "occurrence_threshold": 20, "expire_time_days": 7, "filter_capacity": 1 << 20, "initial_capacity": 64},
+    {"dim": 4, "optimizer": {"type": "ftrl"}, "expire_time_days": 3},
 ]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_table_config_round_trips_exactly_with_types(config):
-    msg = table_config_to_proto("t", config)
+    """User dict in, one validated TableConfig, the proto on the wire, the same TableConfig out."""
+    table = TableConfig.from_dict(config)
+    msg = table_config_to_proto("t", table)
     back = table_config_from_proto(type(msg).FromString(msg.SerializeToString()))
-    assert back == config
-    assert json.dumps(back, sort_keys=True) == json.dumps(config, sort_keys=True)  # ints stay ints
+    assert back == table
+    assert json.dumps(back.to_dict(), sort_keys=True) == json.dumps(table.to_dict(), sort_keys=True)  # ints stay ints
 
 
 @pytest.mark.parametrize("config, field", [
-    ({"dim": "8"}, "dim"), ({"dim": 8, "optimizer": "sgd"}, "optimizer"), ({"segments": []}, "segments"),
-    ({"dim": 8, "occurrence_threshold": 1.5}, "occurrence_threshold"), ({"dim": 8, "x": object()}, "x"),
-    ({"segments": [{"dim": 2, "optimizer": {"learning_rate": 1}}]}, "optimizer.type"),
+    ({"dim": "8", "optimizer": SGD}, "dim"), ({"dim": 8, "optimizer": "sgd"}, "optimizer"),
+    ({"segments": []}, "segments"), ({"dim": 8, "optimizer": SGD, "occurrence_threshold": 1.5}, "occurrence_threshold"),
+    ({"dim": 8, "optimizer": SGD, "x": object()}, "x"), ({"dim": 8}, "optimizer"),
+    ({"segments": [{"dim": 2, "optimizer": {"learning_rate": 1}}]}, "optimizer"),
 ])
 def test_bad_config_names_the_field(config, field):
-    with pytest.raises((ValueError, TypeError), match=field.split(".")[0]):
-        table_config_to_proto("t", config)
+    with pytest.raises((ValueError, TypeError), match=field):
+        TableConfig.from_dict(config)
 
 
-def test_floormod_routing_of_negative_ids_matches_facts():
-    # facts §6.3: v1 fid slot 600, int64 -7638104968020348871 -> floormod 3 = 2
+def test_a_shard_rebuilding_a_config_from_the_wire_checks_it_again():
+    msg = table_config_to_proto("t", TableConfig.from_dict(CONFIGS[0]))
+    msg.segments[0].optimizer.params.floats["learning_rate"] = -1.0
+    with pytest.raises(ValueError, match="learning_rate"):
+        table_config_from_proto(msg)
+
+
+def test_floormod_routing_of_negative_ids_matches_monolith():
+    # docs/monolith-reference.md: v1 fid of slot 600, int64 -7638104968020348871 -> floormod 3 = 2
     assert id_owner(np.array([-7638104968020348871]), 3)[0] == 2
     assert list(id_owner(np.array([-1, -3, 0, 4]), 3)) == [2, 0, 0, 1]
 
@@ -145,10 +156,10 @@ def test_passive_kernel_threads_applies_only_before_numba_starts_its_pool():
 
     script = (
         "import os, numpy as np\n"
-        "from ps.kernel_threads import passive_kernel_threads\n"
+        "from ps.kernels.threads import passive_kernel_threads\n"
         "first = passive_kernel_threads(); value = os.environ.get('OMP_WAIT_POLICY')\n"
         "del os.environ['OMP_WAIT_POLICY']\n"
-        "from ps.hash_index import probe\n"
+        "from ps.kernels.hash_index import probe\n"
         "probe(np.zeros(16, np.uint64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.empty(1, np.int64))\n"
         "print(first, value, passive_kernel_threads(), 'OMP_WAIT_POLICY' in os.environ)\n"
     )

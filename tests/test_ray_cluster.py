@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_ray_job_with_two_ps_and_one_worker(processes, tmp_path):
     summary = tmp_path / "summary.json"
     driver = processes.start(
-        ["-m", "services.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "2", "--num-workers", "1",
+        ["-m", "launch.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "2", "--num-workers", "1",
          "--model", "worker.models.ffm:TestFFMModel", "--model-dir", str(tmp_path / "model"), "--max-steps", "20",
          "--", "--summary-file", str(summary)],
         name="ray-driver")
@@ -32,7 +32,7 @@ def test_ray_job_with_two_ps_and_one_worker(processes, tmp_path):
 
 def test_ray_job_stops_and_names_the_failing_role(processes, tmp_path):
     driver = processes.start(
-        ["-m", "services.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "1", "--num-workers", "1",
+        ["-m", "launch.cli", "ray", "--address", "local", "--num-cpus", "2", "--num-ps", "1", "--num-workers", "1",
          "--model", "worker.models.no_such_module:Model", "--model-dir", str(tmp_path / "model"), "--max-steps", "5"],
         name="ray-driver")
     code = driver.wait(180)

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ps import atomic_files, table_io
-from ps.atomic_files import CorruptCheckpointError
-from ps.table import EmbeddingTable
+from ps.persist import atomic_files, table_io
+from ps.persist.atomic_files import CorruptCheckpointError
+from ps.store.table import EmbeddingTable
 
 CFG = {
     "segments": [
@@ -199,7 +199,7 @@ def test_save_while_training_keeps_every_row_whole_and_memory_to_one_chunk(tmp_p
             return got
         return real_save_rows(directory, layout, n, read, sketch, final_meta)
 
-    monkeypatch.setattr("ps.table.save_rows", spying_save_rows)
+    monkeypatch.setattr("ps.store.table.save_rows", spying_save_rows)
     stop = threading.Event()
 
     def writer():
@@ -243,7 +243,7 @@ def test_rows_renumbered_during_a_save_make_it_start_over_under_the_lock(tmp_pat
             return read_rows(lo, hi)
         return real_save_rows(directory, layout, n, read, sketch, final_meta)
 
-    monkeypatch.setattr("ps.table.save_rows", evicting_save_rows)
+    monkeypatch.setattr("ps.store.table.save_rows", evicting_save_rows)
     assert t.save(tmp_path / "t") == 500 and evicted == [500]
     back = EmbeddingTable.load(tmp_path / "t")
     np.testing.assert_array_equal(back.contains(old), False)

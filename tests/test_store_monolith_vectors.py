@@ -1,4 +1,4 @@
-"""Monolith's own C++ optimizer test vectors (facts §2.14) and hash_table_ops_test values (facts §7.1).
+"""Monolith's own C++ optimizer test vectors and hash_table_ops_test values (docs/monolith-reference.md).
 
 Where our semantics match Monolith's the vectors must hold. Not reproduced, on purpose:
 - rmsprop/rmspropv2 (Monolith's "+1"-denominator variants): our rmsprop is TensorFlow's (tested vs TF);
@@ -10,7 +10,7 @@ Where our semantics match Monolith's the vectors must hold. Not reproduced, on p
 import numpy as np
 import pytest
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 
 def _table(opt, dim, **extra):

@@ -1,11 +1,11 @@
 """Multi-type and merged tables: Monolith's multi_type_hash_table_test / multi_hash_table_ops_test values
-(facts §7.2, §7.3), with SGD lr 1 and zeros initializers as in Monolith's test config."""
+(docs/monolith-reference.md), with SGD lr 1 and zeros initializers as in Monolith's test config."""
 import hashlib
 
 import numpy as np
 import pytest
 
-from ps.multi_table import MergedMultiTypeHashTable, MultiTypeHashTable, merged_table_name, restore_aliases
+from ps.store.multi_table import MergedMultiTypeHashTable, MultiTypeHashTable, merged_table_name, restore_aliases
 
 
 def _cfg(dim, lr=1.0):
@@ -87,7 +87,7 @@ def test_merged_name_stability_and_restore_alias(tmp_path):
 
     def factory(cfg):
         seen.append(cfg)
-        from ps.table import EmbeddingTable
+        from ps.store.table import EmbeddingTable
         return EmbeddingTable.from_dict(cfg)
 
     spelled_out = {"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0, "weight_decay_factor": 0.0}}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 DIM = 4
 INIT = 0.05
@@ -80,7 +80,7 @@ def test_adagrad_matches_tf_adagrad_v2(eps):
 
 @pytest.mark.parametrize("power", [-0.5, -0.3])
 def test_ftrl_matches_tf_ftrl_v2_with_textbook_l1_sign(power):
-    """λ1 > 0 exercises sign(z): Monolith's signbit(z) quirk (facts §2.3) is deliberately NOT reproduced.
+    """λ1 > 0 exercises sign(z): Monolith's signbit(z) quirk (ps/store/optimizers.py) is deliberately NOT reproduced.
 
     Our l2_regularization_strength λ2 is the paper's (β + √n + lr·λ2 denominator) = TF's l2 × 2.
     """

@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from ps.table import EmbeddingTable
+from ps.store.table import EmbeddingTable
 
 
 def _sgd(dim=2, **extra):
@@ -137,6 +137,29 @@ def test_growth_past_a_million_rows_while_readers_check_known_rows():
     assert t.memory_bytes > n * (8 + 8 + 8)
 
 
+def _serial_sgd_sums(work) -> dict[int, np.ndarray]:
+    """What SGD(lr=1) from zeros gives, applying every batch one after another."""
+    expected: dict[int, np.ndarray] = {}
+    for batches in work:
+        for ids, g in batches:
+            for i, gi in zip(ids.tolist(), g.astype(np.float64)):
+                expected[i] = expected.get(i, 0.0) - gi
+    return expected
+
+
+def _serial_adagrad_accumulators(work) -> dict[int, np.ndarray]:
+    """Adagrad accumulators (initial 1.0) after every batch, duplicates summed within a batch."""
+    squares: dict[int, np.ndarray] = {}
+    for batches in work:
+        for ids, g in batches:
+            uniq, inv = np.unique(ids, return_inverse=True)
+            summed = np.zeros((len(uniq), 8))
+            np.add.at(summed, inv, g)
+            for i, gi in zip(uniq.tolist(), summed):
+                squares[i] = squares.get(i, 1.0) + gi ** 2
+    return squares
+
+
 def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
     """4 threads push overlapping ids; with exactly representable grads the result equals the serial sum.
 
@@ -165,22 +188,11 @@ def test_concurrent_sgd_updates_on_overlapping_ids_lose_nothing():
         th.start()
     for th in threads:
         th.join()
-    expected = {}
-    for batches in work:
-        for ids, g in batches:
-            for i, gi in zip(ids.tolist(), g.astype(np.float64)):
-                expected[i] = expected.get(i, 0.0) - gi
+    expected = _serial_sgd_sums(work)
     keys = np.array(sorted(expected))
     np.testing.assert_array_equal(t.lookup(keys), np.stack([expected[k] for k in keys.tolist()]))
     assert all(lookups_ok)
-    squares = {}
-    for batches in work:
-        for ids, g in batches:
-            uniq, inv = np.unique(ids, return_inverse=True)
-            summed = np.zeros((len(uniq), 8))
-            np.add.at(summed, inv, g)
-            for i, gi in zip(uniq.tolist(), summed):
-                squares[i] = squares.get(i, 1.0) + gi ** 2
+    squares = _serial_adagrad_accumulators(work)
     accumulators = ada._store.elem_states[0][0][ada._probe(keys)]
     np.testing.assert_array_equal(accumulators, np.stack([squares[k] for k in keys.tolist()]))
 
@@ -257,7 +269,7 @@ def test_config_is_normalized_json_and_round_trips():
 
 
 def _unmix64(x: int) -> int:
-    """Inverse of ps.hash_index.mix64 (MurmurHash3's finalizer is a bijection on 64 bits), as a signed id."""
+    """Inverse of ps.kernels.hash_index.mix64 (MurmurHash3's finalizer is a bijection on 64 bits), as a signed id."""
     mask = (1 << 64) - 1
     for mult in (0xC4CEB9FE1A85EC53, 0xFF51AFD7ED558CCD):
         x ^= x >> 33
@@ -269,7 +281,7 @@ def _unmix64(x: int) -> int:
 def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
     """Slots keep only a 32-bit fingerprint: ids whose hashes agree in it (and in the home slot) must still
     map to their own rows, and an absent one must not read its twin's row, in every probe path."""
-    from ps.hash_index import mix64
+    from ps.kernels.hash_index import mix64
 
     fp = 0x9E3779B9
     twins = np.array([_unmix64(fp << 32 | k << 28 | 5) for k in range(4)], np.int64)
@@ -288,7 +300,7 @@ def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
 
 
 def test_rows_beyond_the_slot_format_are_refused_before_allocating():
-    from ps.hash_index import MAX_ROWS
+    from ps.kernels.hash_index import MAX_ROWS
 
     t = EmbeddingTable.from_dict({"dim": 2, "optimizer": {"type": "sgd", "learning_rate": 1.0}})
     with pytest.raises(ValueError, match="at most 4,294,967,295 rows per shard"):

@@ -18,7 +18,7 @@ def start_ps(processes, num_shards: int) -> list[str]:
     addresses = []
     for i in range(num_shards):
         port = free_port()
-        processes.start(["-m", "services.cli", "ps", "--port", str(port), "--shard-index", str(i),
+        processes.start(["-m", "launch.cli", "ps", "--port", str(port), "--shard-index", str(i),
                          "--num-shards", str(num_shards)], name=f"ps{i}")
         addresses.append(f"127.0.0.1:{port}")
     return addresses
@@ -92,7 +92,7 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
     summary = tmp_path / "summary.json"
     workers = []
     for i in range(2):
-        args = ["-m", "services.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", addresses,
+        args = ["-m", "launch.cli", "train", "--model", "tests.tiny_models:TinyDNN", "--ps", addresses,
                 "--worker-index", str(i), "--num-workers", "2", "--model-dir", str(tmp_path / "m"),
                 "--max-steps", "800", "--staleness", "1", "--save-checkpoints-steps", "400"]
         if i == 0:
@@ -113,7 +113,7 @@ def test_two_ps_two_async_workers_with_cli(processes, tmp_path):
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    from services.cli import main
+    from launch.cli import main
 
     with pytest.raises(ValueError, match="pkg.module:Class"):
         main(["train", "--model", "nocolon", "--model-dir", str(tmp_path), "--max-steps", "1"])
@@ -128,7 +128,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
 def test_workers_read_through_the_tf_data_service(tmp_path):
     import io
 
-    from services.launch.local_cluster import run_local_cluster
+    from launch.local_cluster import run_local_cluster
 
     summary = tmp_path / "summary.json"
     out = io.StringIO()
@@ -141,3 +141,33 @@ def test_workers_read_through_the_tf_data_service(tmp_path):
     assert len(jobs) == 1, log[-4000:]  # one shared job (a worker that starts after the end reads nothing)
     result = json.loads(summary.read_text())
     assert result["global_step"] >= 200 and result["auc"]["ctr"] > 0.5
+
+
+def test_final_checkpoint_evaluation_and_summary_come_after_every_worker(processes, tmp_path):
+    """Issue 11's repro: 2 PS x 2 workers via `monolith local`, max_steps not divisible by the workers. The
+    last checkpoint, the evaluation and the summary are all at the job's final global step, taken after
+    both workers finished and pushed."""
+    from ps.persist import checkpoint as ckpt
+
+    max_steps, model_dir, summary = 151, tmp_path / "m", tmp_path / "summary.json"
+    local = processes.start(["-m", "launch.cli", "local", "--num-ps", "2", "--num-workers", "2",
+                             "--model", "tests.tiny_models:TinyDNN", "--model-dir", str(model_dir),
+                             "--max-steps", str(max_steps), "--", "--eval", "--summary-file", str(summary),
+                             "--save-checkpoints-steps", "50"], name="local")
+    assert local.wait(timeout=400) == 0, processes.log_of(local)[-4000:]
+    log = processes.log_of(local)
+    result = json.loads(summary.read_text())
+    latest = ckpt.latest_checkpoint(model_dir)
+    manifest = ckpt.read_meta(latest, "manifest")
+    assert latest.name == f"ckpt-{max_steps}" and manifest["global_step"] == max_steps
+    assert result["global_step"] == result["eval"]["global_step"] == max_steps
+    assert result["checkpoint"] == str(latest)
+    trained = [json.loads(line.split("trained: ")[1].replace("'", '"')) for line in log.splitlines()
+               if "worker.train_main: trained: " in line]
+    assert len(trained) == 2 and all(t["steps"] > 0 for t in trained), trained
+    assert sum(t["steps"] for t in trained) == max_steps  # every claimed step was pushed, none twice
+    chief = [line for line in log.splitlines() if line.startswith("[worker:0]")]
+    met = next(i for i, line in enumerate(chief) if f"all 2 workers finished training; the job's global step "
+                                                      f"is {max_steps}" in line)
+    evaluated = next(i for i, line in enumerate(chief) if f"eval at global step {max_steps}" in line)
+    assert met < evaluated

@@ -6,9 +6,11 @@ import pytest
 import tensorflow as tf
 
 from tests.tiny_models import FEATURES, VOCAB, TinyDNN
-from worker.backends import list_checkpoints
 from worker.model import Estimator, RunConfig, SgdOptimizer
 from worker.models.ffm import NUM_EXAMPLES, NUM_SLOTS, TestFFMModel, generate_ffm_examples
+from worker.runtime.backends import list_checkpoints
+
+pytestmark = pytest.mark.slow  # trains models end to end: left out of `make test-fast`
 
 
 def test_ffm_trains_evaluates_and_predicts(tmp_path):
@@ -128,10 +130,10 @@ def test_hooks_protocol_and_unknown_fetch(tmp_path):
 
 
 def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
-    from worker.entry import ZerosInitializer
-    from worker.estimator_spec import EstimatorSpec
-    from worker.learning_rate_functions import PolynomialDecay
-    from worker.native_model import MonolithModel
+    from worker.modeling.estimator_spec import EstimatorSpec
+    from worker.modeling.learning_rate_functions import PolynomialDecay
+    from worker.modeling.native_model import MonolithModel
+    from worker.modeling.segment_configs import ZerosInitializer
 
     class LinearModel(MonolithModel):
         def input_fn(self, mode):
@@ -162,7 +164,7 @@ def test_learning_rate_function_per_slice_matches_tf_schedule(tmp_path):
 def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
     import json
 
-    from services.cli import main
+    from launch.cli import main
     from services.metrics import stop_metrics_server
     from services.ports import free_port
     from tests.scrape import scrape
@@ -187,7 +189,7 @@ def test_train_cli_local_mode_metrics_endpoint_and_summary(tmp_path):
 
 def test_two_heads_auc_and_mse_over_the_whole_eval_set_and_occurrence_threshold(tmp_path):
     from tests.tiny_models import TwoHeadModel, make_batches
-    from worker.metrics_eval import mse
+    from worker.runtime.evaluation import mse
 
     model = TwoHeadModel(SgdOptimizer(0.2))
     est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
@@ -229,3 +231,63 @@ def test_checkpoint_every_n_seconds(tmp_path):
     est.train(3)
     assert list_checkpoints(str(tmp_path)) == [1, 2, 3]
     assert est.last_checkpoint == os.path.join(str(tmp_path), "ckpt-3")
+
+
+class _BatchSizeProbe(TinyDNN):
+    """Train batch 4, eval batch 8; records `self.batch_size` as each mode's input_fn sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.p.train.per_replica_batch_size = 4
+        self.p.eval.per_replica_batch_size = 8
+        self.seen = {}
+
+    def input_fn(self, mode):
+        self.seen[mode] = self.batch_size
+        return super().input_fn(mode).unbatch().batch(self.batch_size)
+
+
+def test_input_fn_sees_each_modes_batch_size(tmp_path):
+    model = _BatchSizeProbe()
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path)))
+    est.train(2)
+    metrics = est.evaluate(steps=3)
+    assert model.seen == {"train": 4, "eval": 8}
+    assert metrics["examples"] == 3 * 8
+    assert model.p.mode == "train" and model.batch_size == 4  # restored after each call
+
+
+
+class _NoDenseOptimizer(TinyDNN):
+    def model_fn(self, features, mode):
+        spec = super().model_fn(features, mode)
+        spec.optimizer = None
+        return spec
+
+
+def test_a_missing_dense_optimizer_is_a_clear_error_only_when_there_are_dense_variables(tmp_path):
+    est = Estimator(_NoDenseOptimizer(), RunConfig(model_dir=str(tmp_path / "dnn")))
+    with pytest.raises(ValueError, match=r"EstimatorSpec has no optimizer, but the model has 4 dense variables"):
+        est.train(1)
+
+    class NoDenseAtAll(TestFFMModel):  # embeddings only: nothing needs a dense optimizer
+        def model_fn(self, features, mode):
+            spec = super().model_fn(features, mode)
+            spec.optimizer = None
+            return spec
+
+    assert Estimator(NoDenseAtAll(), RunConfig(model_dir=str(tmp_path / "ffm"))).train(2)["global_step"] == 2
+
+
+def test_evaluation_writes_tensorboard_scalars_under_model_dir_eval(tmp_path):
+    est = Estimator(TinyDNN(), RunConfig(model_dir=str(tmp_path)))
+    est.train(5)
+    metrics = est.evaluate(steps=4)
+    events = list((tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+    assert scalars["ctr_auc"] == (5, pytest.approx(metrics["ctr_auc"], rel=1e-6))
+    assert scalars["loss"] == (5, pytest.approx(metrics["loss"], rel=1e-6))

@@ -1,19 +1,19 @@
-"""The model surface of the seed: params, contexts, heads, slices, layouts and their error paths."""
+"""The model surface of Monolith: params, contexts, heads, slices, layouts and their error paths."""
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from worker import native_task_context
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.feature import FeatureFactory, FeatureSlotConfig
-from worker.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
-from worker.lookup_inputs import LookupInputs, lookup_inputs
-from worker.metrics_eval import auc, mse
-from worker.native_model import MonolithModel
-from worker.native_task import AsyncFunctionManager, NativeContext, NativeTask
-from worker.params import Params
+from worker.modeling import task_context as native_task_context
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.feature import FeatureFactory, FeatureSlotConfig
+from worker.modeling.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.native_task import AsyncFunctionManager, NativeContext, NativeTask
+from worker.modeling.params import Params
+from worker.runtime.evaluation import auc, mse
 
 
 class _Model(MonolithModel):
@@ -248,8 +248,8 @@ def test_model_fn_spec_normalisation_and_errors():
     assert out.head_names == ["ctr_head"] and out.classification == [True]
     with pytest.raises(Exception, match="EstimatorSpec Error!"):
         m._normalize({"pred": pred}, ModeKeys.TRAIN)
-    with pytest.raises(Exception, match="dense_optimizer not found!"):
-        m._normalize(EstimatorSpec(label=label, pred=pred, loss=loss), ModeKeys.TRAIN)
+    # no optimizer: the Estimator decides (an error only when there are dense variables to train)
+    assert m._normalize(EstimatorSpec(label=label, pred=pred, loss=loss), ModeKeys.TRAIN).optimizer is None
     with pytest.raises(ValueError, match="head names"):
         m._normalize(EstimatorSpec(label=[label, label], pred=[pred, pred], head_name=["x"], loss=loss),
                      ModeKeys.EVAL)
@@ -277,9 +277,9 @@ def test_add_loss_extra_output_hooks_and_layout():
 
     assert float(trace()) == 6.5
 
-    from worker.hooks.file_metric import FileMetricHook
-    from worker.hooks.kafka_metric import KafkaMetricHook
-    from worker.hooks.step_loss import StepLossMetricHook
+    from worker.modeling.hooks.file_metric import FileMetricHook
+    from worker.modeling.hooks.kafka_metric import KafkaMetricHook
+    from worker.modeling.hooks.step_loss import StepLossMetricHook
 
     m.add_training_hook(KafkaMetricHook(brokers="127.0.0.1:1", topic="t"))
     m.add_training_hook(FileMetricHook(base_name="/tmp/unused"))
@@ -368,8 +368,8 @@ def test_share_slot_reads_a_feature_again_through_the_same_table():
 
 
 def test_native_context_applies_embedding_gradients_through_the_store():
-    from worker.backends import LocalBackend
-    from worker.entry import SgdOptimizer, ZerosInitializer
+    from worker.modeling.segment_configs import SgdOptimizer, ZerosInitializer
+    from worker.runtime.backends import LocalBackend
 
     factory = FeatureFactory()
     ctx = NativeContext(feature_factory=factory)
@@ -388,3 +388,29 @@ def test_native_context_applies_embedding_gradients_through_the_store():
         ctx.apply_embedding_gradients({"b": (ids, grads)})
     with pytest.raises(ValueError, match="no feature_factory"):
         NativeContext().apply_embedding_gradients({})
+
+
+def test_entry_optimizer_defaults_are_the_ps_defaults():
+    """One set of defaults (docs/defaults.md): `AdagradOptimizer()` etc. configure exactly what the PS
+    optimizer of that name does when a config leaves the value out (Monolith's proto defaults)."""
+    from ps.config import OPTIMIZER_SPECS
+    from worker.modeling.segment_configs import AdagradOptimizer, AdamOptimizer, FtrlOptimizer, SgdOptimizer
+
+    for cls in (SgdOptimizer, AdagradOptimizer, FtrlOptimizer, AdamOptimizer):
+        cfg = cls().to_config()
+        defaults = OPTIMIZER_SPECS[cfg.pop("type")].defaults
+        assert cfg == {k: defaults[k] for k in cfg}, (cls.__name__, cfg, defaults)
+    assert AdagradOptimizer().initial_accumulator_value == tf.keras.optimizers.Adagrad().initial_accumulator_value
+
+
+def test_a_slice_without_optimizer_gets_monoliths_slot_default_and_says_so(caplog):
+    import logging
+
+    slot = FeatureFactory().create_feature_slot(FeatureSlotConfig(name="user"))
+    with caplog.at_level(logging.INFO, logger="worker.modeling.feature"):
+        slot.add_feature_slice(4, name="vec")
+    segment = slot.table_config()["segments"][0]
+    assert segment["optimizer"] == {"type": "adagrad", "learning_rate": 0.001, "initial_accumulator_value": 1.0}
+    assert segment["initializer"] == {"type": "random_uniform", "minval": -0.05, "maxval": 0.05}
+    assert "slice 'vec' of table 'user' uses the table's default initializer" in caplog.text
+    assert "optimizer {'type': 'adagrad'" in caplog.text

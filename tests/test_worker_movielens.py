@@ -6,6 +6,8 @@ from worker.model import Estimator, RunConfig
 from worker.models.movielens import MovieRankingModel, make_dataset
 from worker.models.movielens_data import load_movielens
 
+pytestmark = pytest.mark.slow  # trains models end to end: left out of `make test-fast`
+
 INTER = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
 USER = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
         "1\t24\tM\ttechnician\t85711", "2\t53\tF\tother\t94043", "3\t23\tM\twriter\t32067"]

@@ -1,4 +1,4 @@
-"""Parity (the seed's model_comp_test idea): our worker + store vs embeddings as plain tf.Variables.
+"""Parity (Monolith's model_comp_test idea): our worker + store vs embeddings as plain tf.Variables.
 
 Same data, same MLP initialisation, same optimizers; the reference uses TensorFlow's own Keras
 optimizers on dense `tf.Variable` embedding tables. 1 worker, staleness 0, 25 steps, 1e-5.
@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from tests.tiny_models import BATCH, DIM, FEATURES, VOCAB, TinyDNN, batch_tensors, dense_layers, make_batches
 from worker.model import AdagradOptimizer, Estimator, RunConfig, SgdOptimizer
+
+pytestmark = pytest.mark.slow  # trains models end to end: left out of `make test-fast`
 
 STEPS = 25
 

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from worker.prediction_writer import PredictionWriter
-from worker.prefetch import Prefetcher
+from worker.runtime.batch_prefetch import Prefetcher
+from worker.runtime.prediction_writer import PredictionWriter
 
 
 @pytest.mark.parametrize("staleness", [0, 1, 3])

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import SgdOptimizer, ZerosInitializer
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.native_model import MonolithModel
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.segment_configs import SgdOptimizer, ZerosInitializer
 
 FEATURES = ("f0", "f1", "f2")
 VOCAB, DIM, BATCH, NUM_BATCHES = 40, 4, 32, 30
@@ -41,10 +41,12 @@ def dense_layers():
 class TinyDNN(MonolithModel):
     """Three ragged features -> zero-initialised embeddings (optimizer given) -> MLP -> sigmoid loss."""
 
-    def __init__(self, emb_optimizer=None, dense_lr: float = 0.05, repeat: bool = True, shuffle_files: bool = False):
+    def __init__(self, emb_optimizer=None, dense_lr: float = 0.05, repeat: bool = True, shuffle_files: bool = False,
+                 dense_optimizer=None):
         super().__init__()
         self.emb_optimizer = emb_optimizer or SgdOptimizer(0.3)
         self.dense_lr = dense_lr
+        self.dense_optimizer = dense_optimizer  # a factory of the Keras optimizer (default SGD(dense_lr))
         self.repeat = repeat
         self.batch_size = BATCH
 
@@ -67,8 +69,8 @@ class TinyDNN(MonolithModel):
         if mode == ModeKeys.PREDICT:
             return EstimatorSpec(pred=pred, head_name="ctr")
         loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=features["label"], logits=logits))
-        return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
-                             optimizer=tf.keras.optimizers.SGD(self.dense_lr))
+        optimizer = self.dense_optimizer() if self.dense_optimizer else tf.keras.optimizers.SGD(self.dense_lr)
+        return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss, optimizer=optimizer)
 
 
 class TwoHeadModel(TinyDNN):

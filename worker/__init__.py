@@ -1,1 +1,1 @@
-"""Worker role: the Monolith-style model API and the training loop."""
+"""Worker role: the Monolith-style model library (modeling/), the training runtime (runtime/), example models."""

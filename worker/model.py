@@ -1,5 +1,8 @@
 """The user-facing model API: subclass `MonolithModel`, return an `EstimatorSpec`, run an `Estimator`."""
-from worker.entry import (
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from worker.modeling.native_model import MonolithBaseModel, MonolithModel
+from worker.modeling.segment_configs import (
     AdagradOptimizer,
     AdamOptimizer,
     ConstantsInitializer,
@@ -9,11 +12,8 @@ from worker.entry import (
     SgdOptimizer,
     ZerosInitializer,
 )
-from worker.estimator import Estimator
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
-from worker.native_model import MonolithBaseModel, MonolithModel
-from worker.run_config import RunConfig
+from worker.runtime.estimator import Estimator
+from worker.runtime.run_config import RunConfig
 
 __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "ConstantsInitializer", "Estimator", "EstimatorSpec", "FtrlOptimizer",

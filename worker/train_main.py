@@ -2,6 +2,8 @@
 
 Worker 0 is the chief: it restores/saves the coordinated checkpoints, evaluates at the end with
 `--eval`, and writes the run summary (AUC per head, examples/s, steps, table sizes) to `--summary-file`.
+With several workers its final checkpoint, evaluation and summary wait until every worker has finished
+training (a barrier on PS shard 0, docs/barriers.md), so all three are at the job's final global step.
 """
 from __future__ import annotations
 
@@ -10,11 +12,17 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 
 from services import role_logging
+from services.cluster_spec import LAUNCH_ID_VAR
 
 log = logging.getLogger(__name__)
+
+MAX_STEPS_HELP = ("the job's final global step: the workers together train until the global step (one counter for "
+                  "the whole job, on PS shard 0) reaches it; not a per-worker count")
+"""One wording for every command that takes --max-steps (local, ray, run, train)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--model-dir", required=True, help="checkpoint directory (shared by the cluster)")
-    parser.add_argument("--max-steps", type=int, required=True, help="train until the global step reaches this")
+    parser.add_argument("--max-steps", type=int, required=True, help=MAX_STEPS_HELP)
     parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
     parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: any port)")
     parser.add_argument("--staleness", type=int, default=0, help="lookups may run this many steps ahead")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the model's per-worker batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the model's per-worker batch size (train, and eval unless --eval-batch-size)")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="override the model's eval batch size")
     parser.add_argument("--summary-file", default=None, help="where the chief writes the JSON run summary")
     parser.add_argument("--save-checkpoints-steps", type=int, default=None)
     parser.add_argument("--save-checkpoints-secs", type=float, default=None)
@@ -38,6 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the chief exports a SavedModel after every checkpoint under this directory")
     parser.add_argument("--export-mode", choices=("standalone", "distributed"), default="standalone")
     parser.add_argument("--num-serving-shards", type=int, default=1, help="serving PS shards of a distributed export")
+    parser.add_argument("--barrier-timeout", type=float, default=600.0,
+                        help="seconds workers wait for each other at the end of training before failing")
+
+
+def _import_model_module(name: str):
+    """Import `name`; if its top package is not found, look in the current directory too, as `python -m`
+    does (the `monolith` console script does not put it on sys.path)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        log.info("%s is not installed: importing it from the current directory %s", name, cwd)
+        return importlib.import_module(name)
 
 
 def load_model_class(spec: str):
@@ -45,9 +71,10 @@ def load_model_class(spec: str):
     if not module_name or not class_name:
         raise ValueError(f"--model must look like pkg.module:Class, got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_model_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc}") from exc
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc} (the module must be importable "
+                         f"by every process: installed, on PYTHONPATH, or in the current directory)") from exc
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ValueError(f"--model {spec!r}: {module_name} has no {class_name!r}")
@@ -56,12 +83,12 @@ def load_model_class(spec: str):
 
 def _metric_hooks(model, port: int) -> list:
     from services.metrics import start_metrics_server
-    from worker.hooks.step_loss import StepLossMetricHook
-    from worker.hooks.throughput import ThroughputMetricHook
+    from worker.modeling.hooks.step_loss import StepLossMetricHook
+    from worker.modeling.hooks.throughput import ThroughputMetricHook
 
     bound = start_metrics_server(port)
     log.info("metrics on http://127.0.0.1:%d/metrics", bound)
-    hooks = [StepLossMetricHook()]
+    hooks: list = [StepLossMetricHook()]
     if model.p.metrics.enable_throughput_hook:
         hooks.append(ThroughputMetricHook(type(model).__name__, start_time_secs=time.time(), run_every_n_secs=5))
     return hooks
@@ -94,19 +121,24 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("worker", args.worker_index)
-    from worker.estimator import Estimator
-    from worker.run_config import RunConfig
+    from worker.runtime.estimator import Estimator
+    from worker.runtime.run_config import RunConfig
 
     model = load_model_class(args.model)()
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
-        model.batch_size = args.batch_size
+        model.batch_size = args.batch_size  # sets the train and the eval batch size
+    if args.eval_batch_size is not None:
+        if args.eval_batch_size <= 0:
+            raise ValueError(f"--eval-batch-size must be > 0, got {args.eval_batch_size}")
+        model.p.eval.per_replica_batch_size = args.eval_batch_size
     config = RunConfig(
         model_dir=args.model_dir, ps_addresses=args.ps.split(",") if args.ps else None,
         worker_index=args.worker_index, num_workers=args.num_workers, staleness=args.staleness,
         save_checkpoints_steps=args.save_checkpoints_steps, save_checkpoints_secs=args.save_checkpoints_secs,
-        keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress)
+        keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress,
+        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout)
     hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
     est = Estimator(model, config, hooks=hooks)
     if args.export_base and config.is_chief:

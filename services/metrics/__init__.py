@@ -7,14 +7,14 @@
 
 Names emitted by this project (prefix `monolith.training`, or `$MONOLITH_METRIC_PREFIX`):
 
-| name | kind | tags | emitted by |
+| name | kind | tags | emitted by (in worker.modeling) |
 |---|---|---|---|
-| run_start_elapsed_time.all | timer | model_name, cluster_type | worker.hooks.throughput |
-| run_steps.all / run_steps_elapsed_time.all | counter / timer | model_name, cluster_type | worker.hooks.throughput |
-| step_loss | store | — | worker.hooks.step_loss |
-| <user name> | store | — | worker.hooks.custom_metric |
+| run_start_elapsed_time.all | timer | model_name, cluster_type | hooks.throughput |
+| run_steps.all / run_steps_elapsed_time.all | counter / timer | model_name, cluster_type | hooks.throughput |
+| step_loss | store | — | hooks.step_loss |
+| <user name> | store | — | hooks.custom_metric |
 | exit_hook | counter | server_type, index, sig | services.exit_hook |
-| deep_insight.examples / deep_insight.sampled | counter | model_name | worker.metrics.deep_insight |
+| deep_insight.examples / deep_insight.sampled | counter | model_name | deep_insight |
 
 Processes also expose prometheus-client's `process_*` and `python_*` collectors.
 """

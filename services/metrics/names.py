@@ -64,7 +64,7 @@ def parse_tags(tags: Tags) -> dict[str, str]:
                 raise ValueError(f"tag {piece!r} in {tags!r} is not of the form key=value")
             pairs.append((key, value))
     elif isinstance(tags, Mapping):
-        pairs = [(k, v) for k, v in tags.items()]
+        pairs = [(k, str(v)) for k, v in tags.items()]
     else:
         raise TypeError(f"tags must be a dict or a 'k=v|k2=v2' string, got {type(tags).__name__}")
     out: dict[str, str] = {}

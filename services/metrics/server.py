@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
 
 log = logging.getLogger(__name__)
 
-_servers: dict[int, object] = {}
+_servers: dict[int, Any] = {}
 
 
 def metrics_url(addr: str, port: int) -> str:

@@ -1,4 +1,4 @@
-"""The seed's small FFM test model: 6 slots of vocabulary 5, 64 deterministic examples.
+"""Monolith's small FFM test model: 6 slots of vocabulary 5, 64 deterministic examples.
 
 Slot i's table holds a 1-dim FTRL bias (read for the first half of the slots) and, for each FFM pair
 (user slot, item slot, dim), the user slot's SGD vector "for" the item field and vice versa.
@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import FtrlOptimizer, RandomUniformInitializer, SgdOptimizer, ZerosInitializer
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.native_model import MonolithModel
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.segment_configs import FtrlOptimizer, RandomUniformInitializer, SgdOptimizer, ZerosInitializer
 
 NUM_SLOTS = 6
 VOCAB_SIZES = [5] * NUM_SLOTS

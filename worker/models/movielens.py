@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from worker.entry import AdagradOptimizer, RandomUniformInitializer
-from worker.estimator_spec import EstimatorSpec, ModeKeys
-from worker.heads import get_sigmoid_loss_and_pred
+from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.heads import get_sigmoid_loss_and_pred
+from worker.modeling.native_model import MonolithModel
+from worker.modeling.segment_configs import AdagradOptimizer, RandomUniformInitializer
 from worker.models.movielens_data import FEATURES, SINGLE_FEATURES, MovieLens, load_movielens
-from worker.native_model import MonolithModel
 
 HIDDEN = (64, 32)
 

@@ -115,7 +115,8 @@ def _process(raw_dir: Path) -> dict[str, np.ndarray]:
     cols = {k: np.empty(len(inter), np.int64) for k in SINGLE_FEATURES}
     label = np.empty(len(inter), np.float32)
     ts = np.empty(len(inter), np.int64)
-    genre_values, genre_splits = [], [0]
+    genre_values: list[int] = []
+    genre_splits = [0]
     for i, (u, it, rating, t) in enumerate(inter):
         age, gender, occ, zipc = user_info[u]
         for key, token in zip(SINGLE_FEATURES, (u, it, age, gender, occ, zipc)):
@@ -144,7 +145,7 @@ def load_movielens(cache_dir: str | os.PathLike | None = None) -> MovieLens:
         arrays = _process(raw)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = processed.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, processed)
         log.info("cached processed MovieLens-100K at %s", processed)
     if _have_raw(raw) and not _have_raw(user_copy):

@@ -1,0 +1,71 @@
+"""`make bench`: run every `benchmarks/*_bench.py` and write their output to `benchmarks/RESULTS.md`.
+
+Each benchmark compares us with a named peer measured in the same run and prints the ratios; this file
+keeps the figures of the last full run (with the commit, the date and the machine's load before and
+after each benchmark, since other jobs may share the cores) so docstrings never need to quote them.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_one(path: Path) -> tuple[str, str, int]:
+    """(output, load before/after, exit code) of one benchmark; its output also streams to this terminal."""
+    before = _load()
+    proc = subprocess.Popen([sys.executable, str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    code = proc.wait()
+    return "".join(lines), f"{before} → {_load()}", code
+
+
+def main() -> int:
+    benches = sorted(HERE.glob("*_bench.py"))
+    sections = []
+    failed = []
+    for path in benches:
+        print(f"== {path.name}", flush=True)
+        output, load, code = run_one(path)
+        if code:
+            failed.append(path.name)
+        sections.append(f"## {path.name}\n\nload average (1, 5, 15 min) before → after: {load}"
+                        f"{'' if code == 0 else f'; FAILED with exit code {code}'}\n\n```\n{output.rstrip()}\n```\n")
+    header = (f"# Benchmark results\n\nWritten by `make bench` (`benchmarks/write_results.py`); do not edit by hand.\n"
+              f"Commit {_commit()}, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
+              f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}.\n"
+              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n")
+    (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

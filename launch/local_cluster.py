@@ -1,0 +1,188 @@
+"""`monolith local`: a whole job as processes on this machine, each started by `monolith run`.
+
+Every role gets a free loopback port and the `MLP_*` variables a scheduler would inject, so the local
+cluster exercises exactly the code paths of a YARN/Kubernetes job. The current directory is importable
+in every process (as `python -m` makes it for one), so `--model mymodel:MyModel` finds ./mymodel.py, and
+every process gets one launch id (`MONOLITH_LAUNCH_ID`) new for this run. Output is streamed with `[role:i]`
+prefixes. The first process to fail (or Ctrl-C) stops all the others; the failing role is named and the
+exit status is non-zero. Children die with this process (see `supervision`), so nothing is orphaned.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
+from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
+from services import role_logging
+from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
+from services.ports import free_port
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+SHUTDOWN_GRACE_S = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_job_arguments(parser)
+    parser.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with the role")
+
+
+def main(args: argparse.Namespace) -> int:
+    role_logging.configure("local", 0)
+    return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-local-"),
+                             train_args_of(args), dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
+                             log_prefix=not args.no_prefix, metrics=args.metrics)
+
+
+@dataclass
+class _Member:
+    role: str
+    index: int
+    proc: subprocess.Popen
+    pump: threading.Thread
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}:{self.index}"
+
+
+def cluster_layout(num_ps: int, num_workers: int, dataservice: bool, num_dsworkers: int) -> dict[str, list]:
+    """Free loopback (host, port) pairs for every role of the job."""
+    counts = role_counts(num_ps, num_workers, dataservice, num_dsworkers)
+    layout: dict[str, list] = {}
+    taken: set[int] = set()
+    for role, n in counts.items():
+        hosts = []
+        for _ in range(n):
+            port = free_port(HOST)
+            while port in taken:
+                port = free_port(HOST)
+            taken.add(port)
+            hosts.append((HOST, port))
+        layout[role] = hosts
+    return layout
+
+
+def run_local_cluster(
+    num_ps: int,
+    num_workers: int,
+    model: str,
+    model_dir: str,
+    train_args: Sequence[str] = (),
+    dataservice: bool = False,
+    num_dsworkers: int = 2,
+    log_prefix: bool = True,
+    out=None,
+    metrics: bool = False,
+) -> int:
+    """Run the job to completion; 0 when every worker trained successfully and every service stopped.
+
+    `train_args` go to each worker's `monolith train` (e.g. `["--max-steps", "100"]`); `out` receives the
+    merged output (default: this process's stdout). With `metrics`, PS shards and workers serve
+    Prometheus metrics on free ports and log their URLs.
+    """
+    out = sys.stdout if out is None else out
+    layout = cluster_layout(num_ps, num_workers, dataservice, num_dsworkers)
+    flag = SignalFlag((signal.SIGINT, signal.SIGTERM))
+    write_lock = threading.Lock()
+    members: list[_Member] = []
+    run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", HOST,
+                *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
+    launch_id = uuid.uuid4().hex
+    try:
+        for role in ("ps", "dispatcher", "dsworker", "worker"):
+            for index in range(len(layout.get(role, ()))):
+                env = child_environment(os.environ, mlp_environment(layout, role, index), launch_id)
+                proc = spawn(monolith_command("run", *run_args), env=env, new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                prefix = f"[{role}:{index}] " if log_prefix else ""
+                pump = threading.Thread(target=_pump, args=(proc.stdout, prefix, out, write_lock), daemon=True)
+                pump.start()
+                members.append(_Member(role, index, proc, pump))
+        log.info("started %s", ", ".join(f"{m.name} (pid {m.proc.pid}, port {layout[m.role][m.index][1]})"
+                                        for m in members))
+        return _watch(members, flag)
+    finally:
+        flag.restore()
+        for m in members:
+            if m.proc.poll() is None:
+                terminate(m.proc, timeout=SHUTDOWN_GRACE_S / 3, group=True)
+        for m in members:
+            m.pump.join(5)
+
+
+def child_environment(parent: Mapping[str, str], mlp: Mapping[str, str], launch_id: str) -> dict[str, str]:
+    """A member's environment: ours, its `MLP_*` variables, the launch id, and the current directory
+    first on `PYTHONPATH`."""
+    path = [os.getcwd(), *filter(None, parent.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**parent, **mlp, LAUNCH_ID_VAR: launch_id, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path)),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def _pump(stream, prefix: str, out, lock: threading.Lock) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        with lock:
+            out.write(prefix + line)
+            out.flush()
+    stream.close()
+
+
+def _watch(members: list[_Member], flag: SignalFlag) -> int:
+    """Wait for the workers; stop everything on the first failure or signal."""
+    workers = [m for m in members if m.role == "worker"]
+    while True:
+        for m in members:
+            code = m.proc.poll()
+            if code is None:
+                continue
+            if code != 0:
+                log.error("%s failed (%s): stopping the cluster", m.name, describe_exit(code))
+                _stop_all(members)
+                return 1
+        if all(w.proc.poll() == 0 for w in workers):
+            log.info("all %d workers finished; waiting for the services to stop", len(workers))
+            return _finish(members)
+        if flag.sleep(0.2):
+            log.warning("interrupted (signal %d): stopping the cluster", flag.received)
+            _stop_all(members)
+            return 128 + (flag.received or 0)
+
+
+def _stop_all(members: list[_Member]) -> None:
+    for m in members:
+        if m.proc.poll() is None:
+            m.proc.terminate()
+    for m in members:
+        code = terminate(m.proc, timeout=SHUTDOWN_GRACE_S, group=True)
+        log.info("%s stopped (%s)", m.name, describe_exit(code))
+
+
+def _finish(members: list[_Member]) -> int:
+    failed = []
+    for m in members:
+        try:
+            code = m.proc.wait(SHUTDOWN_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0fs after the job ended", m.name, SHUTDOWN_GRACE_S)
+            code = terminate(m.proc, group=True)
+            failed.append(m.name)
+            continue
+        if code != 0:
+            failed.append(m.name)
+            log.error("%s ended with %s", m.name, describe_exit(code))
+    if failed:
+        log.error("job finished but %s did not stop cleanly", ", ".join(failed))
+        return 1
+    log.info("job finished: every process exited 0")
+    return 0

@@ -1,0 +1,163 @@
+"""`monolith ps`: run one parameter-server shard until SIGTERM.
+
+Start-up order: restore this shard's part of the latest complete checkpoint (if `--checkpoint-dir`
+has one, or this shard's own exit snapshot when that is newer), then bind and log the readiness line
+`ready: ps shard i of n serving on HOST:PORT`.
+SIGTERM/SIGINT: stop accepting calls, finish in-flight ones, with `--save-on-exit` save this shard's
+state as an exit snapshot (restored at the next start when newer than the latest checkpoint), exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from ps.config import SERVER_MODELS, ServerConfig
+from services import role_logging
+
+log = logging.getLogger("ps.server")
+
+
+def warm_up_kernels() -> float:
+    """Run the store's common kernels once (small and parallel paths) so the first RPCs do not pay for
+    numba compilation or cache loading (seconds on a fresh clone, where that can exceed client deadlines)."""
+    import time
+
+    import numpy as np
+
+    from ps.store.table import EmbeddingTable
+
+    start = time.perf_counter()
+    for optimizer in ({"type": "sgd", "learning_rate": 0.1}, {"type": "adagrad", "learning_rate": 0.1}):
+        table = EmbeddingTable.from_dict({"dim": 4, "optimizer": optimizer})
+        for n in (4, 1 << 16):
+            ids = np.arange(n, dtype=np.int64)
+            ones = np.ones((n, 4), np.float32)
+            table.apply_gradients(ids, ones)
+            table.assign(ids, ones)
+            table.assign_add(ids, ones)
+            table.lookup(ids)
+            table.lookup(ids, dtype=np.float16)
+    return time.perf_counter() - start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig(port=0)  # the defaults live in the config type
+    parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
+    parser.add_argument("--shard-index", type=int, required=True)
+    parser.add_argument("--num-shards", type=int, required=True)
+    parser.add_argument("--checkpoint-dir", default=d.checkpoint_dir,
+                        help="restore this shard's part of the latest complete checkpoint here at start-up "
+                             "(or its own exit snapshot, when that is newer)")
+    parser.add_argument("--save-on-exit", action="store_true",
+                        help="on SIGTERM/SIGINT, after in-flight calls finish, save this shard's state to "
+                             "CHECKPOINT_DIR/exit/shard-I-of-N/ (a restart then resumes exactly there)")
+    parser.add_argument("--host", default=d.host, help="address to bind (0.0.0.0 for all interfaces)")
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                        help="Prometheus port (0 = any free port, logged; -1 = off)")
+    parser.add_argument("--server-model", choices=SERVER_MODELS, default=d.server_model,
+                        help="grpc thread-pool server or grpc.aio on uvloop (see ps/service/server.py)")
+    parser.add_argument("--threads", type=int, default=d.threads, help="RPC handler threads")
+    parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20,
+                        help="largest request/response accepted")
+    parser.add_argument("--grace-s", type=float, default=d.grace_s, help="time in-flight calls get on SIGTERM")
+
+
+def config_of(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(port=args.port, shard_index=args.shard_index, num_shards=args.num_shards, host=args.host,
+                        checkpoint_dir=args.checkpoint_dir, save_on_exit=args.save_on_exit,
+                        metrics_port=args.metrics_port, server_model=args.server_model, threads=args.threads,
+                        max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s)
+
+
+def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
+    """Load the latest complete checkpoint's part (or this shard's newer exit snapshot); False if that fails."""
+    from ps.persist import checkpoint
+
+    source = checkpoint.startup_source(checkpoint_dir, config.shard_index, config.num_shards)
+    if source is None:
+        log.info("no complete checkpoint in %s: starting empty", checkpoint_dir)
+        return True
+    kind, path = source
+    log.info("restoring %s (%s)", path, kind)
+    try:
+        state.restore_own_part(path) if kind == "exit" else state.restore(str(path))
+    except (ValueError, OSError) as exc:
+        log.error("cannot restore %s: %s", path, exc)
+        return False
+    return True
+
+
+def main(args: argparse.Namespace) -> int:
+    role_logging.configure("ps", args.shard_index)
+    try:
+        config = config_of(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    return run(config)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve one shard until SIGTERM/SIGINT; the process exit code."""
+    from ps.kernels.threads import passive_kernel_threads
+    from services.malloc_tuning import tune_malloc
+
+    tune_malloc()
+    passive_kernel_threads()
+    stop = threading.Event()
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    from ps.persist import checkpoint
+    from ps.service import rpc_metrics
+    from ps.service.server import serve
+    from ps.service.servicer import ParameterServerServicer
+    from ps.store.shard_state import ShardState
+    from services import exit_hook
+    from services.metrics import start_metrics_server
+
+    exit_hook.install("ps", config.shard_index)
+
+    log.info("store kernels warm in %.2fs", warm_up_kernels())
+    state = ShardState(config.shard_index, config.num_shards)
+    if config.checkpoint_dir and not _restore_at_start(state, config.checkpoint_dir, config):
+        return 1
+    rpc_metrics.register_shard(state)
+    metrics_note = "off"
+    if config.metrics_port >= 0:
+        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host)}"
+    servicer = ParameterServerServicer(state, config.server_model)
+
+    def ready(port: int) -> None:
+        log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s)",
+                 config.shard_index, config.num_shards, config.host, port, config.server_model, metrics_note,
+                 state.restored_from or "-")
+
+    try:
+        serve([servicer.handler()], config, stop=stop, on_ready=ready)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    if config.save_on_exit and config.checkpoint_dir:
+        snapshot = checkpoint.exit_snapshot_path(config.checkpoint_dir, config.shard_index, config.num_shards)
+        try:
+            _path, rows = state.save(str(snapshot.parent), state.global_step)
+        except (ValueError, OSError) as exc:
+            log.error("exit snapshot to %s failed: %s", snapshot, exc)
+            return 1
+        log.info("exit snapshot saved to %s: %s", snapshot, rows)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # python -m ps --port P --shard-index i --num-shards n
+    _parser = argparse.ArgumentParser(prog="python -m ps", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

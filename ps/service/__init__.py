@@ -1,0 +1,1 @@
+"""The gRPC service of a shard: the servicer over `ShardState`, the server, RPC metrics."""

@@ -1,1 +1,0 @@
-"""Model-quality metrics computed on the worker (deep insight)."""

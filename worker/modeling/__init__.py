@@ -1,0 +1,1 @@
+"""The model-building library: `MonolithModel`, feature columns, segment configs, heads, losses, layers, hooks."""

@@ -1,0 +1,97 @@
+"""Turn a batch's ragged id features into one deduplicated id list per table, and gradients back into pushes.
+
+The one dedupe of a training step happens here: the ids of every feature reading a table are hashed
+once (`ps.kernels.routing.unique_inverse`, first-occurrence order), and the distinct ids go to the
+parameter backend as they are (the PS client does not dedupe them again). Each feature's block of rows
+is the table's rows it uses, with an index per id into that block.
+
+Gradients flow back per table: a feature's row gradients are already one per distinct id; features
+sharing a table are summed here onto the table's distinct ids, except for tables with admission
+(`occurrence_threshold > 0`), which must count each feature's occurrence: those send each feature's ids
+and the PS sums the repeats (as it does for any repeated id).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ps.kernels.routing import unique_inverse
+
+
+@dataclass
+class PreparedBatch:
+    features: dict[str, Any]
+    batch_size: int
+    table_ids: dict[str, np.ndarray] = field(default_factory=dict)  # table -> distinct ids
+    index: dict[str, np.ndarray] = field(default_factory=dict)      # feature -> int32 row of each id in its block
+    blocks: dict[str, np.ndarray] = field(default_factory=dict)     # shared tables: feature -> its rows of the table
+    rows: dict[str, np.ndarray] = field(default_factory=dict)       # feature -> its block of rows
+    dense: dict[str, np.ndarray] | None = None
+
+
+class BatchPreparer:
+    def __init__(self, sparse_features: list[str], feature_tables: dict[str, str],
+                 counting_tables: frozenset[str] = frozenset()) -> None:
+        self.sparse_features = sparse_features
+        self.feature_tables = feature_tables
+        self.counting_tables = counting_tables
+        self.table_features: dict[str, list[str]] = {}
+        for feature, table in sorted(feature_tables.items()):
+            self.table_features.setdefault(table, []).append(feature)
+
+    def dedupe(self, features: dict[str, Any]) -> PreparedBatch:
+        some = next(iter(features.values()))
+        batch = PreparedBatch(features, int(some.shape[0]) if some.shape.rank else 0)
+        for table, members in self.table_features.items():
+            values = [features[f].values.numpy() for f in members]
+            ids, inverse = unique_inverse(values[0] if len(values) == 1 else np.concatenate(values))
+            batch.table_ids[table] = ids
+            if len(members) == 1:
+                batch.index[members[0]] = inverse.astype(np.int32)
+                continue
+            offset = 0
+            for f, v in zip(members, values):
+                positions = inverse[offset:offset + v.size]
+                offset += v.size
+                used = np.zeros(ids.size, bool)
+                used[positions] = True
+                batch.blocks[f] = np.flatnonzero(used)
+                batch.index[f] = (np.cumsum(used) - 1)[positions].astype(np.int32)
+        return batch
+
+    def assemble(self, batch: PreparedBatch, table_rows: dict[str, np.ndarray]) -> PreparedBatch:
+        for table, members in self.table_features.items():
+            rows = table_rows[table]
+            for f in members:
+                block = batch.blocks.get(f)
+                batch.rows[f] = rows if block is None else rows[block]
+        return batch
+
+    def step_inputs(self, batch: PreparedBatch) -> tuple[dict, dict]:
+        """Rows and indices for every ragged feature of the signature (unused ones get empty blocks)."""
+        rows, index = {}, {}
+        for f in self.sparse_features:
+            if f in batch.rows:
+                rows[f], index[f] = batch.rows[f], batch.index[f]
+            else:
+                rows[f], index[f] = np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
+        return rows, index
+
+    def table_gradients(self, batch: PreparedBatch, grads: dict[str, np.ndarray]) -> dict[str, tuple]:
+        """{table: (ids, row gradients)} ready to push: distinct ids, except per-feature ids of counting tables."""
+        out = {}
+        for table, members in self.table_features.items():
+            ids = batch.table_ids[table]
+            if len(members) == 1:
+                out[table] = (ids, grads[members[0]])
+            elif table in self.counting_tables:
+                out[table] = (np.concatenate([ids[batch.blocks[f]] for f in members]),
+                              np.concatenate([grads[f] for f in members]))
+            else:
+                summed = np.zeros((ids.size, grads[members[0]].shape[1]), np.float32)
+                for f in members:
+                    summed[batch.blocks[f]] += grads[f]
+                out[table] = (ids, summed)
+        return out
