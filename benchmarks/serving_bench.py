@@ -39,17 +39,15 @@ def _echo_server(port_file: str, reply_bytes: int) -> None:
     """Peer B: the same gRPC server code, answering every Predict with a fixed reply of the same size."""
     import grpc
 
-    from ps.server import serve
-    from services.ports import free_port
+    from ps.config import ServerConfig
+    from ps.service.server import serve
 
     reply = bytes(reply_bytes)
     handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
         "Predict": grpc.unary_unary_rpc_method_handler(lambda raw, ctx: reply, request_deserializer=None,
                                                        response_serializer=None)})
-    port = free_port()
     stop = threading.Event()
-    serve([handler], f"127.0.0.1:{port}", threads=16, stop=stop,
-          on_ready=lambda p: Path(port_file).write_text(str(p)))
+    serve([handler], ServerConfig(port=0, threads=16), stop=stop, on_ready=lambda p: Path(port_file).write_text(str(p)))
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -97,7 +95,7 @@ def _measure(call, seconds: float, warmup_s: float = 1.5) -> dict:
         raise errors[0]
     flat = np.array([x for lat in latencies for x in lat])
     return {"p50": float(np.percentile(flat, 50)), "p99": float(np.percentile(flat, 99)),
-            "qps": flat.size * BATCH / seconds / BATCH, "calls": int(flat.size)}
+            "qps": flat.size / seconds, "calls": int(flat.size)}
 
 
 def _grpc_call(address: str, request: bytes):
@@ -129,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from worker.estimator import Estimator
     from worker.export.saved_model_exporters import DistributedExporter, StandaloneExporter
     from worker.models.movielens import MovieRankingModel, monolith_examples
-    from worker.run_config import RunConfig
+    from worker.runtime.estimator import Estimator
+    from worker.runtime.run_config import RunConfig
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     procs: list[subprocess.Popen] = []
@@ -165,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         reply.model_spec.CopyFrom(request.model_spec)
         reply.model_spec.version.value = 1
         procs.append(_start([__file__, "--echo-server", str(port_file), str(reply.ByteSize())], logs["echo"]))
-        procs.append(_start(["-m", "services.cli", "serve", "--export-base", str(work / "standalone"), "--port", "0"],
+        procs.append(_start(["-m", "launch.cli", "serve", "--export-base", str(work / "standalone"), "--port", "0"],
                             logs["serve"]))
         for i in range(2):
-            procs.append(_start(["-m", "services.cli", "serve-ps", "--export-dir", dist[f"ps_{i}"].decode(),
+            procs.append(_start(["-m", "launch.cli", "serve-ps", "--export-dir", dist[f"ps_{i}"].decode(),
                                  "--port", "0"], logs[f"serve-ps{i}"]))
         ps_addresses = [_address(procs[2 + i], logs[f"serve-ps{i}"]) for i in range(2)]
-        procs.append(_start(["-m", "services.cli", "serve", "--export-base", str(work / "distributed"), "--port", "0",
+        procs.append(_start(["-m", "launch.cli", "serve", "--export-base", str(work / "distributed"), "--port", "0",
                              "--ps-addresses", ",".join(ps_addresses)], logs["serve-dist"]))
         serve_address, dist_address = _address(procs[1], logs["serve"]), _address(procs[4], logs["serve-dist"])
         deadline = time.monotonic() + 60

@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dsworker": ("dispatcher.dsworker_main", "run one tf.data service data worker"),
     "train": ("worker.train_main", "train a model in this process (local or against PS shards)"),
     # export and serving
-    "export": ("worker.export.export_main", "export a checkpoint as SavedModels (standalone or distributed)"),
+    "export": ("worker.export_main", "export a checkpoint as SavedModels (standalone or distributed)"),
     "serve": ("serving.serve_main", "serve exported models over TF Serving's PredictionService"),
     "serve-ps": ("serving.serving_ps", "run one read-only serving PS shard of a distributed export"),
     "warmup": ("worker.export.warmup", "generate or decode TF Serving warmup files"),

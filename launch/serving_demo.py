@@ -18,7 +18,7 @@ _READY = re.compile(r"ready: serving model (\S+) version (\d+) on ([\d.]+:\d+)")
 
 
 def _monolith(*args: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "launch.cli", *args]
 
 
 def export_and_serve(model: str, model_dir: str, num_examples: int = 4, timeout_s: float = 600.0) -> int:

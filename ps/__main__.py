@@ -20,29 +20,6 @@ from services import role_logging
 log = logging.getLogger("ps.server")
 
 
-def warm_up_kernels() -> float:
-    """Run the store's common kernels once (small and parallel paths) so the first RPCs do not pay for
-    numba compilation or cache loading (seconds on a fresh clone, where that can exceed client deadlines)."""
-    import time
-
-    import numpy as np
-
-    from ps.store.table import EmbeddingTable
-
-    start = time.perf_counter()
-    for optimizer in ({"type": "sgd", "learning_rate": 0.1}, {"type": "adagrad", "learning_rate": 0.1}):
-        table = EmbeddingTable.from_dict({"dim": 4, "optimizer": optimizer})
-        for n in (4, 1 << 16):
-            ids = np.arange(n, dtype=np.int64)
-            ones = np.ones((n, 4), np.float32)
-            table.apply_gradients(ids, ones)
-            table.assign(ids, ones)
-            table.assign_add(ids, ones)
-            table.lookup(ids)
-            table.lookup(ids, dtype=np.float16)
-    return time.perf_counter() - start
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig(port=0)  # the defaults live in the config type
     parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
@@ -120,6 +97,7 @@ def run(config: ServerConfig) -> int:
     from ps.service.server import serve
     from ps.service.servicer import ParameterServerServicer
     from ps.store.shard_state import ShardState
+    from ps.store.warm_up import warm_up_kernels
     from services import exit_hook
     from services.metrics import start_metrics_server
 

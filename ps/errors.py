@@ -1,11 +1,13 @@
-"""One error vocabulary for the PS, used on both ends of the wire.
+"""One error vocabulary for the PS and the serving role, used on both ends of the wire.
 
 The store and the servicer raise these classes; each names the gRPC status it travels as
 (`status_of`), and the client turns a status back into the same class (`error_for`), so a caller
 catches `PSNotFound` whether the table lives in this process (local mode) or on a shard. Every class
 is also the matching built-in exception where one exists (`PSInvalidArgument` is a `ValueError`,
 `PSNotFound` a `LookupError`, `PSUnavailable` a `ConnectionError`), so generic handlers keep working.
-Statuses are names of `grpc.StatusCode` members; this module itself needs no gRPC.
+Statuses are names of `grpc.StatusCode` members; this module itself needs no gRPC. The serving role
+(`monolith serve`, `monolith serve-ps`) answers with the same classes: an unknown model is a `PSNotFound`,
+a malformed request a `PSInvalidArgument`, a serving PS shard that is down a `PSUnavailable`.
 """
 from __future__ import annotations
 
@@ -48,6 +50,11 @@ class PSFailedPrecondition(PSError):
 
 class WrongShard(PSFailedPrecondition):
     """The ids or the variable belong to another shard: client and shard disagree on the shard count."""
+
+
+class ReadOnlyShard(PSFailedPrecondition):
+    """An update sent to a shard that serves exported rows read-only (a serving PS shard refuses every update
+    its update policy does not let through)."""
 
 
 class CheckpointError(PSFailedPrecondition, ValueError):

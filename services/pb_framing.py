@@ -143,6 +143,7 @@ class PBReader:
             raise FramingError(f"record length {length} exceeds the {self.max_record_bytes}-byte limit "
                                f"(corrupt stream?)", length_at)
         payload = self._read(length, f"record payload of {length} bytes", start)
+        assert payload is not None  # only allow_eof reads return None
         return Record(start, payload, source_key, pb_type)
 
 

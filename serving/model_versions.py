@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.errors import NotFound, Unavailable
+from ps.errors import PSNotFound, PSUnavailable
+from services.export_layout import ASSETS_EXTRA, WARMUP_FILE
 
 log = logging.getLogger(__name__)
 
-WARMUP = "assets.extra/tf_serving_warmup_requests"
+WARMUP = f"{ASSETS_EXTRA}/{WARMUP_FILE}"
 
 
 @dataclass
@@ -39,10 +40,11 @@ def list_versions(base: str | Path) -> list[int]:
 
 def _transient(exc: BaseException) -> bool:
     """A serving PS shard that is down (or slow) now may answer at the next poll."""
-    while exc is not None:
-        if isinstance(exc, Unavailable):
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, PSUnavailable):
             return True
-        exc = exc.__cause__
+        cause = cause.__cause__
     return False
 
 
@@ -63,11 +65,11 @@ class ModelVersions:
     def get(self, version: int | None = None):
         loaded = self._loaded  # one read: the request keeps this version even if a switch happens now
         if not loaded:
-            raise Unavailable(f"model {self.name!r}: no version loaded yet (watching {self.base})")
+            raise PSUnavailable(f"model {self.name!r}: no version loaded yet (watching {self.base})")
         if version is None:
             return loaded[max(loaded)]
         if version not in loaded:
-            raise NotFound(f"model {self.name!r} has no version {version} loaded (loaded: {sorted(loaded)})")
+            raise PSNotFound(f"model {self.name!r} has no version {version} loaded (loaded: {sorted(loaded)})")
         return loaded[version]
 
     @property

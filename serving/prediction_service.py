@@ -1,14 +1,14 @@
 """TensorFlow Serving's `PredictionService` and `ModelService` over gRPC, for unmodified TF Serving clients.
 
 Thin handlers over `ModelVersions`/`Servable`: requests arrive as bytes and are parsed here (a garbage
-message is INVALID_ARGUMENT, not a crash), every `ServingError` becomes its status code, and anything
-unexpected is INTERNAL with the traceback logged; the server keeps serving in every case.
+message is INVALID_ARGUMENT, not a crash), every error answers with its `ps.errors` status
+(`status_of`), and anything unexpected is INTERNAL with the traceback logged; the server keeps serving
+in every case. Every call is counted and timed (`serving.metrics`).
 """
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
+import time
 from collections.abc import Callable
 
 import grpc
@@ -25,7 +25,8 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError, Unimplemented
+from ps.errors import PSFailedPrecondition, PSInvalidArgument, PSNotFound, PSUnimplemented, status_of
+from serving import metrics
 from serving.model_versions import ModelVersions
 from serving.tensors import to_numpy, to_proto
 
@@ -39,9 +40,6 @@ DEFAULT_SIGNATURE = "serving_default"
 class PredictionServer:
     def __init__(self, versions: ModelVersions) -> None:
         self.versions = versions
-        self.requests: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------
     def handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -65,41 +63,46 @@ class PredictionServer:
             for name, (cls, fn) in methods.items()})
 
     def _wrap(self, method: str, request_cls, fn: Callable):
+        model = self.versions.name
+        latency = metrics.LATENCY.labels(model, method)
+
         def call(raw: bytes, context: grpc.ServicerContext):
-            with self._lock:
-                self.requests[method] += 1
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 request = None
                 if request_cls is not None:
                     try:
                         request = request_cls.FromString(raw)
                     except DecodeError as exc:
-                        raise InvalidArgument(f"malformed {request_cls.__name__} ({len(raw)} bytes): {exc}") from None
+                        raise PSInvalidArgument(f"malformed {request_cls.__name__} ({len(raw)} bytes): {exc}") \
+                            from None
                 return fn(request)
             except Exception as exc:  # one bad request must never take the server down
-                code = exc.code if isinstance(exc, ServingError) else grpc.StatusCode.INTERNAL
-                with self._lock:
-                    self.errors[method] += 1
+                code = grpc.StatusCode[status_of(exc)]
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
                     log.info("%s rejected (%s): %s", method, code.name, exc)
                 context.abort(code, f"{method}: {exc}")
+            finally:
+                latency.observe(time.perf_counter() - start)
+                metrics.REQUESTS.labels(model, method, code.name).inc()
 
         return call
 
     @staticmethod
     def _unimplemented(method: str):
         def fn(_request):
-            raise Unimplemented(f"{method} is not supported by this server")
+            raise PSUnimplemented(f"{method} is not supported by this server")
 
         return fn
 
     def _servable(self, spec: model_pb2.ModelSpec):
         if spec.name and spec.name != self.versions.name:
-            raise NotFound(f"unknown model {spec.name!r}; this server serves {self.versions.name!r}")
+            raise PSNotFound(f"unknown model {spec.name!r}; this server serves {self.versions.name!r}")
         if spec.version_label:
-            raise NotFound(f"version labels are not supported (got {spec.version_label!r}); name a version number")
+            raise PSNotFound(f"version labels are not supported (got {spec.version_label!r}); name a version number")
         return self.versions.get(spec.version.value if spec.HasField("version") else None)
 
     @staticmethod
@@ -117,12 +120,14 @@ class PredictionServer:
         response = predict_pb2.PredictResponse(model_spec=self._spec(servable, signature))
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(to_proto(value))
+        metrics.ROWS.labels(self.versions.name).inc(max((v.shape[0] for v in inputs.values() if v.ndim), default=1))
         return response
 
     def get_model_metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
-            raise InvalidArgument(f"metadata_field must be ['signature_def'] (the only metadata served), got {fields}")
+            raise PSInvalidArgument(f"metadata_field must be ['signature_def'] (the only metadata served), "
+                                    f"got {fields}")
         servable = self._servable(request.model_spec)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for name, sig in servable.public.items():
@@ -135,11 +140,9 @@ class PredictionServer:
         """(servable, signature, its single string input) for Classify/Regress over tf.train.Examples."""
         servable = self._servable(request.model_spec)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        sig = servable.public.get(signature)
-        if sig is None:
-            raise NotFound(f"model {servable.name!r} has no signature {signature!r}")
+        sig = servable.signature(signature)
         if len(sig.inputs) != 1 or next(iter(sig.inputs.values())).dtype != 7:  # DT_STRING
-            raise FailedPrecondition(f"{method} needs a signature with one string input (serialized "
+            raise PSFailedPrecondition(f"{method} needs a signature with one string input (serialized "
                                      f"tf.train.Examples); {signature!r} takes {sorted(sig.inputs)}")
         kind = request.input.WhichOneof("kind")
         if kind == "example_list":
@@ -153,9 +156,9 @@ class PredictionServer:
                 merged.MergeFrom(ex)
                 examples.append(merged)
         else:
-            raise InvalidArgument(f"{method}: request.input holds no examples")
+            raise PSInvalidArgument(f"{method}: request.input holds no examples")
         if not examples:
-            raise InvalidArgument(f"{method}: request.input holds no examples")
+            raise PSInvalidArgument(f"{method}: request.input holds no examples")
         serialized = np.array([e.SerializeToString() for e in examples], dtype=object)
         outputs = servable.predict(signature, {next(iter(sig.inputs)): serialized})
         return servable, signature, outputs, len(examples)
@@ -181,7 +184,7 @@ class PredictionServer:
             return response
         heads = self._per_example(outputs, n)
         if not heads:
-            raise FailedPrecondition(f"signature {signature!r} cannot classify: it has no scores/classes outputs "
+            raise PSFailedPrecondition(f"signature {signature!r} cannot classify: it has no scores/classes outputs "
                                      f"nor float outputs with one value per example ({sorted(outputs)})")
         for i in range(n):
             c = response.result.classifications.add()
@@ -192,12 +195,9 @@ class PredictionServer:
     def regress(self, request) -> regression_pb2.RegressionResponse:
         servable, signature, outputs, n = self._examples_signature(request, "Regress")
         heads = self._per_example(outputs, n)
-        if "outputs" in heads:
-            value = heads["outputs"]
-        else:
-            value = next(iter(heads.values())) if len(heads) == 1 else None
+        value = heads.get("outputs", next(iter(heads.values())) if len(heads) == 1 else None)
         if value is None:
-            raise FailedPrecondition(f"signature {signature!r} cannot regress: it needs one float output with one "
+            raise PSFailedPrecondition(f"signature {signature!r} cannot regress: it needs one float output with one "
                                      f"value per example (or one named 'outputs'), has {sorted(outputs)}")
         response = regression_pb2.RegressionResponse(model_spec=self._spec(servable, signature))
         for v in value:
@@ -208,14 +208,15 @@ class PredictionServer:
     def get_model_status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
         if spec.name and spec.name != self.versions.name:
-            raise NotFound(f"unknown model {spec.name!r}; this server serves {self.versions.name!r}")
+            raise PSNotFound(f"unknown model {spec.name!r}; this server serves {self.versions.name!r}")
         State = get_model_status_pb2.ModelVersionStatus.State
-        statuses = [(v, State.AVAILABLE, None) for v in self.versions.loaded_versions]
+        statuses: list[tuple[int, int, str | None]] = [(v, State.AVAILABLE, None)
+                                                       for v in self.versions.loaded_versions]
         statuses += [(v, State.END, f.message) for v, f in sorted(self.versions.failed.items())]
         if spec.HasField("version"):
             statuses = [s for s in statuses if s[0] == spec.version.value]
             if not statuses:
-                raise NotFound(f"model {self.versions.name!r} has no version {spec.version.value}")
+                raise PSNotFound(f"model {self.versions.name!r} has no version {spec.version.value}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for version, state, error in statuses:
             status = response.model_version_status.add(version=version, state=state)

@@ -43,7 +43,7 @@ class RemotePredictHelper:
         self._input_tensors = input_tensors
         self._remote_func = remote_func
         self._address, self._timeout_s = address, timeout_s
-        self._channel = None
+        self._channel: tuple[str, grpc.Channel] | None = None
         self._define_remote_func(export_ctx, sub_model)
 
     def _define_remote_func(self, export_ctx, sub_model: str) -> None:

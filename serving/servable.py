@@ -2,11 +2,13 @@
 
 A standalone export answers by itself. A distributed entry export (it carries `assets.extra/entry.json`)
 answers in three steps: its `embedding_ids` signature gives the distinct ids of every table, the serving
-PS shards return their rows (`services.ps_client`), and the requested signature runs with those rows as
+PS shards return their rows (`ps.client.PSClient`), and the requested signature runs with those rows as
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
 
-Inputs are checked against the SignatureDef (names, dtypes, shapes) before anything runs, and errors the
-graph raises on bad data (undecodable protos, wrong sizes) come back as INVALID_ARGUMENT.
+Inputs are checked against the SignatureDef (names, dtypes, shapes, at most `max_batch_size` rows) before
+anything runs, and errors the graph raises on bad data (undecodable protos, wrong sizes): all come back as
+INVALID_ARGUMENT. Errors are the classes of `ps.errors` (the PS client's own errors pass through as they
+are: a serving PS shard that is down is the client's `PSUnavailable`, naming the shard).
 """
 from __future__ import annotations
 
@@ -14,17 +16,18 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError, Unavailable
+from ps.errors import PSFailedPrecondition, PSInvalidArgument, PSNotFound, PSUnavailable
+from services.export_layout import ASSETS_EXTRA, ENTRY_META
 from serving.tensors import dtype_name
 
 log = logging.getLogger(__name__)
 
-ENTRY_META = "assets.extra/entry.json"
 _BAD_DATA = (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.OutOfRangeError)
 
 
@@ -34,11 +37,11 @@ def read_signature_defs(path: str | Path) -> dict[str, meta_graph_pb2.SignatureD
     try:
         saved.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
     except Exception as exc:  # OSError, DecodeError
-        raise FailedPrecondition(f"{path}: unreadable saved_model.pb ({exc})") from None
+        raise PSFailedPrecondition(f"{path}: unreadable saved_model.pb ({exc})") from None
     for meta in saved.meta_graphs:
         if "serve" in meta.meta_info_def.tags:
             return dict(meta.signature_def)
-    raise FailedPrecondition(f"{path}: no MetaGraph tagged 'serve'")
+    raise PSFailedPrecondition(f"{path}: no MetaGraph tagged 'serve'")
 
 
 def _shape_ok(info: meta_graph_pb2.TensorInfo, shape: tuple[int, ...]) -> bool:
@@ -54,11 +57,12 @@ def _shape_text(info: meta_graph_pb2.TensorInfo) -> str:
     return "[" + ", ".join("?" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim) + "]"
 
 
-def check_inputs(signature: str, sig: meta_graph_pb2.SignatureDef, inputs: dict[str, np.ndarray]) -> None:
+def check_inputs(signature: str, sig: meta_graph_pb2.SignatureDef, inputs: dict[str, np.ndarray],
+                 max_batch_size: int | None = None) -> None:
     missing = sorted(set(sig.inputs) - set(inputs))
     unknown = sorted(set(inputs) - set(sig.inputs))
     if missing or unknown:
-        raise InvalidArgument(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; missing {missing}, "
+        raise PSInvalidArgument(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; missing {missing}, "
                               f"unknown {unknown}")
     for name, value in inputs.items():
         info = sig.inputs[name]
@@ -66,40 +70,48 @@ def check_inputs(signature: str, sig: meta_graph_pb2.SignatureDef, inputs: dict[
         got_ok = value.dtype == object if want == tf.string else value.dtype == want.as_numpy_dtype
         if not got_ok:
             got = "DT_STRING" if value.dtype == object else tf.dtypes.as_dtype(value.dtype).name
-            raise InvalidArgument(f"signature {signature!r} input {name!r}: expects {dtype_name(info.dtype)}, "
+            raise PSInvalidArgument(f"signature {signature!r} input {name!r}: expects {dtype_name(info.dtype)}, "
                                   f"got {got}")
         if not _shape_ok(info, value.shape):
-            raise InvalidArgument(f"signature {signature!r} input {name!r}: expects shape {_shape_text(info)}, "
-                                  f"got {list(value.shape)}")
+            raise PSInvalidArgument(f"signature {signature!r} input {name!r}: expects shape {_shape_text(info)}, "
+                                    f"got {list(value.shape)}")
+        if max_batch_size is not None and value.ndim and value.shape[0] > max_batch_size:
+            raise PSInvalidArgument(f"signature {signature!r} input {name!r}: batch of {value.shape[0]} rows is "
+                                    f"above the server's --max-batch-size {max_batch_size}; split the request")
 
 
 class Servable:
-    """A model version; `ps_client` (services.ps_client.PSClient) is needed for distributed entries."""
+    """A model version; a `ps.client.PSClient` over the serving PS shards is needed for distributed entries."""
 
-    def __init__(self, name: str, version: int, path: str | Path, ps_client=None) -> None:
+    def __init__(self, name: str, version: int, path: str | Path, ps_client=None,
+                 max_batch_size: int | None = None) -> None:
         self.name, self.version, self.path = name, int(version), Path(path)
+        self.max_batch_size = max_batch_size
         self.signature_defs = read_signature_defs(self.path)
-        meta_path = self.path / ENTRY_META
-        self.entry = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        meta_path = self.path / ASSETS_EXTRA / ENTRY_META
+        self.entry: dict[str, Any] | None = json.loads(meta_path.read_text()) if meta_path.is_file() else None
         if self.entry is not None:
             if ps_client is None:
-                raise FailedPrecondition(f"{self.path} is the entry of a distributed export: serve it with "
-                                         "--ps-addresses (the serving PS shards)")
-            self._check_shards(ps_client)
+                raise PSFailedPrecondition(f"{self.path} is the entry of a distributed export: serve it with "
+                                           "--ps-addresses (the serving PS shards)")
+            self._check_shards(self.entry, ps_client)
         self.ps_client = ps_client
         self.module = tf.saved_model.load(str(self.path))
         self.public = self._public_signatures()
 
-    def _check_shards(self, client) -> None:
-        want = self.entry["num_serving_shards"]
+    def _check_shards(self, entry: dict[str, Any], client) -> None:
+        want = entry["num_serving_shards"]
         if client.num_shards != want:
-            raise FailedPrecondition(f"{self.path} was exported for {want} serving PS shards, "
-                                     f"{client.num_shards} addresses given")
+            raise PSFailedPrecondition(f"{self.path} was exported for {want} serving PS shards, "
+                                       f"{client.num_shards} addresses given")
         for i, health in enumerate(client.health()):
+            if not health["serving"]:
+                raise PSUnavailable(f"serving PS shard {i} ({client.addresses[i]}): {health['error']}", i,
+                                    client.addresses[i])
             served = Path(health.get("restored_from", "")).name
-            if served != self.entry["version"]:
-                raise FailedPrecondition(f"serving PS shard {i} ({client.addresses[i]}) serves version {served!r}, "
-                                         f"this entry is version {self.entry['version']!r}")
+            if served != entry["version"]:
+                raise PSFailedPrecondition(f"serving PS shard {i} ({client.addresses[i]}) serves version "
+                                           f"{served!r}, this entry is version {entry['version']!r}")
 
     def _public_signatures(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         if self.entry is None:
@@ -115,39 +127,39 @@ class Servable:
             out[name] = sig
         return out
 
+    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        sig = self.public.get(name)
+        if sig is None:
+            raise PSNotFound(f"model {self.name!r} version {self.version} has no signature {name!r} "
+                             f"(signatures: {sorted(self.public)})")
+        return sig
+
     def predict(self, signature: str, inputs: dict[str, np.ndarray], output_filter: Iterable[str] = ()
                 ) -> dict[str, np.ndarray]:
-        sig = self.public.get(signature)
-        if sig is None:
-            raise NotFound(f"model {self.name!r} version {self.version} has no signature {signature!r} "
-                           f"(signatures: {sorted(self.public)})")
+        sig = self.signature(signature)
         wanted = list(output_filter)
         unknown = [o for o in wanted if o not in sig.outputs]
         if unknown:
-            raise InvalidArgument(f"output_filter {unknown}: signature {signature!r} outputs {sorted(sig.outputs)}")
-        check_inputs(signature, sig, inputs)
+            raise PSInvalidArgument(f"output_filter {unknown}: signature {signature!r} outputs {sorted(sig.outputs)}")
+        check_inputs(signature, sig, inputs, self.max_batch_size)
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:
-                tensors = self._entry_inputs(signature, tensors)
+                tensors = self._entry_inputs(self.entry, signature, tensors)
             out = self.module.signatures[signature](**tensors)
         except _BAD_DATA as exc:
-            raise InvalidArgument(f"signature {signature!r}: {exc.message}") from None
+            raise PSInvalidArgument(f"signature {signature!r}: {exc.message}") from None
         return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
 
-    def _entry_inputs(self, signature: str, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _entry_inputs(self, entry: dict[str, Any], signature: str, tensors: dict[str, tf.Tensor]
+                      ) -> dict[str, tf.Tensor]:
         """`embedding_ids` (parsed features, distinct ids per table), the rows of those ids from the serving PS
         shards: the inputs of the entry's dense signature."""
-        from services.ps_client import PSError, PSUnavailable
-
         parsed = self.module.signatures["embedding_ids"](**tensors)
-        tables = self.entry["tables"]
-        try:
-            rows = self.ps_client.lookup_many({t: parsed[meta["ids"]].numpy() for t, meta in tables.items()})
-        except PSUnavailable as exc:
-            raise Unavailable(f"serving PS lookup failed: {exc}") from None
-        except PSError as exc:
-            raise ServingError(f"serving PS lookup failed: {exc}") from None
+        tables = entry["tables"]
+        # ids are distinct per table already: the client only routes them (no second dedupe)
+        rows = self.ps_client.lookup_many({t: parsed[meta["ids"]].numpy() for t, meta in tables.items()},
+                                          dedupe=False)
         wanted = self.signature_defs[signature].inputs
         inputs = {k: v for k, v in parsed.items() if k in wanted}
         inputs.update({meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()})

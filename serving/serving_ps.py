@@ -1,85 +1,105 @@
 """`monolith serve-ps`: one serving PS shard: the rows of `<export_base>/ps_<i>/<version>`, answering lookups
-over the PS protocol (the same `ParameterServer` service and client as training).
+over the PS protocol (the same `ParameterServer` service, servicer and client as training).
 
-Read-only by default: every RPC that would change the shard gets FAILED_PRECONDITION. The update path
-is a pluggable `UpdatePolicy`, so a real-time sync from training PS shards can be let through later
-without another server.
+The shard is read-only unless its update policy lets a call through. The policy is pluggable: every RPC
+that would change the shard (`UPDATE_METHODS`) is first handed to `UpdatePolicy.check(method, request)`,
+which raises (a `ps.errors` class, so the caller gets its status) to refuse it. `ReadOnly`, the default,
+refuses them all with `ReadOnlyShard` (FAILED_PRECONDITION). A policy that lets a real-time sync from the
+training shards through (`Assign` of fresh rows) is one more class registered in `UPDATE_POLICIES`, chosen
+with `--update-policy`; the server needs no other change (docs/serving.md).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from protos import ps_pb2
-from ps.servicer import ParameterServerServicer
-from ps.shard_state import ShardState, WrongShard
-from ps.table import EmbeddingTable
+from ps.config import ServerConfig
+from ps.errors import CheckpointError, ReadOnlyShard
+from ps.persist import checkpoint
+from ps.service.servicer import ParameterServerServicer
+from ps.store.shard_state import ShardState
 from services import role_logging
+from services.export_layout import ASSETS_EXTRA, PS_SHARD_DIR
 
 log = logging.getLogger("serving.ps")
 
-SHARD_DIR = "assets.extra/ps_shard"
-SHARD_META = "shard.json"
 UPDATE_METHODS = {"CreateTables": "create_tables", "ApplyGradients": "apply_gradients", "Assign": "assign",
                   "AssignAdd": "assign_add", "Reinitialize": "reinitialize", "Evict": "evict", "Save": "save",
-                  "Restore": "restore", "DenseCreate": "dense_create", "DensePush": "dense_push"}
+                  "Restore": "restore", "DenseCreate": "dense_create", "DensePush": "dense_push",
+                  "GlobalStep": "global_step"}
+"""Every RPC that may change a shard (method -> servicer attribute); `GlobalStep` with increment 0 only
+reads the step and is always allowed."""
 
 
-class ReadOnlyShard(WrongShard):
-    """An update sent to a read-only serving shard (WrongShard is the PS vocabulary's FAILED_PRECONDITION)."""
+class UpdatePolicy(Protocol):
+    """Decides whether an update RPC may change a serving shard."""
+
+    def check(self, method: str, request: Any) -> None:
+        """Return to let `method` (a name of `UPDATE_METHODS`) run with its decoded `request`; raise a
+        `ps.errors` class to refuse it."""
+        ...
+
+
+class ReadOnly:
+    """Refuses every update: the shard serves the exported rows as they are."""
+
+    def __init__(self, shard_index: int) -> None:
+        self.shard_index = shard_index
+
+    def check(self, method: str, request: Any) -> None:
+        raise ReadOnlyShard(f"serving PS shard {self.shard_index} is read-only: {method} refused")
+
+
+UPDATE_POLICIES: dict[str, Callable[[ShardState], UpdatePolicy]] = {
+    "read-only": lambda state: ReadOnly(state.shard_index),
+}
+"""`--update-policy` name -> a factory of the policy for the loaded shard."""
+
+
+def shard_part(export_dir: str | Path) -> Path:
+    """The `shard-i-of-m/` directory of a `ps_<i>/<version>` export."""
+    parts = sorted((Path(export_dir) / ASSETS_EXTRA / PS_SHARD_DIR).glob("shard-*-of-*"))
+    if len(parts) != 1:
+        raise CheckpointError(f"{export_dir} is not a serving PS export: expected one shard-i-of-m directory under "
+                              f"{ASSETS_EXTRA}/{PS_SHARD_DIR}, found {[p.name for p in parts]}")
+    return parts[0]
 
 
 def load_shard(export_dir: str | Path) -> ShardState:
-    """A ShardState holding the export's rows (checked against their checksums) for shard i of m."""
-    export_dir = Path(export_dir)
-    meta_path = export_dir / SHARD_DIR / SHARD_META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{export_dir} is not a serving PS export (no readable {SHARD_DIR}/{SHARD_META}: {exc})") \
-            from None
+    """The shard saved in the export, restored as a PS shard restores its own part (files checked)."""
+    part = shard_part(export_dir)
+    meta = checkpoint.read_meta(part, f"serving PS export {export_dir}")
     state = ShardState(int(meta["shard_index"]), int(meta["num_shards"]))
-    for name, entry in meta["tables"].items():
-        state.tables[name] = EmbeddingTable.load(export_dir / SHARD_DIR / entry["dir"])
-    state.restored_from = str(export_dir)
+    state.restore_own_part(part)
+    state.restored_from = str(export_dir)  # the entry server checks the version directory's name
     return state
-
-
-class UpdatePolicy:
-    """Decides whether an update RPC may change a serving shard; this default refuses them all."""
-
-    def check(self, method: str, shard_index: int) -> None:
-        raise ReadOnlyShard(f"serving PS shard {shard_index} is read-only: {method} refused")
 
 
 class ServingPSServicer(ParameterServerServicer):
     """The PS servicer with every update RPC passed through an `UpdatePolicy` first."""
 
-    def __init__(self, state: ShardState, updates: UpdatePolicy | None = None) -> None:
+    def __init__(self, state: ShardState, updates: UpdatePolicy) -> None:
         super().__init__(state, "sync")
-        self.updates = updates or UpdatePolicy()
+        self.updates = updates
         for method, attr in UPDATE_METHODS.items():
             setattr(self, attr, self._guarded(method, getattr(self, attr)))
 
-    def _guarded(self, method: str, handler):
+    def _guarded(self, method: str, handler: Callable) -> Callable:
         def call(request):
-            self.updates.check(method, self.state.shard_index)
+            if method == "GlobalStep" and request.increment == 0:  # a read, on any shard
+                return ps_pb2.GlobalStepResponse(global_step=self.state.global_step)
+            self.updates.check(method, request)
             return handler(request)
 
         return call
-
-    def global_step(self, request: ps_pb2.GlobalStepRequest) -> ps_pb2.GlobalStepResponse:
-        """Reading the step (increment 0) is fine; moving it is an update."""
-        if request.increment:
-            self.updates.check("GlobalStep", self.state.shard_index)
-            return super().global_step(request)
-        return ps_pb2.GlobalStepResponse(global_step=self.state.global_step)
 
 
 def warm_up_lookups(servicer: ServingPSServicer) -> None:
@@ -93,42 +113,63 @@ def warm_up_lookups(servicer: ServingPSServicer) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig(port=0)
     parser.add_argument("--export-dir", required=True, help="<export_base>/ps_<i>/<version> of a distributed export")
     parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--max-message-mb", type=int, default=512)
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                        help="Prometheus port (0 = any free port, logged; -1 = off)")
+    parser.add_argument("--update-policy", choices=sorted(UPDATE_POLICIES), default="read-only",
+                        help="which update RPCs may change the shard")
+    parser.add_argument("--threads", type=int, default=d.threads)
+    parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20)
     parser.add_argument("--grace-s", type=float, default=5.0)
 
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("serve-ps", Path(args.export_dir).parent.name)
-    from ps.kernel_threads import passive_kernel_threads
-    from ps.malloc_tuning import tune_malloc
-    from ps.server import serve
-    from ps.server_main import warm_up_kernels
+    from ps.kernels.threads import passive_kernel_threads
+    from ps.service import rpc_metrics
+    from ps.service.server import serve
+    from ps.store.warm_up import warm_up_kernels
+    from services import exit_hook
+    from services.malloc_tuning import tune_malloc
+    from services.metrics import start_metrics_server
 
     tune_malloc()
     passive_kernel_threads()
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: (log.info("signal %d: shutting down", signum), stop.set()))
+        signal.signal(sig, on_signal)
     try:
         state = load_shard(args.export_dir)
+        config = ServerConfig(port=args.port, shard_index=state.shard_index, num_shards=state.num_shards,
+                              host=args.host, metrics_port=args.metrics_port, threads=args.threads,
+                              max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s)
     except (ValueError, OSError) as exc:
-        log.error("cannot load %s: %s", args.export_dir, exc)
+        log.error("cannot serve %s: %s", args.export_dir, exc)
         return 1
+    exit_hook.install("serve-ps", state.shard_index)
     warm_up_kernels()
-    servicer = ServingPSServicer(state)
+    rpc_metrics.register_shard(state)
+    metrics_note = "off"
+    if config.metrics_port >= 0:
+        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host)}"
+    servicer = ServingPSServicer(state, UPDATE_POLICIES[args.update_policy](state))
     warm_up_lookups(servicer)
 
     def ready(port: int) -> None:
-        log.info("ready: serving ps shard %d of %d (%s) on %s:%d, tables %s", state.shard_index, state.num_shards,
-                 args.export_dir, args.host, port, {n: int(t.size) for n, t in state.tables.items()})
+        log.info("ready: serving ps shard %d of %d (%s) on %s:%d, metrics=%s, update policy %s, tables %s",
+                 state.shard_index, state.num_shards, args.export_dir, config.host, port, metrics_note,
+                 args.update_policy, {n: int(t.size) for n, t in state.tables.items()})
 
     try:
-        serve([servicer.handler()], f"{args.host}:{args.port}", threads=args.threads,
-              max_message_bytes=args.max_message_mb * 1024 * 1024, stop=stop, on_ready=ready, grace_s=args.grace_s)
+        serve([servicer.handler()], config, stop=stop, on_ready=ready)
     except OSError as exc:
         log.error("%s", exc)
         return 1

@@ -4,6 +4,7 @@ import pytest
 
 from services.ports import free_port
 from tests.processes import ProcessGroup
+from tests.serving_fixtures import distributed_export, trained_on_3_shards  # noqa: F401 (session fixtures)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -12,7 +12,7 @@ from protos import example_pb2, proto_parser_pb2
 from services import fids as F
 from services.pb_framing import FramingError, FramingFlags, PBReader, frame, lg_header, sort_header
 from services.sample_gen import DenseFeature, ParserArgs, gen_example, gen_example_batch, gen_instance
-from worker.monolith_inputs import parse_example_batch, parse_examples, parse_instances, recording
+from worker.modeling.monolith_inputs import parse_example_batch, parse_examples, parse_instances, recording
 
 
 def test_fid_encodings_match_the_documented_vectors():

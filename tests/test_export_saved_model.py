@@ -1,5 +1,6 @@
-"""Standalone and distributed exports of a locally trained model: predictions equal Estimator.predict in a
-fresh process that imports TensorFlow only; tables, signatures, warmup files and bad checkpoints."""
+"""Standalone and distributed exports of the model trained on 3 PS shards (tests/serving_fixtures.py):
+predictions equal Estimator.predict in a fresh process that imports TensorFlow only; tables, signatures,
+warmup files, versions and bad checkpoints."""
 from __future__ import annotations
 
 import json
@@ -12,15 +13,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.tiny_models import ServingDNN, make_batches, monolith_examples
-from worker.entry import SgdOptimizer
-from worker.estimator import Estimator
-from worker.export.checkpoint_reader import CheckpointReader, ExportCheckpointError
-from worker.export.saved_model_exporters import DistributedExporter, StandaloneExporter
-from worker.export.warmup import WARMUP_FILE, decode_warmup_file, read_warmup_file
-from worker.run_config import RunConfig
+from ps.errors import CheckpointError
+from services.export_layout import WARMUP_FILE
+from tests.serving_fixtures import SERVING_SHARDS, STEPS
+from tests.tiny_models import ServingDNN
+from worker.export.checkpoint_reader import CheckpointReader
+from worker.export.saved_model_exporters import StandaloneExporter
+from worker.export.warmup import decode_warmup_file, read_warmup_file
 
-pytestmark = pytest.mark.slow
+# the first test to use the session fixtures (training on 3 shards, exports) also pays for them
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 _FRESH = textwrap.dedent("""
     import json, sys
@@ -38,22 +40,19 @@ _FRESH = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("model"))
-    est = Estimator(ServingDNN(SgdOptimizer(0.3)), RunConfig(model_dir=model_dir, save_checkpoints_steps=20))
-    est.train(40)
-    preds = list(est.predict())
-    est.close()
-    examples = [e for b in make_batches() for e in monolith_examples(b)]
-    return model_dir, preds, examples
+def trained(trained_on_3_shards):
+    return trained_on_3_shards.model_dir, trained_on_3_shards.reference, trained_on_3_shards.examples
+
+
+def _exporter(model_dir: str, base) -> StandaloneExporter:
+    return StandaloneExporter(ServingDNN(), model_dir, str(base), global_step_as_timestamp=True, warmup_records=128,
+                              model_name="m")
 
 
 @pytest.fixture(scope="module")
 def standalone(trained, tmp_path_factory):
     """One standalone export (warmup requests for model "m") shared by the tests that only read it."""
-    base = tmp_path_factory.mktemp("standalone")
-    return StandaloneExporter(ServingDNN(), trained[0], str(base), warmup_records=128,
-                              model_name="m").export_saved_model().decode()
+    return _exporter(trained[0], tmp_path_factory.mktemp("standalone")).export_saved_model().decode()
 
 
 def test_standalone_export_predicts_like_the_estimator_in_a_tensorflow_only_process(trained, standalone, tmp_path):
@@ -109,30 +108,33 @@ def test_warmup_file_is_tf_serving_format(standalone):
     assert len(text) == len(logs) and "string_val: ..." in text[0] and "\\" not in text[0]
 
 
-def test_existing_version_is_never_overwritten(trained, tmp_path):
+def test_existing_version_is_never_overwritten(trained, standalone):
     model_dir, _, _ = trained
-    exporter = StandaloneExporter(ServingDNN(), model_dir, str(tmp_path), global_step_as_timestamp=True, warmup=False)
-    first = exporter.export_saved_model().decode()
-    assert os.path.basename(first) == "40"
-    marker = os.path.join(first, "marker")
+    base = os.path.dirname(standalone)
+    assert os.path.basename(standalone) == str(STEPS[-1])        # global_step_as_timestamp
+    marker = os.path.join(standalone, "marker")
     open(marker, "w").close()
-    assert exporter.export_saved_model().decode() == first and os.path.exists(marker)
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+    try:
+        assert _exporter(model_dir, base).export_saved_model().decode() == standalone and os.path.exists(marker)
+    finally:
+        os.remove(marker)
+    assert [p for p in os.listdir(base) if p.startswith(".")] == []
 
 
-def test_distributed_export_reshards_rows(trained, tmp_path):
+def test_distributed_export_reshards_rows(trained, distributed_export):
+    """Checkpoint of 3 training shards, export for 2 serving shards: each holds exactly the ids it owns."""
     model_dir, _, examples = trained
-    out = DistributedExporter(ServingDNN(), model_dir, str(tmp_path), num_serving_shards=3,
-                              global_step_as_timestamp=True).export_saved_model()
-    assert sorted(out) == ["entry", "ps_0", "ps_1", "ps_2"] and out["entry"].decode().endswith("entry/40")
+    out = distributed_export
+    m = SERVING_SHARDS
+    assert sorted(out) == ["entry", *(f"ps_{i}" for i in range(m))] and out["entry"].endswith(f"entry/{STEPS[-1]}")
     reader = CheckpointReader.open(model_dir)
     all_ids, all_values = reader.table_rows("f1")
     seen = []
-    for i in range(3):
-        shard = tf.saved_model.load(out[f"ps_{i}"].decode())
+    for i in range(m):
+        shard = tf.saved_model.load(out[f"ps_{i}"])
         assert {"lookup", "raw_lookup", "hashtable_assign"} <= set(shard.signatures)
         ids = shard.tables.by_name["f1"].ids.numpy() if hasattr(shard, "tables") else None
-        assert ids is not None and (np.mod(ids, 3) == i).all()
+        assert ids is not None and (np.mod(ids, m) == i).all()
         seen.extend(ids.tolist())
         raw = shard.signatures["raw_lookup"](id=tf.constant(np.concatenate([ids[:1], ids[:2]])),
                                              id_split=tf.constant([0, 1, 3], tf.int64))["flat_emb"].numpy()
@@ -141,7 +143,7 @@ def test_distributed_export_reshards_rows(trained, tmp_path):
         want_f1 = all_values[[list(all_ids).index(x) for x in ids[:2]]]
         np.testing.assert_array_equal(raw, np.concatenate([want_f0, want_f1.reshape(-1)]))
     assert sorted(seen) == sorted(all_ids.tolist())
-    entry = tf.saved_model.load(out["entry"].decode())
+    entry = tf.saved_model.load(out["entry"])
     ids = entry.signatures["embedding_ids"](examples=tf.constant(examples[:5]))
     assert {k for k in ids if k.startswith("ids__")} == {"ids__f0", "ids__f1"}
     assert {"feat__f2__values", "feat__f2__splits", "feat__label", "pos__f2"} <= set(ids)
@@ -149,14 +151,14 @@ def test_distributed_export_reshards_rows(trained, tmp_path):
 
 def test_bad_checkpoints_get_clear_errors(trained, tmp_path):
     model_dir, _, _ = trained
-    with pytest.raises(ExportCheckpointError, match="no complete checkpoint"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
         StandaloneExporter(ServingDNN(), str(tmp_path / "empty"), str(tmp_path / "e")).export_saved_model()
     broken = tmp_path / "broken"
     os.system(f"cp -r {model_dir} {broken}")
     latest = sorted(p for p in os.listdir(broken) if p.startswith("ckpt-"))[-1]
-    chunk = next((broken / latest / "tables" / "f1").glob("rows-*.bin"))
+    chunk = next((broken / latest).glob("shard-0-of-*/t*/rows-00000.bin"))
     chunk.write_bytes(chunk.read_bytes()[:-7])
-    with pytest.raises(ExportCheckpointError, match="rows-00000.bin"):
+    with pytest.raises(CheckpointError, match=f"{chunk.parent}"):
         StandaloneExporter(ServingDNN(), str(broken), str(tmp_path / "e")).export_saved_model(
             checkpoint_path=str(broken / latest))
     assert not (tmp_path / "e").exists() or not [p for p in os.listdir(tmp_path / "e") if not p.startswith(".")]

@@ -95,12 +95,14 @@ def test_no_import_runs_upward():
 def test_every_unit_has_a_rule_and_roles_are_folders():
     units = {unit_of(module_of(p)) for p in project_files()}
     assert units <= set(ALLOWED), units - set(ALLOWED)
-    for role in ("ps", "worker", "dispatcher", "services", "launch"):
+    for role in ("ps", "worker", "dispatcher", "serving", "services", "launch"):
         assert (REPO / role / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize("src, dst", [("services", "ps"), ("ps.store", "ps.service"), ("ps.client", "ps.store"),
                                       ("ps.service", "ps.client"), ("worker.modeling", "worker.runtime"),
-                                      ("ps", "worker"), ("serving", "worker.runtime"), ("worker.runtime", "launch")])
+                                      ("ps", "worker"), ("serving", "worker.runtime"), ("worker.runtime", "launch"),
+                                      ("serving", "worker"), ("serving", "worker.export"), ("ps", "serving"),
+                                      ("worker.export", "serving"), ("services", "serving")])
 def test_the_rules_forbid_upward_arrows(src, dst):
     assert not allowed(src, dst)

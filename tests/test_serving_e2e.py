@@ -1,8 +1,10 @@
-"""End to end: a model trained on 3 PS shards, exported standalone and distributed (2 serving PS shards),
-served by `monolith serve` and queried with TF Serving's own `PredictionServiceStub`; version switches
-under load; every bad input gets its status code and the servers keep answering."""
+"""End to end: the model trained on 3 PS shards (tests/serving_fixtures.py), exported standalone and
+distributed (2 serving PS shards), served by `monolith serve` and queried with TF Serving's own
+`PredictionServiceStub`; version switches under load; every bad input gets its status code and the
+servers keep answering; the Prometheus endpoint counts it all."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -23,24 +25,23 @@ from tensorflow_serving.apis import (
 
 from protos import ps_pb2, ps_pb2_grpc
 from tests.processes import ProcessGroup
-from tests.ps_cluster import start_cluster
-from tests.serving_cluster import start_serve, start_serve_ps, wait_address
-from tests.tiny_models import ServingDNN, make_batches, monolith_examples
-from worker.entry import SgdOptimizer
-from worker.estimator import Estimator
-from worker.export.saved_model_exporters import DistributedExporter, StandaloneExporter
-from worker.run_config import RunConfig
+from tests.serving_cluster import metrics_address, start_serve, start_serve_ps, wait_address
+from tests.serving_fixtures import SERVING_SHARDS, STEPS
+from tests.tiny_models import ServingDNN
+from worker.export.saved_model_exporters import StandaloneExporter
 
-pytestmark = pytest.mark.slow
-STEPS = (10, 20, 30, 40)
+# the first test to use the session fixtures (training on 3 shards, exports) also pays for them
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+REQUEST_ROWS = 128
 
 
 class Cluster:
-    def __init__(self, tmp) -> None:
+    def __init__(self, tmp, trained) -> None:
         self.group = ProcessGroup()
-        self.model_dir = str(tmp / "model")
-        self.standalone_base, self.dist_base = str(tmp / "standalone"), str(tmp / "distributed")
-        self.examples = [e for b in make_batches()[:4] for e in monolith_examples(b)]
+        self.model_dir = trained.model_dir
+        self.standalone_base = str(tmp / "standalone")
+        self.examples = trained.examples[:REQUEST_ROWS]
+        self.reference = trained.reference[:REQUEST_ROWS]
 
     def standalone(self, step: int) -> str:
         return StandaloneExporter(ServingDNN(), self.model_dir, self.standalone_base, global_step_as_timestamp=True,
@@ -49,28 +50,19 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("serving"))
+def cluster(tmp_path_factory, trained_on_3_shards, distributed_export):
+    c = Cluster(tmp_path_factory.mktemp("serving"), trained_on_3_shards)
+    dist_base = os.path.dirname(os.path.dirname(distributed_export["entry"]))
     try:
-        shards = start_cluster(c.group, 3)
-        est = Estimator(ServingDNN(SgdOptimizer(0.3)),
-                        RunConfig(model_dir=c.model_dir, ps_addresses=[s.address for s in shards]))
-        for step in STEPS:
-            est.train(step)
-            est.save(step)
-        c.reference = list(est.predict())[:len(c.examples)]
-        est.close()
-        for s in shards:
-            c.group.stop(s.proc)
-        dist = DistributedExporter(ServingDNN(), c.model_dir, c.dist_base, num_serving_shards=2,
-                                   global_step_as_timestamp=True, warmup_records=64).export_saved_model()
         c.standalone(STEPS[0])
-        c.serve_ps = [start_serve_ps(c.group, dist[f"ps_{i}"].decode()) for i in range(2)]
-        standalone = start_serve(c.group, c.standalone_base, "--max-request-mb", "1")
+        c.serve_ps = [start_serve_ps(c.group, distributed_export[f"ps_{i}"]) for i in range(SERVING_SHARDS)]
+        standalone = start_serve(c.group, c.standalone_base, "--max-request-mb", "1", "--max-batch-size",
+                                 str(len(c.examples)))
         c.ps_addresses = [wait_address(c.group, p) for p in c.serve_ps]
-        distributed = start_serve(c.group, c.dist_base, "--ps-addresses", ",".join(c.ps_addresses),
+        distributed = start_serve(c.group, dist_base, "--ps-addresses", ",".join(c.ps_addresses),
                                   "--ps-timeout-s", "2")
         c.standalone_address, c.dist_address = wait_address(c.group, standalone), wait_address(c.group, distributed)
+        c.standalone_metrics = metrics_address(c.group, standalone)
         yield c
     finally:
         c.group.close()
@@ -108,6 +100,7 @@ def test_version_switch_under_load(cluster):
                 seen.append(stub.Predict(_request(cluster.examples[:16]), timeout=30).model_spec.version.value)
             except grpc.RpcError as exc:
                 failures.append(exc)
+            time.sleep(0.01)  # steady traffic that leaves the exporter (same cores) room to work
 
     threads = [threading.Thread(target=client) for _ in range(2)]
     for t in threads:
@@ -188,12 +181,33 @@ def _bad_requests(examples):
          grpc.StatusCode.INVALID_ARGUMENT, "expects shape [?], got [1, 2]"),
         ("undecodable", _request([b"\xff\xff\xff\x01garbage"]), grpc.StatusCode.INVALID_ARGUMENT, "signature"),
         ("oversized", _request([b"x" * (2 << 20)]), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        ("batch too large", _request((examples * (len(examples) + 1))[:len(examples) + 1]),
+         grpc.StatusCode.INVALID_ARGUMENT, f"batch of {len(examples) + 1} rows is above the server's "
+                                           f"--max-batch-size {len(examples)}"),
     ]
 
 
+def _scrape(address: str) -> dict[tuple[str, tuple], float]:
+    """One real scrape of a Prometheus endpoint: {(sample name, sorted labels): value}."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(f"http://{address}/metrics", timeout=30).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _predicts(samples, code: str) -> float:
+    return samples.get(("monolith_serving_requests_total",
+                        (("code", code), ("method", "Predict"), ("model", "default"))), 0.0)
+
+
 def test_bad_inputs_get_their_status_and_the_server_keeps_answering(cluster):
+    """Also what `/metrics` says about it: requests and errors by code, the latency histogram, the version."""
     stub = _stub(cluster.standalone_address)
-    cases = _bad_requests(cluster.examples[:2])
+    before = _scrape(cluster.standalone_metrics)
+    cases = _bad_requests(cluster.examples)
     filtered = _request(cluster.examples[:2])
     filtered.output_filter.append("nope")
     cases.append(("unknown output", filtered, grpc.StatusCode.INVALID_ARGUMENT, "output_filter ['nope']"))
@@ -212,7 +226,17 @@ def test_bad_inputs_get_their_status_and_the_server_keeps_answering(cluster):
         stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec={"name": "default"}, metadata_field=["nope"]), timeout=30)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert stub.Predict(_request(cluster.examples[:2]), timeout=30).outputs["ctr"].dtype
+    served = stub.Predict(_request(cluster.examples[:2]), timeout=30)
+    after = _scrape(cluster.standalone_metrics)
+    # every case reached the handler except the oversized one (gRPC refuses it before any handler runs)
+    grew = {code: _predicts(after, code) - _predicts(before, code) for code in ("OK", "NOT_FOUND", "INVALID_ARGUMENT")}
+    invalid = sum(c == grpc.StatusCode.INVALID_ARGUMENT for _, _, c, _ in cases) + 1  # + the raw garbage bytes
+    assert grew == {"OK": len(cases) + 1, "NOT_FOUND": 3, "INVALID_ARGUMENT": invalid}, grew
+    latency = ("monolith_serving_request_seconds_count", (("method", "Predict"), ("model", "default")))
+    answered = sum(v for (name, labels), v in after.items()
+                   if name == "monolith_serving_requests_total" and ("method", "Predict") in labels)
+    assert after[latency] == answered and after[latency] - before.get(latency, 0) == sum(grew.values())
+    assert after[("monolith_serving_model_version", (("model", "default"),))] == served.model_spec.version.value
 
 
 def test_serving_ps_is_read_only(cluster):

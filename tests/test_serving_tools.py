@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ps.server import serve
+from ps.config import ServerConfig
+from ps.service.server import serve
 from serving import demo_predictor, demo_predictor_client
 from serving.model_versions import ModelVersions
 from serving.prediction_service import PredictionServer
@@ -35,9 +36,9 @@ def served(tmp_path_factory):
     assert versions.refresh() == [1]
     stop, ready = threading.Event(), threading.Event()
     port = []
-    thread = threading.Thread(target=serve, args=([h for h in PredictionServer(versions).handlers()],
-                                                  "127.0.0.1:0"),
-                              kwargs=dict(stop=stop, on_ready=lambda p: (port.append(p), ready.set()), grace_s=1))
+    thread = threading.Thread(target=serve, args=(PredictionServer(versions).handlers(),
+                                                  ServerConfig(port=0, grace_s=1)),
+                              kwargs=dict(stop=stop, on_ready=lambda p: (port.append(p), ready.set())))
     thread.start()
     assert ready.wait(60)
     try:
@@ -80,7 +81,7 @@ def test_saved_model_graph_for_tensorboard(served, tmp_path):
 
 
 def test_warmup_cli_generates_and_decodes(tmp_path, capsys):
-    from services.cli import main
+    from launch.cli import main
 
     out = tmp_path / "warmup"
     assert main(["warmup", "gen", "--output-path", str(out), "--variant-type", "instance", "--fidv1-slots", "1,2",

@@ -113,7 +113,7 @@ class ServingDNN(TinyDNN):
     Monolith `Example`s."""
 
     def model_fn(self, features, mode):
-        from worker.entry import RandomUniformInitializer
+        from worker.model import RandomUniformInitializer
 
         self.create_embedding_feature_column("f0")
         self.create_embedding_feature_column("f1")
@@ -138,7 +138,7 @@ class ServingDNN(TinyDNN):
                              optimizer=tf.keras.optimizers.Adagrad(0.1))
 
     def serving_input_receiver_fn(self):
-        from worker.monolith_inputs import parse_examples
+        from worker.modeling.monolith_inputs import parse_examples
 
         return ({"examples": tf.TensorSpec([None], tf.string)},
                 lambda inputs: parse_examples(inputs["examples"], FEATURES, with_label=True))

@@ -96,7 +96,7 @@ def _metric_hooks(model, port: int) -> list:
 
 def _export_listener(args: argparse.Namespace):
     from worker.export.export_hooks import ExportSaverListener
-    from worker.export.export_main import exporter_for
+    from worker.export_main import exporter_for
 
     model = load_model_class(args.model)()  # the exporter traces its own copy of the model
     exporter = exporter_for(model, args.model_dir, args.export_base, args.export_mode, args.num_serving_shards,

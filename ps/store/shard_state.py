@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,10 +252,12 @@ class ShardState:
         return {"rows": {name: int(t.size) for name, t in tables.items()}, "dense": sorted(dense),
                 "global_step": int(meta["global_step"])}
 
-    def restore(self, checkpoint_path: str) -> dict[str, Any]:
-        """Load exactly the ids (and dense variables) this shard owns from a checkpoint of any shard count."""
+    def restore(self, checkpoint_path: str, tables: Collection[str] | None = None) -> dict[str, Any]:
+        """Load exactly the ids (and dense variables) this shard owns from a checkpoint of any shard count;
+        with `tables`, only those tables (an exporter reading the dense values alone passes none)."""
         path = Path(checkpoint_path)
         manifest = ckpt.read_meta(path, "checkpoint manifest")
+        wanted = _tables_wanted(path, manifest["tables"], tables)
         n, m, k = manifest["num_shards"], self.num_shards, self.shard_index
         metas: dict[int, dict[str, Any]] = {}
 
@@ -266,7 +269,7 @@ class ShardState:
         # Old shard j holds ids ≡ j (mod n); some of them are ≡ k (mod m) only if j ≡ k (mod gcd(n, m)).
         sources = [j for j in range(n) if (j - k) % math.gcd(n, m) == 0]
         new_tables: dict[str, EmbeddingTable] = {}
-        for name, config in manifest["tables"].items():
+        for name, config in wanted.items():
             table = EmbeddingTable.from_dict(config)
             for j in sources:
                 entry = meta(j)["tables"].get(name)
@@ -294,3 +297,13 @@ class ShardState:
                  {name: t.size for name, t in new_tables.items()})
         return {"rows": {name: int(t.size) for name, t in new_tables.items()}, "dense": sorted(new_dense),
                 "global_step": int(manifest["global_step"])}
+
+
+def _tables_wanted(path: Path, configs: dict[str, Any], tables: Collection[str] | None) -> dict[str, Any]:
+    """The manifest's table configs to restore: all of them, or exactly `tables` (each must exist)."""
+    if tables is None:
+        return configs
+    unknown = sorted(set(tables) - set(configs))
+    if unknown:
+        raise PSNotFound(f"checkpoint {path} has no tables {unknown} (has {sorted(configs)})")
+    return {name: config for name, config in configs.items() if name in tables}

@@ -315,6 +315,12 @@ class EmbeddingTable:
             return dest
         return to_float16(dest, out)
 
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every stored id and its row, in row order: the whole table out of the store (an export)."""
+        with self._lock.read():
+            n = self._store.size
+            return self._store.ids[:n].copy(), self._store.values[:n].copy()
+
     def contains(self, ids) -> np.ndarray:
         ids = _as_ids(ids)
         with self._lock.read():

@@ -19,9 +19,8 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from services.export_layout import ENTRY
 from worker.export.monolith_export import monolith_export
-
-ENTRY = "entry"
 
 
 @monolith_export

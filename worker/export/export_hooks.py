@@ -15,12 +15,17 @@ import time
 from pathlib import Path
 
 from protos.export_pb2 import ServingEntry
-from worker.export.checkpoint_reader import checkpoint_steps
+from ps.persist.checkpoint import complete_checkpoints
 from worker.export.export_state import get_export_saver_listener_state, overwrite_export_saver_listener_state
 
 log = logging.getLogger(__name__)
 
 _STEP = re.compile(r"ckpt-(\d+)$")
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> set[int]:
+    """Steps of the complete checkpoints under `model_dir`."""
+    return {step for step, _path in complete_checkpoints(model_dir)}
 
 
 def get_global_step(checkpoint_path: str) -> int:
@@ -65,9 +70,9 @@ class ExportSaverListener:
     def _maybe_delete_old_entries(self, export_dir: str) -> None:
         base = os.path.dirname(export_dir.rstrip("/"))
         state = get_export_saver_listener_state(base)
-        existing = set(checkpoint_steps(self._save_path)) | self._exempt_checkpoint_steps
+        existing = checkpoint_steps(self._save_path) | self._exempt_checkpoint_steps
         if self._dense_only:
-            existing |= set(checkpoint_steps(Path(base).parent.parent))
+            existing |= checkpoint_steps(Path(base).parent.parent)
         kept = [e for e in state.entries if e.global_step in existing]
         for entry in state.entries:
             if entry.global_step not in existing:

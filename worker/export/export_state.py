@@ -7,6 +7,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from protos.export_pb2 import ServingModelState
+from ps.persist.atomic_files import fsync_dir, write_file_synced
 
 STATE_FILE = "ExportSaverListenerState"
 
@@ -24,13 +25,10 @@ def get_export_saver_listener_state(export_dir_base: str | os.PathLike) -> Servi
 
 
 def overwrite_export_saver_listener_state(export_dir_base: str | os.PathLike, state: ServingModelState) -> None:
-    """Write to `<file>-tmp`, fsync, rename over the file."""
+    """Write to `<file>-tmp` (synced), rename over the file, sync the directory."""
     base = Path(export_dir_base)
     base.mkdir(parents=True, exist_ok=True)
-    path = base / STATE_FILE
     tmp = base / f"{STATE_FILE}-tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text_format.MessageToString(state))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_file_synced(tmp, text_format.MessageToString(state).encode())
+    os.replace(tmp, base / STATE_FILE)
+    fsync_dir(base)

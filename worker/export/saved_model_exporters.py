@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ps.store.shard_state import ShardState
+from services.export_layout import ASSETS_EXTRA, ENTRY, ENTRY_META, PS_SHARD_DIR, WARMUP_FILE, ps_sub_model
 from worker.export import export_context
 from worker.export.checkpoint_reader import CheckpointReader
-from worker.export.export_context import ENTRY, ExportContext, ExportMode
-from worker.export.exported_tables import ServingTable, ServingTables, signature_key
+from worker.export.export_context import ExportContext, ExportMode
+from worker.export.exported_tables import ServingTable, ServingTables
 from worker.export.serving_graph import ServingGraph, ids_key, rows_key
-from worker.export.warmup import ASSETS_EXTRA, DEFAULT_MAX_RECORDS, WARMUP_FILE, gen_prediction_log, write_warmup_file
+from worker.export.warmup import DEFAULT_MAX_RECORDS, gen_prediction_log, write_warmup_file
 
 log = logging.getLogger(__name__)
 
-PS_SHARD_DIR = "ps_shard"       # under assets.extra/ of a ps_<i> export: rows for `monolith serve-ps`
-PS_SHARD_META = "shard.json"
 
 
 def _context_signatures(ctx: ExportContext, graph: str) -> dict:
@@ -93,17 +93,22 @@ class BaseExporter:
     def _version(self, checkpoint: CheckpointReader) -> str:
         return str(checkpoint.global_step) if self.global_step_as_timestamp else str(int(time.time()))
 
-    def _tables(self, graph: ServingGraph, checkpoint: CheckpointReader, shard=None) -> ServingTables:
-        tables = {}
+    def _rows(self, graph: ServingGraph, checkpoint: CheckpointReader, shard: tuple[int, int] = (0, 1)
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 rows) of every table the model reads that serving shard `shard` owns (rounded to
+        float16 precision when exporting float16, so every copy of the rows holds the same values)."""
+        state = checkpoint.shard(*shard, tables=graph.discovery.tables)
+        out = {}
         for t in graph.discovery.tables:
-            ids, values = checkpoint.table_rows(t, shard)
-            if values.shape[1] != graph.table_dims[t]:
-                raise ValueError(f"table {t!r}: checkpoint rows have dim {values.shape[1]}, "
-                                 f"config {graph.table_dims[t]}")
+            ids, values = state.table(t).items()
             if self.float16:
                 values = values.astype(np.float16).astype(np.float32)
-            tables[t] = ServingTable(t, ids, values, float16=self.float16)
-        return ServingTables(tables)
+            out[t] = (ids, values)
+        return out
+
+    def _tables(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> ServingTables:
+        return ServingTables({t: ServingTable(t, ids, values, float16=self.float16)
+                              for t, (ids, values) in rows.items()})
 
     def _warmup_assets(self, graph: ServingGraph, model_name: str) -> dict[str, bytes | Path]:
         """The warmup file: `warmup_file` when it exists, else generated (and written there when given)."""
@@ -127,18 +132,22 @@ class BaseExporter:
                 target.unlink(missing_ok=True)
         return {WARMUP_FILE: content}
 
-    def _prepare(self, checkpoint_path: str | None) -> tuple[CheckpointReader, ServingGraph]:
+    def _open(self, checkpoint_path: str | None) -> CheckpointReader:
         step = None
         if checkpoint_path is not None:
             name = Path(checkpoint_path).name
             if not name.startswith("ckpt-") or not name[5:].isdigit():
                 raise ValueError(f"checkpoint path must end in ckpt-<step>, got {checkpoint_path!r}")
             step = int(name[5:])
-        checkpoint = CheckpointReader.open(self.model_dir, step)
+        return CheckpointReader.open(self.model_dir, step)
+
+    def _graph(self, checkpoint: CheckpointReader) -> ServingGraph:
+        """The model traced for serving with the checkpoint's dense values (the expensive part: only once the
+        version is known to be new)."""
         graph = ServingGraph(self.model, {t: checkpoint.dim(t) for t in checkpoint.tables})
         graph.assign_dense(checkpoint.dense_values())
         log.info("exporting checkpoint %s (global step %d)", checkpoint.path, checkpoint.global_step)
-        return checkpoint, graph
+        return graph
 
     def export_saved_model(self, serving_input_receiver_fn=None, checkpoint_path: str | None = None):
         raise NotImplementedError
@@ -150,13 +159,14 @@ class StandaloneExporter(BaseExporter):
     def export_saved_model(self, serving_input_receiver_fn=None, checkpoint_path: str | None = None) -> bytes:
         """Export one checkpoint (the latest by default); returns the version directory (bytes, as the seed)."""
         with export_context.enter_export_mode(ExportMode.STANDALONE) as ctx, _without_tf_config():
-            checkpoint, graph = self._prepare(checkpoint_path)
+            checkpoint = self._open(checkpoint_path)
             final = self.export_dir_base / self._version(checkpoint)
             if final.exists():
                 log.warning("export %s exists: skipped", final)
                 return str(final).encode()
+            graph = self._graph(checkpoint)
             root = tf.Module()
-            root.tables = self._tables(graph, checkpoint)
+            root.tables = self._tables(self._rows(graph, checkpoint))
             root.dense = list(graph.reuse.variables)
             signatures = {name: graph.standalone_function(name, lambda t, ids: root.tables.by_name[t].lookup(ids))
                           for name in graph.signatures()}
@@ -185,16 +195,17 @@ class DistributedExporter(BaseExporter):
         """Export every serving shard, then the entry; returns {sub-model: version directory}."""
         ctx = ExportContext(with_remote_gpu=self.with_remote_gpu)
         with export_context.enter_export_mode(ExportMode.DISTRIBUTED, ctx), _without_tf_config():
-            checkpoint, graph = self._prepare(checkpoint_path)
+            checkpoint = self._open(checkpoint_path)
             version = self._version(checkpoint)
             entry_final = self.export_dir_base / ENTRY / version
             if entry_final.exists():
                 log.warning("export %s exists: skipped", entry_final)
                 return {ENTRY: str(entry_final).encode()}
+            graph = self._graph(checkpoint)
             out = {}
             m = self.num_serving_shards
             for i in range(m):
-                out[f"ps_{i}"] = str(self._export_shard(ctx, graph, checkpoint, i, version)).encode()
+                out[ps_sub_model(i)] = str(self._export_shard(ctx, graph, checkpoint, i, version)).encode()
             root = tf.Module()
             root.dense = list(graph.reuse.variables)
             signatures = {"embedding_ids": graph.ids_function()}
@@ -205,7 +216,7 @@ class DistributedExporter(BaseExporter):
                                for t in graph.discovery.tables},
                     "serving_signatures": graph.signatures(), "inputs": sorted(graph.input_specs),
                     "version": version, "global_step": checkpoint.global_step}
-            assets = {"entry.json": json.dumps(meta, indent=1).encode()}
+            assets: dict[str, bytes | Path] = {ENTRY_META: json.dumps(meta, indent=1).encode()}
             assets.update(self._warmup_assets(graph, self.model_name or ENTRY))
             _save(root, signatures, entry_final, assets)
             out[ENTRY] = str(entry_final).encode()
@@ -214,31 +225,20 @@ class DistributedExporter(BaseExporter):
 
     def _export_shard(self, ctx: ExportContext, graph: ServingGraph, checkpoint: CheckpointReader, i: int,
                       version: str) -> Path:
-        from ps.table import EmbeddingTable
-
         m = self.num_serving_shards
-        final = self.export_dir_base / f"ps_{i}" / version
+        final = self.export_dir_base / ps_sub_model(i) / version
         if final.exists():
             log.warning("export %s exists: kept", final)
             return final
+        rows = self._rows(graph, checkpoint, shard=(i, m))
         root = tf.Module()
-        root.tables = self._tables(graph, checkpoint, shard=(i, m))
+        root.tables = self._tables(rows)
         signatures = {"lookup": root.tables.lookup_function(), "raw_lookup": root.tables.raw_lookup_function(),
                       "hashtable_assign": root.tables.assign_function()}
-        signatures.update(_context_signatures(ctx, f"ps_{i}"))
+        signatures.update(_context_signatures(ctx, ps_sub_model(i)))
         staging = self.export_dir_base / f".rows-ps_{i}-{uuid.uuid4().hex[:8]}"
         try:
-            meta = {"shard_index": i, "num_shards": m, "version": version, "global_step": checkpoint.global_step,
-                    "tables": {}}
-            for t, table in root.tables.by_name.items():
-                store = EmbeddingTable.from_dict(serving_table_config(table.dim))
-                ids = table.ids.numpy()
-                if ids.size:
-                    store.assign(ids, table.rows.numpy().astype(np.float32))
-                sub = signature_key(t)
-                store.save(staging / sub)
-                meta["tables"][t] = {"dir": sub, "dim": table.dim, "rows": int(ids.size)}
-            (staging / PS_SHARD_META).write_text(json.dumps(meta, indent=1))
+            serving_shard(rows, i, m).save(str(staging), checkpoint.global_step)
             _save(root, signatures, final, {PS_SHARD_DIR: staging})
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -246,8 +246,19 @@ class DistributedExporter(BaseExporter):
 
 
 def serving_table_config(dim: int) -> dict:
-    """The store config of a serving copy: rows only (no optimizer state), never updated by training."""
+    """The store config of a serving copy: rows only (no optimizer state), never trained."""
     return {"dim": int(dim), "initializer": {"type": "zeros"}, "optimizer": {"type": "sgd", "learning_rate": 0.0}}
+
+
+def serving_shard(rows: dict[str, tuple[np.ndarray, np.ndarray]], index: int, num_shards: int) -> ShardState:
+    """The store of serving PS shard `index` of `num_shards` holding `rows`: saved with `ShardState.save` into
+    the export, restored by `monolith serve-ps` with `ShardState.restore_own_part`."""
+    state = ShardState(index, num_shards)
+    for t, (ids, values) in rows.items():
+        table, _ = state.create_table(t, serving_table_config(values.shape[1]))
+        if ids.size:
+            table.assign(ids, values)
+    return state
 
 
 class _without_tf_config:

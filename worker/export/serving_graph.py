@@ -18,12 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from services.sample_gen import ParserArgs
-from worker import monolith_inputs
-from worker.estimator_spec import ModeKeys
 from worker.export.exported_tables import check_keys, signature_key
-from worker.lookup_inputs import LookupInputs, lookup_inputs
-from worker.native_task_context import NativeTaskContext, with_ctx
-from worker.variable_reuse import VariableReuse
+from worker.modeling import monolith_inputs
+from worker.modeling.estimator_spec import ModeKeys
+from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
+from worker.modeling.task_context import NativeTaskContext, with_ctx
+from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,6 @@ from services.sample_gen import DenseFeature, ParserArgs, gen_serialized
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-ASSETS_EXTRA = "assets.extra"
 DEFAULT_MAX_RECORDS = 256
 
 _DTYPES = {"float": tf.float32, "float32": tf.float32, "double": tf.float64, "float64": tf.float64,
@@ -40,8 +38,10 @@ def tf_dtype(name: str) -> tf.DType:
         raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPES)}") from None
 
 
-def _request(model_name: str, signature: str, input_name: str, serialized: list[bytes],
+def _request(model_name: str, signature: str, input_name: str | None, serialized: list[bytes],
              output_filter: Iterable[str] = ()) -> prediction_log_pb2.PredictionLog:
+    if input_name is None:
+        raise ValueError("ParserArgs.input_name is not set")
     req = predict_pb2.PredictRequest()
     req.model_spec.name = model_name
     req.model_spec.signature_name = signature

@@ -73,7 +73,7 @@ class MovieRankingModel(MonolithModel):
 
     def serving_input_receiver_fn(self):
         """Served from serialized Monolith `Example`s, parsed in the graph with core TF ops."""
-        from worker.monolith_inputs import parse_examples
+        from worker.modeling.monolith_inputs import parse_examples
 
         return ({"examples": tf.TensorSpec([None], tf.string)},
                 lambda inputs: parse_examples(inputs["examples"], FEATURES, with_label=True))

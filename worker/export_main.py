@@ -38,17 +38,20 @@ def exporter_for(model, model_dir: str, export_base: str, mode: str, num_serving
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("export", 0)
-    from worker.export.checkpoint_reader import ExportCheckpointError
     from worker.train_main import load_model_class
 
-    model = load_model_class(args.model)()
+    try:
+        model = load_model_class(args.model)()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     exporter = exporter_for(model, args.model_dir, args.export_base, args.mode, args.num_serving_shards,
                             float16=args.float16, global_step_as_timestamp=args.global_step_as_timestamp,
                             warmup_file=args.warmup_file, warmup=not args.no_warmup)
     checkpoint = os.path.join(args.model_dir, f"ckpt-{args.checkpoint}") if args.checkpoint is not None else None
     try:
         result = exporter.export_saved_model(checkpoint_path=checkpoint)
-    except (ExportCheckpointError, ValueError) as exc:
+    except (ValueError, OSError) as exc:  # ps.errors.CheckpointError among them
         log.error("export failed: %s", exc)
         return 1
     dirs = result.values() if isinstance(result, dict) else [result]
