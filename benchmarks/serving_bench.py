@@ -46,8 +46,10 @@ def _echo_server(port_file: str, reply_bytes: int) -> None:
     handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
         "Predict": grpc.unary_unary_rpc_method_handler(lambda raw, ctx: reply, request_deserializer=None,
                                                        response_serializer=None)})
-    stop = threading.Event()
-    serve([handler], ServerConfig(port=0, threads=16), stop=stop, on_ready=lambda p: Path(port_file).write_text(str(p)))
+    def ready(port: int) -> None:
+        Path(port_file).write_text(str(port))
+
+    serve([handler], ServerConfig(port=0, threads=16), stop=threading.Event(), on_ready=ready)
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
