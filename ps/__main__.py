@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 from ps.config import SERVER_MODELS, ServerConfig
 from services import role_logging
+from services.signals import stop_on_signals
 
 log = logging.getLogger("ps.server")
 
@@ -84,13 +83,7 @@ def run(config: ServerConfig) -> int:
 
     tune_malloc()
     passive_kernel_threads()
-    stop = threading.Event()
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
 
     from ps.persist import checkpoint
     from ps.service import rpc_metrics

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
 
 from ps.config import ServerConfig
 from services import role_logging
 from services.export_layout import ENTRY
+from services.signals import stop_on_signals
 from serving.config import ServeConfig
 
 log = logging.getLogger("serving.server")
@@ -88,14 +87,7 @@ def run(config: ServeConfig) -> int:
     from serving.servable import Servable
     from serving.warmup_replay import replay
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     exit_hook.install("serve", 0)
     try:
         ps_client = _serving_ps(config)

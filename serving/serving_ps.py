@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +26,7 @@ from ps.service.servicer import ParameterServerServicer
 from ps.store.shard_state import ShardState
 from services import role_logging
 from services.export_layout import ASSETS_EXTRA, PS_SHARD_DIR
+from services.signals import stop_on_signals
 
 log = logging.getLogger("serving.ps")
 
@@ -138,14 +137,7 @@ def main(args: argparse.Namespace) -> int:
 
     tune_malloc()
     passive_kernel_threads()
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     try:
         state = load_shard(args.export_dir)
         config = ServerConfig(port=args.port, shard_index=state.shard_index, num_shards=state.num_shards,
