@@ -22,7 +22,7 @@ def _monolith(*args: str) -> list[str]:
 
 
 def export_and_serve(model: str, model_dir: str, num_examples: int = 4, timeout_s: float = 600.0) -> int:
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(repo))
     export_base = os.path.join(model_dir, "export")
     print(f"\n=== export and serve ===\nexporting the latest checkpoint to {export_base} ...", flush=True)
