@@ -21,8 +21,10 @@ class ServeConfig:
     """A Predict whose inputs hold more rows gets INVALID_ARGUMENT (the byte limit, RESOURCE_EXHAUSTED, is
     `server.max_message_bytes`)."""
     ps_timeout_s: float = 5.0
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0, threads=16, grace_s=5.0))
-    """The gRPC transport: port, host, threads, largest message, grace, metrics port."""
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0, threads=16, grace_s=5.0,
+                                                                      max_message_bytes=64 << 20))
+    """The gRPC transport: port, host, threads, largest request (larger ones get RESOURCE_EXHAUSTED), grace,
+    metrics port."""
 
     def __post_init__(self) -> None:
         problems = [

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-for-model-s", type=float, default=d.wait_for_model_s,
                         help="how long to wait for a first version")
     parser.add_argument("--threads", type=int, default=d.server.threads, help="RPC handler threads")
-    parser.add_argument("--max-request-mb", type=int, default=64, help="larger requests get RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-request-mb", type=int, default=d.server.max_message_bytes >> 20,
+                        help="larger requests get RESOURCE_EXHAUSTED")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                         help="requests with more input rows get INVALID_ARGUMENT")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")

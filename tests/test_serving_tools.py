@@ -89,3 +89,22 @@ def test_warmup_cli_generates_and_decodes(tmp_path, capsys):
     assert main(["warmup", "decode", "--file-name", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.count("--- request") == 2 and 'key: "instances"' in text and "string_val: ..." in text
+
+
+def test_serve_config_is_checked_where_the_flags_enter():
+    import argparse
+
+    from serving import serve_main
+    from serving.config import ServeConfig
+
+    parser = argparse.ArgumentParser()
+    serve_main.add_arguments(parser)
+    config = serve_main.config_of(parser.parse_args(["--export-base", "e", "--port", "0", "--ps-addresses",
+                                                     "h:1,h:2", "--max-batch-size", "16"]))
+    assert config.ps_addresses == ("h:1", "h:2") and config.max_batch_size == 16
+    assert config.server.max_message_bytes == ServeConfig(export_base="e").server.max_message_bytes  # one default
+    for flags, message in ((["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+                           (["--ps-addresses", "nohost"], "--ps-addresses must be host:port"),
+                           (["--keep-versions", "0"], "--keep-versions must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            serve_main.config_of(parser.parse_args(["--export-base", "e", "--port", "0", *flags]))
