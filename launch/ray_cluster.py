@@ -91,7 +91,7 @@ class RoleProcess:
 
 def _runtime_env() -> dict:
     """Actors import this checkout's code first, as the driver does (no-op for an installed package)."""
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
 
