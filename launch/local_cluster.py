@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
-from services import role_logging
+from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("local", 0)
+    try:  # every member inherits the TLS/token settings through its environment
+        transport_security.from_args_exported(args)
+    except transport_security.SecurityConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-local-"),
                              train_args_of(args), dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
                              log_prefix=not args.no_prefix, metrics=args.metrics)

@@ -22,7 +22,7 @@ from typing import Any
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
-from services import role_logging
+from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("ray-driver", 0)
+    try:  # handed to every actor's process through its environment
+        transport_security.from_args_exported(args)
+    except transport_security.SecurityConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return run_ray_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-ray-"),
                            train_args_of(args), address=args.address, num_cpus=args.num_cpus,
                            cpus_per_role=args.cpus_per_role, dataservice=args.dataservice,
@@ -136,7 +141,8 @@ def run_ray_cluster(
             host = layout[role][i][0]
             run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host,
                         *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
-            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id}
+            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id,
+                   **transport_security.TransportSecurity.from_environ().environ()}
             ray.get(actor.start.remote(env, run_args))
         return _watch(members, flag, out)
     finally:
