@@ -262,12 +262,12 @@ class _TokenGate(grpc.GenericRpcHandler):
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        presented = _presented_token(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        presented = _presented_token(handler_call_details.invocation_metadata)
         if presented is not None and hmac.compare_digest(presented.encode(), self._token):
             return handler
         reason = "missing-token" if presented is None else "wrong-token"
         REFUSALS.labels(self._server, reason).inc()
-        log.warning("%s: refused %s (%s)", self._server, handler_call_details.method, reason)  # type: ignore[attr-defined]
+        log.warning("%s: refused %s (%s)", self._server, handler_call_details.method, reason)
         return grpc.unary_unary_rpc_method_handler(_refuse(f"{self._server}: {reason.replace('-', ' ')}"),
                                                    request_deserializer=None, response_serializer=None)
 
