@@ -68,7 +68,7 @@ def test_mutual_tls_and_token_refusals(tls_shard, pki):
         "certificate from another CA": _security(pki, who="stranger"),
         "plaintext": TransportSecurity(token_file=pki["token"]),
     }
-    for what, security in refused.items():
+    for security in refused.values():
         with PSClient(addr, security=security, retries=1, timeout_s=5) as bad, pytest.raises(PSUnavailable):
             bad.assign("t", [3], np.full((1, 4), 7, np.float32))
     for what, security in {"no token": _security(pki, token=None), "wrong token": _security(pki, token="wrong")}.items():
