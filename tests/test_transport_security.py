@@ -71,7 +71,8 @@ def test_mutual_tls_and_token_refusals(tls_shard, pki):
     for security in refused.values():
         with PSClient(addr, security=security, retries=1, timeout_s=5) as bad, pytest.raises(PSUnavailable):
             bad.assign("t", [3], np.full((1, 4), 7, np.float32))
-    for what, security in {"no token": _security(pki, token=None), "wrong token": _security(pki, token="wrong")}.items():
+    tokenless = {"no token": _security(pki, token=None), "wrong token": _security(pki, token="wrong")}
+    for what, security in tokenless.items():
         with PSClient(addr, security=security, retries=1, timeout_s=5) as bad:
             with pytest.raises(PSUnauthenticated, match="token") as info:
                 bad.assign("t", [3], np.full((1, 4), 7, np.float32))
@@ -103,7 +104,8 @@ def test_job_status_port_with_mutual_tls_and_token(pki):
     from prometheus_client import REGISTRY
 
     def refusals(reason):
-        return REGISTRY.get_sample_value("monolith_auth_refusals_total", {"server": "job-status", "reason": reason}) or 0
+        labels = {"server": "job-status", "reason": reason}
+        return REGISTRY.get_sample_value("monolith_auth_refusals_total", labels) or 0
 
     port = free_port()
     server = StatusServer(port, "127.0.0.1", security=_security(pki, "server"))
