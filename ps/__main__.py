@@ -137,7 +137,7 @@ def run(config: ServerConfig, security: transport_security.TransportSecurity | N
     if config.metrics_port >= 0:
         bound = start_metrics_server(config.metrics_port, addr=config.host, security=security)
         metrics_note = f"{config.host}:{bound}"
-    servicer = ParameterServerServicer(state, config.server_model)
+    servicer = ParameterServerServicer(state, config.server_model, config.checkpoint_dir)
 
     def ready(port: int) -> None:
         log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s, transport=%s)",
