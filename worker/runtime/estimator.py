@@ -299,6 +299,7 @@ class Estimator:
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
         if step >= max_steps:
+            log.info("training from global step %d to %d: nothing left to train", step, max_steps)
             step = self._all_workers_done(max_steps, step)
             return {"global_step": step, "steps": 0, "examples": 0}
         dataset = self._distribute(dataset, ModeKeys.TRAIN)
