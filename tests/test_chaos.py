@@ -161,6 +161,7 @@ def _summary(model_dir) -> dict:
     return json.loads((model_dir / "summary.json").read_text())
 
 
+@pytest.mark.timeout(2 * JOB_TIMEOUT_S)  # two jobs side by side, one restarting its processes
 def test_job_survives_random_kills_with_nothing_but_uncheckpointed_updates_lost(processes, tmp_path):
     ca = ThrowawayCA(tmp_path / "pki")
     issued = ca.issue("monolith")
