@@ -88,9 +88,9 @@ class ClusterLog:
             return None
         return started[-1]
 
-    def recovered_at(self, text: str, role: str, index: int, incarnation: int) -> tuple[float, str] | None:
-        ready = self._ready(text, role, index)
-        return ready[incarnation] if len(ready) > incarnation else None
+    def recovered_at(self, text: str, role: str, index: int, after: float) -> tuple[float, str] | None:
+        """The first readiness line of `role:index` logged after `after` (wall clock)."""
+        return next((r for r in self._ready(text, role, index) if r[0] > after), None)
 
     def ps_addresses(self, text: str) -> list[str]:
         found = dict(re.findall(r"ready: ps shard (\d) of 2 serving on (\S+) ", text))
@@ -179,11 +179,9 @@ def test_job_survives_random_kills_with_nothing_but_uncheckpointed_updates_lost(
     assert baseline.wait(JOB_TIMEOUT_S) == 0, processes.log_of(baseline)[-5000:]
 
     text = log.text()
-    incarnation = {(r, i): 0 for r in ("ps", "worker") for i in range(2)}
     for kill in kills:
         role, index = kill.victim.split(":")
-        incarnation[(role, int(index))] += 1
-        recovered = log.recovered_at(text, role, int(index), incarnation[(role, int(index))])
+        recovered = log.recovered_at(text, role, int(index), kill.at)
         if recovered is not None:
             kill.recovered_s = recovered[0] - kill.at
             if role == "ps":  # a restarted shard restores its part of a complete checkpoint
