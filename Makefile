@@ -15,7 +15,7 @@ export MALLOC_TRIM_THRESHOLD_ := 268435456
 # numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernels/threads.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup protos prometheus-server test test-fast demo bench lint clean
+.PHONY: setup protos prometheus-server test test-fast fuzz demo bench lint clean
 
 setup: $(STAMP) protos prometheus-server
 
@@ -46,6 +46,11 @@ test: setup
 # The unit tests: no processes started, no model trained end to end (those are marked slow).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The property tests of the store and the PS fuzz test with a long randomized budget (MONOLITH_FUZZ_EXAMPLES
+# examples per test, default 1000; `make test` runs 25, repeatably).
+fuzz: setup
+	MONOLITH_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_store_properties.py tests/test_ps_fuzz.py
 
 demo: setup
 	$(BIN)/python -m launch.demo

@@ -5,6 +5,7 @@ import argparse
 import logging
 import tempfile
 
+from services import transport_security
 from worker.train_main import MAX_STEPS_HELP
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-dsworkers", type=int, default=2, help="data workers with --dataservice")
     parser.add_argument("--metrics", action="store_true",
                         help="PS shards and workers serve Prometheus metrics on free ports (URLs in their logs)")
+    parser.add_argument("--restart-failed", type=int, default=0, metavar="K",
+                        help="restart a PS, worker or data-service process that fails, up to K times per role, "
+                             "instead of stopping the job (a PS shard restores the latest checkpoint)")
+    transport_security.add_arguments(parser)
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after `--`: extra `monolith train` arguments")
 
 

@@ -6,23 +6,34 @@ original's `join` semantics, made explicit): the job is over once every worker h
 A worker that vanishes or exits non-zero is treated as restartable (a scheduler may bring it back), so
 peers keep serving; whoever launched the job tears it down on failure. After a clean exit a worker
 keeps answering `exited 0` until its peers are gone (bounded), so no peer misses the news.
+
+With TLS configured (services/transport_security.py) the port speaks TLS (mutual with a CA); with a token
+the caller first sends `<token>\n`, and a caller without it reads `unauthenticated`. Refusals are counted.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 
 from services.mlp_env import split_addr
+from services.transport_security import REFUSALS, TransportSecurity
 
 log = logging.getLogger(__name__)
+
+
+UNAUTHENTICATED = "unauthenticated"
+_SERVER = "job-status"
 
 
 class StatusServer:
     """Answers `<state>\\n` to every TCP connection on `port` from a daemon thread."""
 
-    def __init__(self, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", security: TransportSecurity | None = None) -> None:
+        self.security = TransportSecurity.from_environ() if security is None else security
+        self._tls = self.security.server_ssl_context()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,7 +54,24 @@ class StatusServer:
             except OSError:
                 return
             with conn, contextlib.suppress(OSError):
-                conn.sendall(f"{self.state}\n".encode())
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        if self._tls is not None:
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                REFUSALS.labels(_SERVER, "tls-handshake").inc()
+                log.warning("job status: refused a TLS handshake: %s", exc)
+                return
+        with conn:
+            if self.security.token is not None and not self.security.token_matches(_read_token(conn)):
+                REFUSALS.labels(_SERVER, "wrong-token").inc()
+                log.warning("job status: refused a caller without the right token")
+                conn.sendall(f"{UNAUTHENTICATED}\n".encode())
+                return
+            conn.sendall(f"{self.state}\n".encode())
 
     def close(self) -> None:
         self._closed.set()
@@ -51,23 +79,43 @@ class StatusServer:
         self._sock.close()
 
 
-def query_status(addr: str, timeout: float = 1.0) -> str | None:
-    """The state line of the worker at `addr`, or None if nothing answers there."""
+def _read_line(conn: socket.socket, limit: int = 4096) -> str | None:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(limit)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip() or None
+
+
+def _read_token(conn: socket.socket) -> str | None:
+    """The token line a caller sends first (None if it sends none within half a second)."""
+    conn.settimeout(0.5)
+    try:
+        return _read_line(conn)
+    except TimeoutError:
+        return None
+    finally:
+        conn.settimeout(2.0)
+
+
+def query_status(addr: str, timeout: float = 1.0, security: TransportSecurity | None = None) -> str | None:
+    """The state line of the worker at `addr`, or None if nothing answers there (or the TLS handshake fails)."""
+    security = TransportSecurity.from_environ() if security is None else security
     host, port = split_addr(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 128:
-                chunk = sock.recv(128)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
+        with socket.socket(family, socket.SOCK_STREAM) as raw:
+            raw.settimeout(timeout)
+            raw.connect((host.strip("[]"), port))
+            with security.wrap_client(raw, host) as sock:
+                token = security.token
+                if token is not None:
+                    sock.sendall(f"{token}\n".encode())
+                return _read_line(sock, 128)
+    except OSError:  # ssl.SSLError included
         return None
-    return data.decode(errors="replace").strip() or None
 
 
 class JobWatcher:

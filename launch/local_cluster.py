@@ -5,7 +5,9 @@ cluster exercises exactly the code paths of a YARN/Kubernetes job. The current d
 in every process (as `python -m` makes it for one), so `--model mymodel:MyModel` finds ./mymodel.py, and
 every process gets one launch id (`MONOLITH_LAUNCH_ID`) new for this run. Output is streamed with `[role:i]`
 prefixes. The first process to fail (or Ctrl-C) stops all the others; the failing role is named and the
-exit status is non-zero. Children die with this process (see `supervision`), so nothing is orphaned.
+exit status is non-zero. With `--restart-failed K` a failed process is started again instead (same port,
+same environment), up to K times per role (`launch.restarts`). Children die with this process (see
+`supervision`), so nothing is orphaned.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
+from launch.restarts import RestartPolicy
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
-from services import role_logging
+from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
@@ -39,15 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("local", 0)
+    try:  # every member inherits the TLS/token settings through its environment
+        transport_security.from_args_exported(args)
+    except transport_security.SecurityConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return run_local_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-local-"),
                              train_args_of(args), dataservice=args.dataservice, num_dsworkers=args.num_dsworkers,
-                             log_prefix=not args.no_prefix, metrics=args.metrics)
+                             log_prefix=not args.no_prefix, metrics=args.metrics,
+                             restarts=RestartPolicy(args.restart_failed))
 
 
 @dataclass
 class _Member:
     role: str
     index: int
+    env: dict[str, str]
     proc: subprocess.Popen
     pump: threading.Thread
 
@@ -84,13 +94,16 @@ def run_local_cluster(
     log_prefix: bool = True,
     out=None,
     metrics: bool = False,
+    restarts: RestartPolicy | None = None,
 ) -> int:
     """Run the job to completion; 0 when every worker trained successfully and every service stopped.
 
     `train_args` go to each worker's `monolith train` (e.g. `["--max-steps", "100"]`); `out` receives the
     merged output (default: this process's stdout). With `metrics`, PS shards and workers serve
-    Prometheus metrics on free ports and log their URLs.
+    Prometheus metrics on free ports and log their URLs. `restarts` (default: none) restarts failed
+    processes.
     """
+    restarts = RestartPolicy() if restarts is None else restarts
     out = sys.stdout if out is None else out
     layout = cluster_layout(num_ps, num_workers, dataservice, num_dsworkers)
     flag = SignalFlag((signal.SIGINT, signal.SIGTERM))
@@ -99,19 +112,23 @@ def run_local_cluster(
     run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", HOST,
                 *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
     launch_id = uuid.uuid4().hex
+
+    def start(role: str, index: int, env: dict[str, str]) -> _Member:
+        proc = spawn(monolith_command("run", *run_args), env=env, new_session=True,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        prefix = f"[{role}:{index}] " if log_prefix else ""
+        pump = threading.Thread(target=_pump, args=(proc.stdout, prefix, out, write_lock), daemon=True)
+        pump.start()
+        return _Member(role, index, env, proc, pump)
+
     try:
         for role in ("ps", "dispatcher", "dsworker", "worker"):
             for index in range(len(layout.get(role, ()))):
-                env = child_environment(os.environ, mlp_environment(layout, role, index), launch_id)
-                proc = spawn(monolith_command("run", *run_args), env=env, new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                prefix = f"[{role}:{index}] " if log_prefix else ""
-                pump = threading.Thread(target=_pump, args=(proc.stdout, prefix, out, write_lock), daemon=True)
-                pump.start()
-                members.append(_Member(role, index, proc, pump))
+                members.append(start(role, index, child_environment(os.environ, mlp_environment(layout, role, index),
+                                                                    launch_id)))
         log.info("started %s", ", ".join(f"{m.name} (pid {m.proc.pid}, port {layout[m.role][m.index][1]})"
                                         for m in members))
-        return _watch(members, flag)
+        return _watch(members, flag, restarts, lambda m: start(m.role, m.index, m.env))
     finally:
         flag.restore()
         for m in members:
@@ -138,20 +155,26 @@ def _pump(stream, prefix: str, out, lock: threading.Lock) -> None:
     stream.close()
 
 
-def _watch(members: list[_Member], flag: SignalFlag) -> int:
-    """Wait for the workers; stop everything on the first failure or signal."""
-    workers = [m for m in members if m.role == "worker"]
+def _watch(members: list[_Member], flag: SignalFlag, restarts: RestartPolicy,
+           restart: Callable[[_Member], _Member]) -> int:
+    """Wait for the workers; restart a failed process while `restarts` allows, else stop everything on
+    the first failure or signal."""
     while True:
-        for m in members:
+        for i, m in enumerate(members):
             code = m.proc.poll()
-            if code is None:
+            if code is None or code == 0:
                 continue
-            if code != 0:
-                log.error("%s failed (%s): stopping the cluster", m.name, describe_exit(code))
-                _stop_all(members)
-                return 1
-        if all(w.proc.poll() == 0 for w in workers):
-            log.info("all %d workers finished; waiting for the services to stop", len(workers))
+            if restarts.allow(m.role, m.index, describe_exit(code)):
+                terminate(m.proc, group=True)  # whatever it started that outlived it
+                m.pump.join(5)
+                members[i] = restart(m)
+                log.info("restarted %s (pid %d)", m.name, members[i].proc.pid)
+                continue
+            log.error("%s failed (%s): stopping the cluster", m.name, describe_exit(code))
+            _stop_all(members)
+            return 1
+        if all(w.proc.poll() == 0 for w in members if w.role == "worker"):
+            log.info("all workers finished (%s); waiting for the services to stop", restarts.summary())
             return _finish(members)
         if flag.sleep(0.2):
             log.warning("interrupted (signal %d): stopping the cluster", flag.received)

@@ -3,8 +3,9 @@
 Each actor owns one role: it reserves a port on its node, then runs `monolith run` there with the
 `MLP_*` variables built from every actor's address — the same code path as a YARN or Kubernetes job.
 So PS actors expose their gRPC address, workers receive the whole cluster spec, and the driver streams
-every actor's output with role prefixes, stops the job on the first failure (naming the role) and kills
-all actors at the end. Use a shared filesystem for `--model-dir` on a multi-node cluster.
+every actor's output with role prefixes, stops the job on the first failure (naming the role) unless
+`--restart-failed K` allows restarting it in its actor (`launch.restarts`), and kills all actors at the
+end. Use a shared filesystem for `--model-dir` on a multi-node cluster.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from launch.job_args import add_job_arguments, model_dir_of, role_counts, train_args_of
+from launch.restarts import RestartPolicy
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
-from services import role_logging
+from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR, mlp_environment
 from services.ports import free_port
 
@@ -42,10 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("ray-driver", 0)
+    try:  # handed to every actor's process through its environment
+        transport_security.from_args_exported(args)
+    except transport_security.SecurityConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return run_ray_cluster(args.num_ps, args.num_workers, args.model, model_dir_of(args, "monolith-ray-"),
                            train_args_of(args), address=args.address, num_cpus=args.num_cpus,
                            cpus_per_role=args.cpus_per_role, dataservice=args.dataservice,
-                           num_dsworkers=args.num_dsworkers, metrics=args.metrics)
+                           num_dsworkers=args.num_dsworkers, metrics=args.metrics,
+                           restarts=RestartPolicy(args.restart_failed))
 
 
 class RoleProcess:
@@ -64,6 +72,9 @@ class RoleProcess:
         return host, free_port(host)
 
     def start(self, env: dict[str, str], run_args: list[str]) -> int:
+        """Run `monolith run` here (again, after a failure: whatever the last one left behind is stopped)."""
+        if self.proc is not None:
+            terminate(self.proc, group=True)
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.proc = spawn(monolith_command("run", *run_args), env=full_env, new_session=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -109,10 +120,13 @@ def run_ray_cluster(
     num_dsworkers: int = 2,
     out=None,
     metrics: bool = False,
+    restarts: RestartPolicy | None = None,
 ) -> int:
-    """Run the job as Ray actors; 0 when every worker trained and every service stopped cleanly."""
+    """Run the job as Ray actors; 0 when every worker trained and every service stopped cleanly. `restarts`
+    (default: none) restarts failed role processes in their actors."""
     import ray
 
+    restarts = RestartPolicy() if restarts is None else restarts
     out = sys.stdout if out is None else out
     counts = role_counts(num_ps, num_workers, dataservice, num_dsworkers)
     started_ray = not ray.is_initialized()
@@ -125,6 +139,7 @@ def run_ray_cluster(
     actor_cls = ray.remote(RoleProcess)
     launch_id = uuid.uuid4().hex
     members: dict[tuple[str, int], Any] = {}
+    launches: dict[tuple[str, int], tuple[dict[str, str], list[str]]] = {}
     flag = SignalFlag()
     try:
         for role, n in counts.items():
@@ -136,9 +151,11 @@ def run_ray_cluster(
             host = layout[role][i][0]
             run_args = ["--model", model, "--model-dir", model_dir, "--bind-host", host,
                         *(["--metrics-port", "0"] if metrics else []), "--", *train_args]
-            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id}
+            env = {**mlp_environment(layout, role, i), LAUNCH_ID_VAR: launch_id,
+                   **transport_security.TransportSecurity.from_environ().environ()}
+            launches[(role, i)] = env, run_args
             ray.get(actor.start.remote(env, run_args))
-        return _watch(members, flag, out)
+        return _watch(members, flag, out, restarts, launches)
     finally:
         flag.restore()
         stops = [a.stop.remote() for a in members.values()]
@@ -168,7 +185,7 @@ def _reserve(members: dict) -> dict[str, list[tuple[str, int]]]:
     return layout
 
 
-def _watch(members: dict, flag: SignalFlag, out) -> int:
+def _watch(members: dict, flag: SignalFlag, out, restarts: RestartPolicy, launches: dict) -> int:
     import ray
 
     done_at: float | None = None
@@ -181,11 +198,14 @@ def _watch(members: dict, flag: SignalFlag, out) -> int:
                 out.write(f"[{role}:{i}] {line}")
             codes[(role, i)] = code
         out.flush()
-        failed = [(k, c) for k, c in codes.items() if c not in (None, 0)]
-        if failed:
-            (role, i), code = failed[0]
-            log.error("%s:%d failed (%s): stopping the job", role, i, describe_exit(code))
-            return 1
+        for (role, i), code in codes.items():
+            if code in (None, 0):
+                continue
+            if not restarts.allow(role, i, describe_exit(code)):
+                log.error("%s:%d failed (%s): stopping the job", role, i, describe_exit(code))
+                return 1
+            ray.get(members[(role, i)].start.remote(*launches[(role, i)]))
+            codes[(role, i)] = None
         if all(c == 0 for c in codes.values()):
             log.info("job finished: every actor's process exited 0")
             return 0

@@ -19,7 +19,7 @@ import time
 
 from launch.job_status import JobWatcher, StatusServer
 from launch.supervision import SignalFlag, describe_exit, monolith_command, spawn, terminate
-from services import exit_hook, role_logging
+from services import exit_hook, role_logging, transport_security
 from services.cluster_spec import ClusterSpec
 from services.mlp_env import MLPEnvError, check_port, split_addr
 from services.ports import free_port
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ps and worker roles: serve Prometheus metrics here (0 = any free port, logged)")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
+    transport_security.add_arguments(parser)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra arguments for `monolith train`")
 
@@ -71,8 +72,9 @@ def main(args: argparse.Namespace) -> int:
         log.error("unknown role %r (expected ps, worker, dispatcher or dsworker)", spec.task_type)
         return EXIT_BAD_CONFIG
     try:
+        transport_security.from_args_exported(args)  # the role's process and its clients inherit it
         cmd = train_command(spec, args) if spec.task_type == "worker" else service_command(spec, args)
-    except MLPEnvError as exc:
+    except (MLPEnvError, transport_security.SecurityConfigError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BAD_CONFIG
     flag = SignalFlag()

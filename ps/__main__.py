@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ps.config import SERVER_MODELS, ServerConfig
-from services import role_logging
+from services import role_logging, transport_security
 from services.signals import stop_on_signals
 
 log = logging.getLogger("ps.server")
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20,
                         help="largest request/response accepted")
     parser.add_argument("--grace-s", type=float, default=d.grace_s, help="time in-flight calls get on SIGTERM")
+    transport_security.add_arguments(parser)
 
 
 def config_of(args: argparse.Namespace) -> ServerConfig:
@@ -70,17 +71,19 @@ def main(args: argparse.Namespace) -> int:
     role_logging.configure("ps", args.shard_index)
     try:
         config = config_of(args)
+        security = transport_security.from_args_exported(args)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    return run(config)
+    return run(config, security)
 
 
-def run(config: ServerConfig) -> int:
+def run(config: ServerConfig, security: transport_security.TransportSecurity | None = None) -> int:
     """Serve one shard until SIGTERM/SIGINT; the process exit code."""
     from ps.kernels.threads import passive_kernel_threads
     from services.malloc_tuning import tune_malloc
 
+    security = transport_security.TransportSecurity.from_environ() if security is None else security
     tune_malloc()
     passive_kernel_threads()
     stop = stop_on_signals(log)
@@ -103,16 +106,17 @@ def run(config: ServerConfig) -> int:
     rpc_metrics.register_shard(state)
     metrics_note = "off"
     if config.metrics_port >= 0:
-        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host)}"
-    servicer = ParameterServerServicer(state, config.server_model)
+        bound = start_metrics_server(config.metrics_port, addr=config.host, security=security)
+        metrics_note = f"{config.host}:{bound}"
+    servicer = ParameterServerServicer(state, config.server_model, config.checkpoint_dir)
 
     def ready(port: int) -> None:
-        log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s)",
+        log.info("ready: ps shard %d of %d serving on %s:%d (model=%s, metrics=%s, restored=%s, transport=%s)",
                  config.shard_index, config.num_shards, config.host, port, config.server_model, metrics_note,
-                 state.restored_from or "-")
+                 state.restored_from or "-", security.describe())
 
     try:
-        serve([servicer.handler()], config, stop=stop, on_ready=ready)
+        serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security)
     except OSError as exc:
         log.error("%s", exc)
         return 1

@@ -92,6 +92,12 @@ class PSUnimplemented(PSError):
     status = "UNIMPLEMENTED"
 
 
+class PSUnauthenticated(PSError, PermissionError):
+    """The shard refused the caller's credentials (auth token; see services/transport_security.py)."""
+
+    status = "UNAUTHENTICATED"
+
+
 class PSInternal(PSError):
     """A bug on the shard (the shard's log has the traceback); the call may or may not have happened."""
 
@@ -101,12 +107,13 @@ class PSInternal(PSError):
 SERVER_STATUSES = ("INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "INTERNAL")
 """What the servicer answers with (`status_of`)."""
 TRANSPORT_STATUSES = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "CANCELLED",
-                      "UNKNOWN")
-"""What gRPC itself reports for a call (too large, shard down, too slow, method unknown)."""
+                      "UNKNOWN", "UNAUTHENTICATED")
+"""What gRPC itself (or the token check in front of the servicer) reports for a call (too large, shard down,
+too slow, method unknown, credentials refused)."""
 
 _BY_STATUS: dict[str, type[PSError]] = {
     cls.status: cls for cls in (PSInvalidArgument, PSNotFound, PSAlreadyExists, PSFailedPrecondition,
-                                PSResourceExhausted, PSUnavailable, PSUnimplemented, PSInternal)
+                                PSResourceExhausted, PSUnavailable, PSUnimplemented, PSUnauthenticated, PSInternal)
 }
 _BY_STATUS["DEADLINE_EXCEEDED"] = PSUnavailable
 _BY_STATUS["CANCELLED"] = PSUnavailable

@@ -1,6 +1,7 @@
 """Reading a real `/metrics` endpoint over HTTP, the way Prometheus does."""
 from __future__ import annotations
 
+import ssl
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +24,9 @@ class Scrape:
         return [dict(labels) for (n, labels) in self.samples if n == name]
 
 
-def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+def scrape(port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Scrape:
+    """One scrape of `host:port/metrics` (HTTPS with the client context `tls`)."""
+    scheme = "http" if tls is None else "https"
+    with urllib.request.urlopen(f"{scheme}://{host}:{port}/metrics", timeout=10, context=tls) as resp:
         assert resp.status == 200
         return Scrape(resp.read().decode())

@@ -20,6 +20,7 @@ import yaml
 from launch import run_role
 from services.cluster_spec import LAUNCH_ID_VAR, ClusterSpec
 from services.mlp_env import MLPEnv
+from services.transport_security import ENV
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -39,7 +40,7 @@ def test_manifests_pass_strict_schema_validation():
     out = kubernetes_validate(*MANIFESTS)
     assert out.returncode == 0, out.stdout + out.stderr
     kinds = {m.group(1) for m in re.finditer(r"passed for resource (\w+)/", out.stdout)}
-    assert {"statefulset", "job", "deployment", "service", "configmap", "persistentvolumeclaim"} <= kinds
+    assert {"job", "service", "configmap", "persistentvolumeclaim"} <= kinds
 
 
 def test_strict_validation_rejects_unknown_fields_and_wrong_types(tmp_path):
@@ -50,7 +51,7 @@ def test_strict_validation_rejects_unknown_fields_and_wrong_types(tmp_path):
     bad_field.write_text(yaml.safe_dump(sts))
     bad_type = tmp_path / "bad-type.yaml"
     sts = json.loads(json.dumps(ps[1]))
-    sts["spec"]["replicas"] = "two"
+    sts["spec"]["completions"] = "two"
     bad_type.write_text(yaml.safe_dump(sts))
     for path, needle in ((bad_field, "readinessPorbe"), (bad_type, "two")):
         out = kubernetes_validate(path)
@@ -115,7 +116,7 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
                      "monolith-dsworker": "dsworker"}
     seen = set()
     for (kind, name), obj in objs.items():
-        if kind not in ("StatefulSet", "Job", "Deployment"):
+        if kind != "Job":
             continue
         role = expected_role[name]
         replicas = obj["spec"].get("replicas", obj["spec"].get("completions"))
@@ -127,7 +128,7 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
             env = _pod_env(objs, obj, i)
             spec = ClusterSpec.from_environ(env)
             assert (spec.task_type, spec.task_index, spec.bind_port) == (role, i, port)
-            if kind == "Deployment":
+            if obj["spec"].get("completionMode") != "Indexed":
                 dns = name  # a single replica behind its Service
                 assert ("Service", name) in objs
             else:
@@ -162,10 +163,41 @@ def test_every_pod_finds_itself_in_the_cluster_spec():
 
 
 def test_ps_readiness_probe_calls_the_health_rpc():
-    sts = _objects()[("StatefulSet", "monolith-ps")]
+    sts = _objects()[("Job", "monolith-ps")]
     probe = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
     assert probe[:3] == ["python", "-m", "launch.health_probe"]
     assert (REPO / "launch" / "health_probe.py").exists()
+
+
+def test_every_role_completes_after_success_and_restarts_after_failure():
+    """PS shards and the data service are Jobs too: they exit 0 once every worker has finished (so the Job
+    completes instead of restarting them forever) and are restarted in place when they fail; workers are
+    retried as new pods."""
+    jobs = {name: obj for (kind, name), obj in _objects().items() if kind == "Job"}
+    assert set(jobs) == {"monolith-ps", "monolith-worker", "monolith-dispatcher", "monolith-dsworker"}
+    for name, job in jobs.items():
+        policy = job["spec"]["template"]["spec"]["restartPolicy"]
+        assert policy == ("Never" if name == "monolith-worker" else "OnFailure"), name
+        assert job["spec"].get("backoffLimit", 0) > 0 or job["spec"].get("backoffLimitPerIndex", 0) > 0, name
+
+
+def test_every_pod_mounts_the_tls_secret_its_environment_names():
+    objs = _objects()
+    security = objs[("ConfigMap", "monolith-security")]["data"]
+    assert set(security) == set(ENV.values())
+    for (kind, name), obj in objs.items():
+        if kind != "Job":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert {"configMapRef": {"name": "monolith-security"}} in container["envFrom"], name
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "monolith-tls"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        for var, value in security.items():
+            if var != ENV["server_name"]:
+                assert value.startswith(mount["mountPath"] + "/"), (name, var)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

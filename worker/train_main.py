@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from services import role_logging
+from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-serving-shards", type=int, default=1, help="serving PS shards of a distributed export")
     parser.add_argument("--barrier-timeout", type=float, default=600.0,
                         help="seconds workers wait for each other at the end of training before failing")
+    transport_security.add_arguments(parser)
 
 
 def _import_model_module(name: str):
@@ -121,6 +122,7 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
 
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("worker", args.worker_index)
+    transport_security.from_args_exported(args)  # how this worker's PS clients connect
     from worker.runtime.estimator import Estimator
     from worker.runtime.run_config import RunConfig
 

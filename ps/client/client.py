@@ -44,6 +44,7 @@ from ps.wire.fast_messages import (
 )
 from ps.wire.tensors import F16, F32, IDS, rows_from_bytes
 from services.malloc_tuning import tune_malloc
+from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def _as_rows(values: Any, n: int, dim: int, where: str) -> np.ndarray:
 
 
 class PSClient:
-    def __init__(self, addresses: Iterable[str], config: ClientConfig | None = None, **overrides: Any) -> None:
-        """`config` (default `ClientConfig()`) with any of its fields overridden by keyword."""
+    def __init__(self, addresses: Iterable[str], config: ClientConfig | None = None,
+                 security: TransportSecurity | None = None, **overrides: Any) -> None:
+        """`config` (default `ClientConfig()`) with any of its fields overridden by keyword; `security` (default:
+        from this process's environment, see services/transport_security.py) says how to reach the shards."""
         self.addresses = list(addresses)
         if not self.addresses or not all(isinstance(a, str) and a for a in self.addresses):
             raise ValueError(f"addresses must be a non-empty list of host:port strings, got {addresses!r}")
@@ -107,7 +110,8 @@ class PSClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        self._channels = [grpc.insecure_channel(a, options=options) for a in self.addresses]
+        self.security = TransportSecurity.from_environ() if security is None else security
+        self._channels = [self.security.channel(a, options) for a in self.addresses]
         self._stubs = [self._stub(c) for c in self._channels]
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from ps.config import ServerConfig
+from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,20 @@ def serve(
     *,
     stop: threading.Event,
     on_ready: Callable[[int], None] | None = None,
+    security: TransportSecurity | None = None,
+    name: str = "ps",
 ) -> None:
     """Bind `config.address` (port 0 = any), call `on_ready(port)`, serve until `stop` is set, drain in-flight
-    calls for at most `config.grace_s`."""
+    calls for at most `config.grace_s`. `security` (default: none) adds TLS and the token check; `name` is
+    the server's name in the refusal metrics."""
     model, threads, grace_s, address = config.server_model, config.threads, config.grace_s, config.address
     options = grpc_options(config.max_message_bytes)
+    security = security or TransportSecurity()
+    handlers = security.server_handlers(handlers, name)
     if model == "sync":
         server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps-rpc"),
                              handlers=handlers, options=options)
-        port = _bind(server, address)
+        port = _bind(server, address, security)
         server.start()
         if on_ready:
             on_ready(port)
@@ -67,7 +73,7 @@ def serve(
     async def run() -> None:
         server = grpc.aio.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps-rpc"),
                                  handlers=handlers, options=options)
-        port = _bind(server, address)
+        port = _bind(server, address, security)
         await server.start()
         if on_ready:
             on_ready(port)
@@ -79,9 +85,9 @@ def serve(
     uvloop.run(run())
 
 
-def _bind(server, address: str) -> int:
+def _bind(server, address: str, security: TransportSecurity) -> int:
     try:
-        port = server.add_insecure_port(address)
+        port = security.add_port(server, address)
     except RuntimeError as exc:  # grpc's "Failed to bind"
         raise OSError(f"cannot bind {address}: port in use or address not available") from exc
     if port == 0:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -76,9 +77,12 @@ def _rss_bytes() -> int:
 
 
 class ParameterServerServicer:
-    def __init__(self, state: ShardState, server_model: str = "sync") -> None:
+    def __init__(self, state: ShardState, server_model: str = "sync", checkpoint_root: str | None = None) -> None:
+        """`checkpoint_root` (the shard's --checkpoint-dir): Save and Restore only touch paths inside it, so a
+        caller cannot make the shard write or read files anywhere else."""
         self.state = state
         self.server_model = server_model
+        self._checkpoint_root = Path(checkpoint_root).resolve() if checkpoint_root else None
         self.requests: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
@@ -221,15 +225,19 @@ class ParameterServerServicer:
         return ps_pb2.EvictResponse(removed=self.state.evict(list(request.tables)))
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def _check_checkpoint_path(self, method: str, path: str) -> None:
+        if not path:
+            raise ValueError(f"{method}: checkpoint_path is empty")
+        if self._checkpoint_root is not None and not Path(path).resolve().is_relative_to(self._checkpoint_root):
+            raise ValueError(f"{method}: {path!r} is outside this shard's checkpoint directory {self._checkpoint_root}")
+
     def save(self, request: ps_pb2.SaveRequest) -> ps_pb2.SaveResponse:
-        if not request.checkpoint_path:
-            raise ValueError("Save: checkpoint_path is empty")
+        self._check_checkpoint_path("Save", request.checkpoint_path)
         path, rows = self.state.save(request.checkpoint_path, request.step)
         return ps_pb2.SaveResponse(shard_path=str(path), rows=rows, global_step=self.state.global_step)
 
     def restore(self, request: ps_pb2.RestoreRequest) -> ps_pb2.RestoreResponse:
-        if not request.checkpoint_path:
-            raise ValueError("Restore: checkpoint_path is empty")
+        self._check_checkpoint_path("Restore", request.checkpoint_path)
         try:
             result = self.state.restore(request.checkpoint_path)
         except CheckpointError:

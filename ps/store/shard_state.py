@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Collection
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ps.config import OptimizerConfig, TableConfig
-from ps.errors import CheckpointError, PSAlreadyExists, PSNotFound, WrongShard
+from ps.errors import CheckpointError, PSAlreadyExists, PSNotFound, PSResourceExhausted, WrongShard
 from ps.persist import atomic_files
 from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
@@ -52,6 +53,24 @@ def _check_shape(name: str, shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def _machine_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not reported here: no check
+        return 1 << 62
+
+
+def check_fits_in_memory(what: str, config: TableConfig) -> None:
+    """Refuse a table whose first allocation could not fit in this machine's memory (rows with values and
+    optimizer state, the hash index), before allocating it: asking must not be a way to kill the shard."""
+    needed = config.initial_capacity * (config.dim * 4 * 3 + 32)
+    available = _machine_memory_bytes()
+    if needed > available:
+        raise PSResourceExhausted(
+            f"{what}: initial_capacity {config.initial_capacity} rows of dim {config.dim} need about "
+            f"{needed / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB")
+
+
 class ShardState:
     def __init__(self, shard_index: int, num_shards: int) -> None:
         if not 0 <= shard_index < num_shards:
@@ -71,7 +90,9 @@ class ShardState:
         """Idempotent: an equal (normalized) config returns the existing table; a different one is a conflict."""
         if not name:
             raise ValueError("table name must be non-empty")
-        table = EmbeddingTable(TableConfig.of(config))
+        config = TableConfig.of(config)
+        check_fits_in_memory(f"table {name!r}", config)
+        table = EmbeddingTable(config)
         with self._lock:
             existing = self.tables.get(name)
             if existing is not None:
@@ -121,7 +142,9 @@ class ShardState:
             raise ValueError("dense variable name must be non-empty")
         self._check_dense_owner(name)
         shape = _check_shape(name, shape)
-        table = EmbeddingTable(dense_table_config(shape, optimizer))
+        config = dense_table_config(shape, optimizer)
+        check_fits_in_memory(f"dense variable {name!r}", config)
+        table = EmbeddingTable(config)
         if initial is not None:
             initial = np.asarray(initial, dtype=np.float32)
             if initial.size != table.dim:

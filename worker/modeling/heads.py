@@ -6,6 +6,7 @@ import math
 import tensorflow as tf
 
 from worker.modeling.estimator_spec import ModeKeys
+from worker.modeling.losses.finite_inputs import checked_finite
 
 
 def get_sigmoid_loss_and_pred(name, logits, label, batch_size=None, sample_rate=1.0, sample_bias=False,
@@ -31,10 +32,11 @@ def get_sigmoid_loss_and_pred(name, logits, label, batch_size=None, sample_rate=
             raise ValueError(f"{name}: logit_clip_threshold must be in (0, 1), got {logit_clip_threshold!r}")
         threshold = math.log((1 - logit_clip_threshold) / logit_clip_threshold)
         logits_biased = tf.clip_by_value(logits_biased, -threshold, threshold)
-    losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(tf.reshape(label, (-1,)), logits.dtype),
-                                                     logits=logits_biased, name=f"{name}_sigmoid_loss")
+    label = checked_finite(tf.cast(tf.reshape(label, (-1,)), logits.dtype), f"{name}: label")
+    losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits_biased, name=f"{name}_sigmoid_loss")
     if instance_weight is not None:
-        instance_weight = tf.cast(tf.reshape(instance_weight, (-1,)), logits.dtype)
+        instance_weight = checked_finite(tf.cast(tf.reshape(instance_weight, (-1,)), logits.dtype),
+                                         f"{name}: instance_weight")
     if mask is not None:
         mask = tf.reshape(tf.cast(mask, tf.bool), (-1,))
         losses = tf.boolean_mask(losses, mask)

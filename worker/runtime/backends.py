@@ -196,7 +196,9 @@ class RemoteBackend:
                  keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS, launch_id: str | None = None) -> None:
         from ps.client import PSClient
 
-        self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints)
+        # retries back off to 4 s each: 10 of them wait out about 26 s, long enough for a failed shard to
+        # be restarted and restore its checkpoint (`--restart-failed`, a Kubernetes restart) mid-step
+        self.client = PSClient(addresses, keep_checkpoints=keep_checkpoints, retries=10)
         self.client.wait_until_ready(ready_timeout_s)
         self._dense: DenseVariables | None = None
         # Identifies this launch of the job: the same for every worker, new for every launch. It scopes the

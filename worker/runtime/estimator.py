@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ps.errors import PSUnavailable
 from worker.modeling.estimator_spec import ModeKeys
 from worker.modeling.feature import FeatureSlot
 from worker.modeling.hooks.base import StepContext, StepResult
@@ -264,7 +265,10 @@ class Estimator:
                         log.info("restored checkpoint at global step %d from %s", self._restored,
                                  self.config.model_dir)
                 self.backend.mark_ready()
-            else:
+            elif self.backend.global_step() == 0:
+                # a global step above 0 means the job is under way (or its shards restored a checkpoint): the
+                # chief restores only at 0, so there is nothing to wait for, and a restarted shard 0 no
+                # longer remembers the chief's arrival
                 self.backend.wait_ready(max(self.config.ready_timeout_s, 300.0))
         return self.backend.global_step()
 
@@ -297,12 +301,15 @@ class Estimator:
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
         if step >= max_steps:
+            log.info("training from global step %d to %d: nothing left to train", step, max_steps)
             step = self._all_workers_done(max_steps, step)
             return {"global_step": step, "steps": 0, "examples": 0}
         dataset = self._distribute(dataset, ModeKeys.TRAIN)
         skip = step // self.config.num_workers
         if skip and not self.config.dispatcher:
-            dataset = dataset.skip(skip)
+            dataset = dataset.skip(skip)  # a restarted worker resumes about where its input was
+        log.info("training from global step %d to %d (input skips %d batches)", step, max_steps,
+                 0 if self.config.dispatcher else skip)
         hooks = self.hooks + list(self.model._training_hooks)
         cfg = self.config
         prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
@@ -356,7 +363,10 @@ class Estimator:
             self._report(run, compiled)
         if cfg.is_chief and run.step < max_steps and self._save_due(run.step, run.last_save_step, run.last_save_time):
             run.step = pusher.drain()
-            self.save(run.step)
+            try:
+                self.save(run.step)
+            except PSUnavailable as exc:  # a shard is down (and restarting): the next periodic save will do
+                log.warning("checkpoint at global step %d skipped: %s", run.step, exc)
             run.last_save_step, run.last_save_time = run.step, time.monotonic()
         return True
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from worker.modeling.losses.finite_inputs import checked_finite
+
 
 def batch_softmax_loss(query, item, item_step_interval, r, normalize: bool = True, temperature: float = 1.0):
     """−Σ_i r_i · log softmax_j(q_i·v_j / T + log interval_j)[i] over a batch of (query, item) pairs.
@@ -23,8 +25,9 @@ def batch_softmax_loss(query, item, item_step_interval, r, normalize: bool = Tru
     if not query.shape.is_compatible_with(item.shape):
         raise ValueError(f"query shape {query.shape} does not match item shape {item.shape}")
     batch = query.shape[0]
-    interval = tf.reshape(tf.cast(item_step_interval, query.dtype), [-1])
-    r = tf.reshape(tf.cast(r, query.dtype), [-1])
+    interval = checked_finite(tf.reshape(tf.cast(item_step_interval, query.dtype), [-1]),
+                              "batch_softmax_loss: item_step_interval")
+    r = checked_finite(tf.reshape(tf.cast(r, query.dtype), [-1]), "batch_softmax_loss: weights r")
     for name, value in (("item_step_interval", interval), ("r", r)):
         if batch is not None and value.shape[0] is not None and value.shape[0] != batch:
             raise ValueError(f"{name} must have batch_size={batch} elements, got {value.shape[0]}")

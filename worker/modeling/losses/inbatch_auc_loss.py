@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from worker.modeling.losses.finite_inputs import checked_finite
+
 _NEGATIVE_LABEL_FLOOR = -10000.0
 _SATURATE_LOW = -87.0
 _SATURATE_HIGH = 88.0
@@ -34,7 +36,7 @@ def inbatch_auc_loss(label, logit, neg_weight: float = 1.0) -> tf.Tensor:
     label = tf.cast(tf.convert_to_tensor(label), logit.dtype)
     if not label.shape.is_compatible_with(logit.shape):
         raise ValueError(f"label shape {label.shape} does not match logit shape {logit.shape}")
-    flat_label = tf.reshape(label, [-1])
+    flat_label = checked_finite(tf.reshape(label, [-1]), "inbatch_auc_loss: label")
     neg_weight = float(neg_weight)
 
     @tf.custom_gradient
