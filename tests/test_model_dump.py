@@ -54,14 +54,19 @@ def _tiny_movielens(root: Path) -> MovieRankingModel:
     return MovieRankingModel(data_dir=str(root), embedding_dim=4, batch_size=32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """Loading the fake MovieLens files would copy them to the user's cache: keep them out of ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{name: (model factory, dump directory)} for the repo's two models (tiny MovieLens files)."""
     root = tmp_path_factory.mktemp("dumps")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "user-cache"))  # keep the fake files out of ~/.cache
-        _write_raw(root / "movielens")
-        _tiny_movielens(root / "movielens").data()
+    _write_raw(root / "movielens")
     out = {"ffm": (TestFFMModel, root / "ffm"),
            "movielens": (lambda: _tiny_movielens(root / "movielens"), root / "movielens-dump")}
     from launch.cli import main
@@ -77,7 +82,8 @@ def _run(model, model_dir: Path) -> dict:
     try:
         est.train(STEPS)
         tables = sorted(model.ctx.feature_factory.slots)
-        return {"losses": hook.losses, "rows": est.backend.lookup({t: IDS for t in tables}),
+        return {"model_dir": str(model_dir), "losses": hook.losses,
+                "rows": est.backend.lookup({t: IDS for t in tables}),
                 "dense": [v.numpy() for v in est.dense_variables()], "eval": est.evaluate(),
                 "predict": [p for _, p in zip(range(40), est.predict())]}
     finally:

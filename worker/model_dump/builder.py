@@ -10,7 +10,6 @@ parse). `model_dump.pb` holds the rest.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from worker.modeling.estimator_spec import ModeKeys
 from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
 from worker.modeling.params import Params
 from worker.modeling.task_context import NativeTaskContext, with_ctx
-from worker.runtime.estimator import step_signature
+from worker.runtime.estimator import params_mode, step_signature
 from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
@@ -98,20 +97,10 @@ class DumpBuilder:
         self.receiver: tuple[dict, dict] | None = None  # (input specs, parsed feature specs)
         self.read: set = set()  # refs of the variables the traced functions read
 
-    @contextlib.contextmanager
-    def _params_mode(self, mode: str):
-        params = self.model.p
-        saved = params.mode
-        params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
-        try:
-            yield
-        finally:
-            params.mode = saved
-
     def _run_model_fn(self, trace: _Trace, features, rows, index):
         inputs = LookupInputs(rows, index, {f: features[f].row_splits for f in trace.sparse})
         call_mode = ModeKeys.TRAIN if trace.mode in (ModeKeys.TRAIN, ModeKeys.EVAL) else ModeKeys.PREDICT
-        with (self._params_mode(trace.mode), self.reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx)):
+        with (params_mode(self.model, trace.mode), self.reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx)):
             out = self.model.create_model_fn()(features, call_mode)
         trace.out, trace.used, trace.features = out, sorted(inputs.used), features
         trace.extra_losses = len(self.model.losses)
@@ -161,7 +150,7 @@ class DumpBuilder:
 
     def _input_function(self, mode: str):
         def make():
-            with with_ctx(self.task_ctx), self._params_mode(mode):
+            with with_ctx(self.task_ctx), params_mode(self.model, mode):
                 ds = self.model.create_input_fn(mode)()
             if not isinstance(ds, tf.data.Dataset) or not isinstance(ds.element_spec, dict):
                 raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset of feature dicts, got {ds!r}")

@@ -48,6 +48,18 @@ def _relax_batch(spec):
     raise ValueError(f"unsupported feature spec {spec!r}: features must be tensors or ragged tensors")
 
 
+@contextlib.contextmanager
+def params_mode(model, mode: str):
+    """While the model's functions run for EVAL, `p.mode` is EVAL, so `self.batch_size` is the eval one."""
+    params = model.p
+    saved = params.mode
+    params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
+    try:
+        yield
+    finally:
+        params.mode = saved
+
+
 def step_signature(spec: dict) -> tuple[list[str], dict, dict, dict]:
     """A traced step's inputs for a dataset's `element_spec`: the sparse (ragged int64) features, then the
     specs of the features (any batch size), of each sparse feature's looked-up rows and of its id index."""
@@ -133,16 +145,8 @@ class Estimator:
         self.last_checkpoint: str | None = None
 
     # --- building ----------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _params_mode(self, mode: str):
-        """While the model's functions run for EVAL, `p.mode` is EVAL, so `self.batch_size` is the eval one."""
-        params = self.model.p
-        saved = params.mode
-        params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
-        try:
-            yield
-        finally:
-            params.mode = saved
+        return params_mode(self.model, mode)
 
     def _dataset(self, mode: str) -> tf.data.Dataset:
         with with_ctx(self.task_ctx), self._params_mode(mode):
