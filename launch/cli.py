@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dispatcher": ("dispatcher.dispatcher_main", "run the tf.data service dispatcher"),
     "dsworker": ("dispatcher.dsworker_main", "run one tf.data service data worker"),
     "train": ("worker.train_main", "train a model in this process (local or against PS shards)"),
+    "dump": ("worker.dump_main", "dump a model (runnable without its code), or show a dump"),
     # export and serving
     "export": ("worker.export_main", "export a checkpoint as SavedModels (standalone or distributed)"),
     "serve": ("serving.serve_main", "serve exported models over TF Serving's PredictionService"),

@@ -35,13 +35,14 @@ ALLOWED: dict[str, set[str]] = {
     "worker.models": {"protos", "worker.modeling"},
     "worker.runtime": {"services", "protos", "ps.*", "worker.modeling"},
     "worker.export": {"services", "protos", "ps.*", "worker.modeling", "worker.runtime"},
+    "worker.model_dump": {"protos", "ps.persist", "worker.modeling", "worker.runtime"},
     "worker": {"services", "protos", "ps.*", "worker.*"},  # worker/model.py (the public API), worker/train_main.py
     "serving": {"services", "protos", "ps.*"},  # a role of its own: never the worker
     "launch": {"services", "protos", "ps", "ps.*", "worker", "worker.*", "dispatcher", "serving"},
 }
 ROLES_AND_BELOW = ("protos", "services", "ps", "dispatcher", "worker", "serving", "launch")
 _SPLIT = {"ps": {"errors", "config", "sharding", "kernels", "persist", "store", "wire", "service", "client"},
-          "worker": {"modeling", "models", "runtime", "export"}}
+          "worker": {"modeling", "models", "runtime", "export", "model_dump"}}
 
 
 def unit_of(module: str) -> str | None:

@@ -26,7 +26,10 @@ MAX_STEPS_HELP = ("the job's final global step: the workers together train until
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model class as pkg.module:Class")
+    source.add_argument("--from-dump", metavar="DUMP_DIR",
+                        help="a model dump (`monolith dump`): train it without importing the model's module")
     parser.add_argument("--ps", default=None, help="PS addresses host:port,host:port (absent: local mode)")
     parser.add_argument("--worker-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
@@ -120,13 +123,25 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
     }
 
 
+def _build_model(args: argparse.Namespace):
+    if not args.from_dump:
+        return load_model_class(args.model)()
+    if args.batch_size is not None or args.eval_batch_size is not None:
+        raise ValueError("--batch-size/--eval-batch-size cannot change a dumped model: its input functions were "
+                         "dumped with their batch sizes")
+    from worker.model_dump.replay import DumpedModel
+
+    args.model = f"dump:{args.from_dump}"
+    return DumpedModel(args.from_dump)
+
+
 def main(args: argparse.Namespace) -> int:
     role_logging.configure("worker", args.worker_index)
     transport_security.from_args_exported(args)  # how this worker's PS clients connect
     from worker.runtime.estimator import Estimator
     from worker.runtime.run_config import RunConfig
 
-    model = load_model_class(args.model)()
+    model = _build_model(args)
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")

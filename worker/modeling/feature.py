@@ -133,6 +133,10 @@ class FeatureSlot:
                 "occurrence_threshold": self.config.occurrence_threshold,
                 "expire_time_days": self.config.expire_time}
 
+    def segments(self) -> list[tuple[FeatureSlice, dict[str, Any], Any]]:
+        """Each slice with its segment config and its learning_rate_fn (None: the optimizer's rate)."""
+        return list(zip(self.slices, (dict(s) for s in self._segments), self._lr_fns))
+
     def learning_rates(self, global_step: int) -> list[float]:
         """One learning rate per segment at `global_step` (each slice's function, or its optimizer's rate)."""
         return [_learning_rate(fn, seg["optimizer"], global_step) for fn, seg in zip(self._lr_fns, self._segments)]

@@ -15,6 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from worker.modeling import combiners as combiners_mod
+from worker.modeling import dump_recording
 from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
 from worker.modeling.feature import FeatureColumn, FeatureFactory, FeatureSlice, FeatureSlotConfig
 from worker.modeling.heads import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred  # noqa: F401  (public surface)
@@ -354,6 +355,9 @@ class MonolithModel(MonolithBaseModel):
         self._occurrence_threshold[table_name] = occurrence_threshold
         fc = FeatureColumn(fs, feature_name, combiner)
         self.fc_dict[feature_name] = fc
+        recorder = dump_recording.current()
+        if recorder is not None:
+            recorder.feature_column(fc, shared_name)
         return fc
 
     def _embedding_slice_lookup(self, fc, slice_name, slice_dim, initializer, optimizer, compressor,
@@ -380,6 +384,9 @@ class MonolithModel(MonolithBaseModel):
             raise ValueError(f"slice {slice_name!r} of table {table!r} has dim {fc_slice.dim}; feature "
                              f"{feature_name!r} asked for {slice_dim}")
         slice_list.append((fc.feature_name, fc_slice))
+        recorder = dump_recording.current()
+        if recorder is not None:
+            recorder.slice_lookup(fc.feature_name, fc_slice, learning_rate_fn)
         return fc.embedding_lookup(fc_slice)
 
     def lookup_embedding_slice(self, features, slice_name, slice_dim=None, initializer=None, optimizer=None,

@@ -49,6 +49,32 @@ def _relax_batch(spec):
     raise ValueError(f"unsupported feature spec {spec!r}: features must be tensors or ragged tensors")
 
 
+@contextlib.contextmanager
+def params_mode(model, mode: str):
+    """While the model's functions run for EVAL, `p.mode` is EVAL, so `self.batch_size` is the eval one."""
+    params = model.p
+    saved = params.mode
+    params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
+    try:
+        yield
+    finally:
+        params.mode = saved
+
+
+def step_signature(spec: dict) -> tuple[list[str], dict, dict, dict]:
+    """A traced step's inputs for a dataset's `element_spec`: the sparse (ragged int64) features, then the
+    specs of the features (any batch size), of each sparse feature's looked-up rows and of its id index."""
+    sparse = sorted(k for k, v in spec.items() if isinstance(v, tf.RaggedTensorSpec))
+    for k in sparse:
+        v = spec[k]
+        if v.dtype != tf.int64 or v.ragged_rank != 1:
+            raise ValueError(f"sparse feature {k!r} must be a ragged int64 [batch, None] tensor, got {v!r}")
+    feature_sig = {k: _relax_batch(v) for k, v in spec.items()}
+    rows_sig = {f: tf.TensorSpec([None, None], tf.float32) for f in sparse}
+    index_sig = {f: tf.TensorSpec([None], tf.int32) for f in sparse}
+    return sparse, feature_sig, rows_sig, index_sig
+
+
 @dataclass
 class _Compiled:
     mode: str
@@ -122,16 +148,8 @@ class Estimator:
         self.checkpoint_listeners: list = []
 
     # --- building ----------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _params_mode(self, mode: str):
-        """While the model's functions run for EVAL, `p.mode` is EVAL, so `self.batch_size` is the eval one."""
-        params = self.model.p
-        saved = params.mode
-        params.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else saved
-        try:
-            yield
-        finally:
-            params.mode = saved
+        return params_mode(self.model, mode)
 
     def _dataset(self, mode: str) -> tf.data.Dataset:
         with with_ctx(self.task_ctx), self._params_mode(mode):
@@ -163,15 +181,7 @@ class Estimator:
     def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
         if mode in self._compiled:
             return self._compiled[mode]
-        spec = dataset.element_spec
-        sparse = sorted(k for k, v in spec.items() if isinstance(v, tf.RaggedTensorSpec))
-        for k in sparse:
-            v = spec[k]
-            if v.dtype != tf.int64 or v.ragged_rank != 1:
-                raise ValueError(f"sparse feature {k!r} must be a ragged int64 [batch, None] tensor, got {v!r}")
-        feature_sig = {k: _relax_batch(v) for k, v in spec.items()}
-        rows_sig = {f: tf.TensorSpec([None, None], tf.float32) for f in sparse}
-        index_sig = {f: tf.TensorSpec([None], tf.int32) for f in sparse}
+        sparse, feature_sig, rows_sig, index_sig = step_signature(dataset.element_spec)
         model_fn = self.model.create_model_fn()
         model = self.model
         clip_norm, weight_decay = float(model.clip_norm), float(model.dense_weight_decay or 0.0)

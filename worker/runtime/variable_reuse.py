@@ -8,8 +8,16 @@ loudly instead of silently mixing weights.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import tensorflow as tf
+
+_active = threading.local()
+
+
+def current() -> VariableReuse | None:
+    """The scope `model_fn` is being traced in on this thread, if any."""
+    return getattr(_active, "reuse", None)
 
 
 class VariableReuse:
@@ -20,8 +28,26 @@ class VariableReuse:
     @contextlib.contextmanager
     def scope(self):
         self._next = 0
-        with tf.variable_creator_scope(self._creator):
-            yield self
+        previous = getattr(_active, "reuse", None)
+        _active.reuse = self
+        try:
+            with tf.variable_creator_scope(self._creator):
+                yield self
+        finally:
+            _active.reuse = previous
+
+    def adopt(self, var: tf.Variable) -> tf.Variable:
+        """Count an existing variable as the next one created (a model brought back from a dump owns
+        variables loaded with its functions): the first trace records it, later traces must adopt it again."""
+        i = self._next
+        self._next += 1
+        if i < len(self.variables):
+            if self.variables[i] is not var:
+                raise ValueError(f"variable #{i} is {self.variables[i].name} in the first trace but {var.name} "
+                                 f"now: variable creation order must not depend on the mode")
+            return var
+        self.variables.append(var)
+        return var
 
     def _creator(self, next_creator, **kwargs):
         i = self._next

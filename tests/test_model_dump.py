@@ -1,0 +1,255 @@
+"""Model dumps: what is recorded, the file's integrity checks, and training from a dump = training with the code.
+
+The references are the models run from their own code by the same `Estimator`: losses step by step,
+embedding rows, dense values, evaluation and predictions must agree to 1e-6.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from protos import model_dump_pb2 as pb
+from ps.persist.checkpoint import latest_checkpoint
+from ps.store.shard_state import ShardState
+from tests.test_worker_movielens import _write_raw
+from worker.model import Estimator, RunConfig
+from worker.model_dump import dump_file
+from worker.model_dump.builder import dump_model
+from worker.model_dump.replay import DumpedModel
+from worker.modeling.estimator_spec import EstimatorSpec
+from worker.modeling.native_model import MonolithModel
+from worker.models.ffm import TestFFMModel
+from worker.models.movielens import MovieRankingModel
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 6
+IDS = np.arange(-2, 60, dtype=np.int64)  # every id the tiny models can see, and some they never do
+
+
+class _Losses:
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def begin(self):
+        pass
+
+    def end(self):
+        pass
+
+    def before_step(self, ctx):
+        return []
+
+    def after_step(self, ctx, result):
+        self.losses.append(result.loss)
+
+
+def _tiny_movielens(root: Path) -> MovieRankingModel:
+    return MovieRankingModel(data_dir=str(root), embedding_dim=4, batch_size=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """Loading the fake MovieLens files would copy them to the user's cache: keep them out of ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """{name: (model factory, dump directory)} for the repo's two models (tiny MovieLens files)."""
+    root = tmp_path_factory.mktemp("dumps")
+    _write_raw(root / "movielens")
+    out = {"ffm": (TestFFMModel, root / "ffm"),
+           "movielens": (lambda: _tiny_movielens(root / "movielens"), root / "movielens-dump")}
+    from launch.cli import main
+
+    assert main(["dump", "--model", "worker.models.ffm:TestFFMModel", "--out", str(out["ffm"][1])]) == 0
+    dump_model(out["movielens"][0](), out["movielens"][1])
+    return out
+
+
+def _run(model, model_dir: Path) -> dict:
+    hook = _Losses()
+    est = Estimator(model, RunConfig(model_dir=str(model_dir), save_checkpoints_steps=STEPS), hooks=[hook])
+    try:
+        est.train(STEPS)
+        tables = sorted(model.ctx.feature_factory.slots)
+        return {"model_dir": str(model_dir), "losses": hook.losses,
+                "rows": est.backend.lookup({t: IDS for t in tables}),
+                "dense": [v.numpy() for v in est.dense_variables()], "eval": est.evaluate(),
+                "predict": [p for _, p in zip(range(40), est.predict())]}
+    finally:
+        est.close()
+
+
+@pytest.fixture(scope="module")
+def trained(models, tmp_path_factory):
+    """Each model trained from its code and from its dump, in this process."""
+    root = tmp_path_factory.mktemp("trained")
+    return {name: (_run(make(), root / f"{name}-code"), _run(DumpedModel(path), root / f"{name}-dump"))
+            for name, (make, path) in models.items()}
+
+
+@pytest.mark.parametrize("name", ["ffm", "movielens"])
+def test_training_from_the_dump_equals_training_with_the_code(trained, name):
+    code, dump = trained[name]
+    assert len(code["losses"]) == STEPS and len(set(code["losses"])) > 1
+    np.testing.assert_allclose(dump["losses"], code["losses"], rtol=0, atol=1e-6)
+    assert sorted(dump["rows"]) == sorted(code["rows"])
+    for table, rows in code["rows"].items():
+        assert np.abs(rows).sum() > 0
+        np.testing.assert_allclose(dump["rows"][table], rows, rtol=0, atol=1e-6, err_msg=table)
+    assert len(dump["dense"]) == len(code["dense"])
+    for a, b in zip(dump["dense"], code["dense"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert dump["eval"].keys() == code["eval"].keys()
+    for key, value in code["eval"].items():
+        assert dump["eval"][key] == pytest.approx(value, abs=1e-6), key
+    np.testing.assert_allclose([p["ctr"] for p in dump["predict"]], [p["ctr"] for p in code["predict"]], atol=1e-6)
+
+
+def test_dump_records_the_model(models):
+    dump = dump_file.read(models["ffm"][1])
+    assert dump.format_version == dump_file.FORMAT_VERSION and dump.model_class.endswith(":TestFFMModel")
+    tables = {t.name: t for t in dump.tables}
+    assert sorted(tables) == [f"slot_{i}" for i in range(6)]
+    # slot 0: the FTRL bias, then its FFM vector for item slot 3 (SGD)
+    assert [(s.slice_name, s.dim, s.optimizer.type, s.initializer.type) for s in tables["slot_0"].segments] == [
+        ("bias", 1, "ftrl", "zeros"), ("ffm_3", 4, "sgd", "random_uniform")]
+    assert tables["slot_0"].segments[1].optimizer.settings["learning_rate"].float_value == pytest.approx(0.1)
+    assert {f.feature_name: pb.Combiner.Name(f.combiner) for f in dump.features} == {
+        f"slot_{i}": "REDUCE_SUM" for i in range(6)}
+    train = next(f for f in dump.model_functions if f.mode == "train")
+    assert [(h.name, h.classification, h.label_feature) for h in train.heads] == [("ctr", True, "label")]
+    assert train.gradient_function and train.has_loss
+    receiver = dump.serving_input_receiver
+    assert [(t.name, t.dtype) for t in receiver.receiver_tensors] == [("instances", "string")]
+    assert {t.name: t.is_ragged for t in receiver.features} == {**{f"slot_{i}": True for i in range(6)},
+                                                                "label": False}
+    assert [(s.name, list(s.inputs), list(s.outputs)) for s in dump.signatures] == [
+        ("serving_default", ["instances"], ["ctr"])]
+    assert json.loads(dump.dense_optimizer_json)["class_name"] == "SGD"
+    assert dump.params["train.per_replica_batch_size"].int_value == 64
+    assert dump.params["clip_norm"].float_value == 1000.0
+
+
+def test_show_is_readable(models, capsys):
+    from launch.cli import main
+
+    assert main(["dump", "--show", str(models["movielens"][1])]) == 0
+    text = capsys.readouterr().out
+    assert "genres -> table genres, REDUCE_MEAN" in text
+    assert "slice vec: dim 4, random_uniform(maxval=0.05, minval=-0.05), adagrad(" in text
+    assert "train: heads ctr (classification)" in text and "labels label" in text
+
+
+class _ScheduledModel(MonolithModel):
+    def input_fn(self, mode):
+        return tf.data.Dataset.from_tensors({"f": tf.ragged.constant([[1], [2, 3]], dtype=tf.int64),
+                                             "label": tf.constant([0.0, 1.0])})
+
+    def model_fn(self, features, mode):
+        self.create_embedding_feature_column("f")
+        x = self.lookup_embedding_slice(features=["f"], slice_name="v", slice_dim=2,
+                                        learning_rate_fn=lambda step: 0.1 / (1 + step), out_type="concat")
+        pred = tf.reduce_sum(x, axis=1)
+        return EstimatorSpec(label=features.get("label"), pred=pred, loss=tf.reduce_sum(pred), head_name="h")
+
+
+def test_a_learning_rate_function_is_refused_and_nothing_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"slice 'v' of table 'f' \(feature 'f'\) has a learning-rate function"):
+        dump_model(_ScheduledModel(), tmp_path / "d")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def copied(models, tmp_path):
+    """A private copy of the FFM dump to damage."""
+    import shutil
+
+    target = tmp_path / "dump"
+    shutil.copytree(models["ffm"][1], target)
+    return target
+
+
+def test_truncated_corrupt_foreign_and_newer_dumps_are_refused(copied):
+    path = copied / dump_file.DUMP_FILE
+    good = path.read_bytes()
+    cases = {
+        "truncated": (good[:-10], r"truncated or padded: the header announces \d+ payload bytes, the file holds \d+"),
+        "header only": (good[:12], "truncated: 12 bytes"),
+        "corrupt": (good[:-1] + bytes([good[-1] ^ 1]), r"checksum mismatch \(the file is corrupted\)"),
+        "foreign": (b"PK\x03\x04" + good[4:], "not a model dump"),
+        "newer": (good[:len(dump_file.MAGIC)] + (dump_file.FORMAT_VERSION + 1).to_bytes(4, "little")
+                  + good[len(dump_file.MAGIC) + 4:], r"format version 2, but this project reads versions 1 to 1"),
+        "empty": (b"", "not a model dump"),
+    }
+    for name, (data, message) in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(dump_file.ModelDumpError, match=message):
+            dump_file.read(copied)
+        with pytest.raises(dump_file.ModelDumpError):
+            DumpedModel(copied)
+        assert name
+    path.write_bytes(good)
+    dump_file.read(copied)
+
+
+def test_a_damaged_function_file_is_refused(copied):
+    saved = copied / dump_file.FUNCTIONS_DIR / "saved_model.pb"
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(dump_file.ModelDumpError, match="saved_model.pb: sha256 mismatch"):
+        DumpedModel(copied)
+    saved.write_bytes(bytes(data[:100]))
+    with pytest.raises(dump_file.ModelDumpError, match=r"saved_model.pb: 100 bytes, the dump lists \d+ \(truncated"):
+        DumpedModel(copied)
+    (copied / dump_file.DUMP_FILE).unlink()
+    with pytest.raises(dump_file.ModelDumpError, match="holds no model_dump.pb"):
+        DumpedModel(copied)
+
+
+@pytest.mark.slow
+def test_train_from_dump_in_a_process_without_the_models_module(models, trained, tmp_path):
+    """`monolith train --from-dump` trains both dumps (FFM's made by `monolith dump --model`) in a process where
+    `worker.models` (MovieLens and FFM) cannot be imported: same final loss, rows and dense values as the code."""
+    runs = {name: path for name, (_, path) in models.items()}
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["worker.models"] = None  # the models' code cannot be imported in this process
+        try:
+            import worker.models.movielens
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("worker.models is importable")
+        from launch.cli import main
+        for name, dump in {json.dumps({k: str(v) for k, v in runs.items()})}.items():
+            assert main(["train", "--from-dump", dump, "--model-dir", f"{tmp_path}/" + name, "--max-steps", "{STEPS}",
+                         "--save-checkpoints-steps", "{STEPS}", "--summary-file", f"{tmp_path}/" + name + ".json"]) == 0
+        assert "worker.models.movielens" not in sys.modules and "worker.models.ffm" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=600)
+    for name in runs:
+        code = trained[name][0]
+        summary = json.loads((tmp_path / f"{name}.json").read_text())
+        assert summary["global_step"] == STEPS and summary["model"] == f"dump:{runs[name]}"
+        assert summary["loss"] == pytest.approx(code["losses"][-1], abs=1e-6)
+        state = ShardState(0, 1)
+        state.restore(str(latest_checkpoint(tmp_path / name)))
+        for table, rows in code["rows"].items():
+            np.testing.assert_allclose(state.table(table).lookup(IDS), rows, rtol=0, atol=1e-6)
+        dense = [value for _, _, value in state.dense_pull([])]
+        assert len(dense) == len(code["dense"])
+        for a, b in zip(dense, code["dense"]):
+            np.testing.assert_allclose(a, np.reshape(b, -1), rtol=0, atol=1e-6)
+
