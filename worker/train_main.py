@@ -102,6 +102,7 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
         "examples_per_sec": stats.get("cluster_examples_per_sec", stats.get("examples_per_sec")),
         "loss": stats.get("loss"), "auc": heads, "mse": mses, "eval": metrics,
         "table_sizes": est.table_sizes(), "checkpoint": checkpoint,
+        "steady_examples_per_sec": stats.get("steady_examples_per_sec"), "step_ms": stats.get("step_ms"),
     }
 
 
