@@ -8,6 +8,7 @@ dataset of the model being compared (features with the label inside), so both re
 from __future__ import annotations
 
 import time
+
 import numpy as np
 import tensorflow as tf
 

@@ -34,7 +34,7 @@ class PreparedBatch:
     blocks: dict[str, np.ndarray] = field(default_factory=dict)     # shared tables: feature -> its rows of the table
     rows: dict[str, np.ndarray] = field(default_factory=dict)       # feature -> its block of rows
     dense: dict[str, np.ndarray] | None = None
-    layout: np.ndarray | None = None  # the packed rows' layout the traced step received (step_inputs)
+    layout: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))  # what step_inputs packed
 
 
 class BatchPreparer:

@@ -387,10 +387,7 @@ class Estimator:
             raise FloatingPointError(f"loss is {run.loss} at global step {run.step}")
         t = times.add("compute", t)
         pusher.submit(batch, out, run.step)
-        if cfg.distributed:  # local pushes run here and time themselves
-            t = times.add("push_wait", t)
-        else:
-            t = now()
+        t = times.add("push_wait", t) if cfg.distributed else now()  # local pushes ran here and timed themselves
         run.step = pusher.step_estimate
         run.examples += batch.batch_size
         run.steps_run += 1
