@@ -9,7 +9,7 @@ configuration is timed after its first (tracing) step with every update applied;
 interleaved, round after round, and the medians printed with ratios. Our runs also print where a step's
 time goes (`worker/runtime/step_timing.py`: milliseconds per step per phase, medians) and test AUC
 (mean ± sd over the rounds). Everything shares the machine's cores: more processes mean no more compute.
-    python benchmarks/train_bench.py [--steps 300] [--rounds 3] [--batch-sizes 256,1024] [--models demo,readme]
+    python benchmarks/train_bench.py [--steps 150] [--rounds 3] [--batch-sizes 256,1024] [--models demo,readme]
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def _auc(results: dict, batch_sizes: list[int], configs: list[str]) -> list[str]
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after the first)")
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per run (after the first)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="256,1024")
     parser.add_argument("--models", default="demo,readme")

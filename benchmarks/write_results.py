@@ -45,7 +45,12 @@ def run_one(path: Path) -> tuple[str, str, int]:
 
 
 def main() -> int:
-    benches = sorted(HERE.glob("*_bench.py"))
+    """`python benchmarks/write_results.py [name_bench.py ...]`: every benchmark, or only the named ones."""
+    names = sys.argv[1:]
+    benches = [p for p in sorted(HERE.glob("*_bench.py")) if not names or p.name in names]
+    if names and len(benches) != len(names):
+        print(f"unknown benchmarks among {names}", file=sys.stderr)
+        return 2
     sections = []
     failed = []
     for path in benches:
@@ -58,7 +63,8 @@ def main() -> int:
     header = (f"# Benchmark results\n\nWritten by `make bench` (`benchmarks/write_results.py`); do not edit by hand.\n"
               f"Commit {_commit()}, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
               f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}.\n"
-              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n")
+              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n"
+              + (f"Only {', '.join(names)} ran this time.\n" if names else ""))
     (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {HERE / 'RESULTS.md'}")
     if failed:
