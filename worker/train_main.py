@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, required=True, help=MAX_STEPS_HELP)
     parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
     parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: any port)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics (0: any port), with the step-time breakdown (also written "
+                             "to <model-dir>/train for TensorBoard)")
     parser.add_argument("--staleness", type=int, default=0, help="lookups may run this many steps ahead")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override the model's per-worker batch size (train, and eval unless --eval-batch-size)")
@@ -125,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         worker_index=args.worker_index, num_workers=args.num_workers, staleness=args.staleness,
         save_checkpoints_steps=args.save_checkpoints_steps, save_checkpoints_secs=args.save_checkpoints_secs,
         keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress,
-        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout)
+        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout,
+        export_step_times=args.metrics_port is not None)
     hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
     est = Estimator(model, config, hooks=hooks)
     try:
