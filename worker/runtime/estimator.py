@@ -232,7 +232,7 @@ class Estimator:
     def _train_function(self, step: Any, signature: list, compiled: _Compiled) -> Any:
         """The traced train step as the loop calls it. Locally the dense optimizer runs inside it (one call
         per step, no dense gradients leave the graph); with PS shards the dense gradients leave it packed
-        into one tensor (`dense_grads`, split by `_dense_grads`)."""
+        into one tensor (`dense_grads`, split again by `_push_dense`)."""
         variables = self._reuse.trainable
         optimizer = compiled.optimizer
         local = not self.config.distributed and bool(variables)
