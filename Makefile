@@ -15,7 +15,7 @@ export MALLOC_TRIM_THRESHOLD_ := 268435456
 # numba's OpenMP workers sleep between kernels instead of spinning on shared cores (ps/kernels/threads.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup protos prometheus-server test test-fast fuzz demo bench lint clean
+.PHONY: setup protos prometheus-server test test-fast fuzz demo bench bench-deps lint clean
 
 setup: $(STAMP) protos prometheus-server
 
@@ -56,8 +56,14 @@ demo: setup
 	$(BIN)/python -m launch.demo
 
 # Runs every benchmark and writes their output, with the machine's load, to benchmarks/RESULTS.md.
-bench: setup
+bench: bench-deps
 	$(BIN)/python benchmarks/write_results.py
+
+# The peers only benchmarks use: tf_keras (Keras 2) for TF's ParameterServerStrategy (benchmarks/pss_peer.py).
+# --no-deps: its requirement on `tensorflow` would pull the GPU wheel beside tensorflow-cpu. Never in `setup`.
+TF_KERAS = tf_keras==$(shell $(BIN)/python -c "import importlib.metadata as m; print(m.version('tensorflow-cpu'))" 2>/dev/null)
+bench-deps: setup
+	$(BIN)/python -c "import tf_keras" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(TF_KERAS)"
 
 # ruff (style, imports, complexity, simplifications) and mypy (everything but the numba kernels).
 lint: setup

@@ -21,6 +21,10 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _with(args: list[str]) -> str:
+    return f" (with {' '.join(args)})" if args else ""
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
@@ -30,11 +34,11 @@ def _commit() -> str:
         return "unknown"
 
 
-def run_one(path: Path) -> tuple[str, str, int]:
+def run_one(path: Path, args: list[str]) -> tuple[str, str, int]:
     """(output, load before/after, exit code) of one benchmark; its output also streams to this terminal."""
     before = _load()
-    proc = subprocess.Popen([sys.executable, str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, str(path), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -45,12 +49,19 @@ def run_one(path: Path) -> tuple[str, str, int]:
 
 
 def main() -> int:
-    benches = sorted(HERE.glob("*_bench.py"))
+    """`python benchmarks/write_results.py [name_bench.py ... [-- args]]`: every benchmark, or only the named
+    ones (with `args`, e.g. a shorter setting, when one is named)."""
+    argv = sys.argv[1:]
+    names, args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    benches = [p for p in sorted(HERE.glob("*_bench.py")) if not names or p.name in names]
+    if names and len(benches) != len(names):
+        print(f"unknown benchmarks among {names}", file=sys.stderr)
+        return 2
     sections = []
     failed = []
     for path in benches:
         print(f"== {path.name}", flush=True)
-        output, load, code = run_one(path)
+        output, load, code = run_one(path, args)
         if code:
             failed.append(path.name)
         sections.append(f"## {path.name}\n\nload average (1, 5, 15 min) before → after: {load}"
@@ -58,7 +69,8 @@ def main() -> int:
     header = (f"# Benchmark results\n\nWritten by `make bench` (`benchmarks/write_results.py`); do not edit by hand.\n"
               f"Commit {_commit()}, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
               f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}.\n"
-              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n")
+              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n"
+              + (f"Only {', '.join(names)} ran this time{_with(args)}.\n" if names else ""))
     (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {HERE / 'RESULTS.md'}")
     if failed:

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, required=True, help=MAX_STEPS_HELP)
     parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
     parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: any port)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics (0: any port), with the step-time breakdown (also written "
+                             "to <model-dir>/train for TensorBoard)")
     parser.add_argument("--staleness", type=int, default=0, help="lookups may run this many steps ahead")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override the model's per-worker batch size (train, and eval unless --eval-batch-size)")
@@ -120,6 +122,7 @@ def build_summary(est, model, args, stats: dict, metrics: dict | None, checkpoin
         "examples_per_sec": stats.get("cluster_examples_per_sec", stats.get("examples_per_sec")),
         "loss": stats.get("loss"), "auc": heads, "mse": mses, "eval": metrics,
         "table_sizes": est.table_sizes(), "checkpoint": checkpoint,
+        "steady_examples_per_sec": stats.get("steady_examples_per_sec"), "step_ms": stats.get("step_ms"),
     }
 
 
@@ -155,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
         worker_index=args.worker_index, num_workers=args.num_workers, staleness=args.staleness,
         save_checkpoints_steps=args.save_checkpoints_steps, save_checkpoints_secs=args.save_checkpoints_secs,
         keep_checkpoint_max=args.keep_checkpoint_max, dispatcher=args.dispatcher, progress=args.progress,
-        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout)
+        launch_id=os.environ.get(LAUNCH_ID_VAR) or None, barrier_timeout_s=args.barrier_timeout,
+        export_step_times=args.metrics_port is not None)
     hooks = _metric_hooks(model, args.metrics_port) if args.metrics_port is not None else []
     est = Estimator(model, config, hooks=hooks)
     if args.export_base and config.is_chief:

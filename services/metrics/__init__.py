@@ -15,6 +15,7 @@ Names emitted by this project (prefix `monolith.training`, or `$MONOLITH_METRIC_
 | <user name> | store | — | hooks.custom_metric |
 | exit_hook | counter | server_type, index, sig | services.exit_hook |
 | deep_insight.examples / deep_insight.sampled | counter | model_name | deep_insight |
+| step_phase_ms | store | worker, phase | worker.runtime.step_timing (ms per step per phase) |
 
 Processes also expose prometheus-client's `process_*` and `python_*` collectors.
 """

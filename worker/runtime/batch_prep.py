@@ -5,6 +5,10 @@ once (`ps.kernels.routing.unique_inverse`, first-occurrence order), and the dist
 parameter backend as they are (the PS client does not dedupe them again). Each feature's block of rows
 is the table's rows it uses, with an index per id into that block.
 
+A traced step takes every feature's rows as one packed float32 buffer, its layout and one packed index
+(`step_inputs`), and returns one packed gradient (`unpack_gradients`): a few tensors per step instead of
+two per feature, since each conversion between numpy and TensorFlow has a fixed cost.
+
 Gradients flow back per table: a feature's row gradients are already one per distinct id; features
 sharing a table are summed here onto the table's distinct ids, except for tables with admission
 (`occurrence_threshold > 0`), which must count each feature's occurrence: those send each feature's ids
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from ps.kernels.routing import unique_inverse
 
@@ -29,6 +34,7 @@ class PreparedBatch:
     blocks: dict[str, np.ndarray] = field(default_factory=dict)     # shared tables: feature -> its rows of the table
     rows: dict[str, np.ndarray] = field(default_factory=dict)       # feature -> its block of rows
     dense: dict[str, np.ndarray] | None = None
+    layout: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))  # what step_inputs packed
 
 
 class BatchPreparer:
@@ -69,15 +75,32 @@ class BatchPreparer:
                 batch.rows[f] = rows if block is None else rows[block]
         return batch
 
-    def step_inputs(self, batch: PreparedBatch) -> tuple[dict, dict]:
-        """Rows and indices for every ragged feature of the signature (unused ones get empty blocks)."""
-        rows, index = {}, {}
-        for f in self.sparse_features:
-            if f in batch.rows:
-                rows[f], index[f] = batch.rows[f], batch.index[f]
-            else:
-                rows[f], index[f] = np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
-        return rows, index
+    def step_inputs(self, batch: PreparedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, layout, index) of every ragged feature of the signature, packed in signature order.
+
+        rows: each feature's block of rows, flattened and concatenated (float32); layout: int32 [features, 3],
+        each block's rows, dim and index length (unused features: empty); index: each feature's int32 index
+        into its block, concatenated. `unpack_step_inputs` undoes it in the graph."""
+        layout = np.zeros((len(self.sparse_features), 3), np.int32)
+        blocks, indices = [], []
+        for i, f in enumerate(self.sparse_features):
+            block = batch.rows.get(f)
+            if block is not None:
+                layout[i] = (*block.shape, batch.index[f].size)
+                blocks.append(block.reshape(-1))
+                indices.append(batch.index[f])
+        rows = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        index = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+        return rows, layout, index
+
+    def unpack_gradients(self, layout: np.ndarray, grads: np.ndarray) -> dict[str, np.ndarray]:
+        """{feature: row gradients} (views) from the packed gradient of the packed rows."""
+        out, offset = {}, 0
+        for f, (n, dim, _) in zip(self.sparse_features, layout.tolist()):
+            if f in self.feature_tables:
+                out[f] = grads[offset:offset + n * dim].reshape(n, dim)
+            offset += n * dim
+        return out
 
     def table_gradients(self, batch: PreparedBatch, grads: dict[str, np.ndarray]) -> dict[str, tuple]:
         """{table: (ids, row gradients)} ready to push: distinct ids, except per-feature ids of counting tables."""
@@ -95,3 +118,14 @@ class BatchPreparer:
                     summed[batch.blocks[f]] += grads[f]
                 out[table] = (ids, summed)
         return out
+
+
+def unpack_step_inputs(features: list[str], rows, layout, index) -> tuple[dict, dict]:
+    """In the traced step: {feature: rows [n, dim]} and {feature: index} from `step_inputs`' packing."""
+    if not features:
+        return {}, {}
+    n, dim, length = layout[:, 0], layout[:, 1], layout[:, 2]
+    blocks = tf.split(rows, n * dim, num=len(features))
+    indices = tf.split(index, length, num=len(features))
+    return ({f: tf.reshape(b, tf.stack([n[i], dim[i]])) for i, (f, b) in enumerate(zip(features, blocks))},
+            dict(zip(features, indices)))

@@ -29,11 +29,12 @@ from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation
 from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
 from worker.runtime.batch_prefetch import Prefetcher
-from worker.runtime.batch_prep import BatchPreparer, PreparedBatch
+from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
+from worker.runtime.step_timing import StepTimeExporter, StepTimes, now
 from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ def params_mode(model, mode: str):
 
 
 def step_signature(spec: dict) -> tuple[list[str], dict, dict, dict]:
-    """A traced step's inputs for a dataset's `element_spec`: the sparse (ragged int64) features, then the
-    specs of the features (any batch size), of each sparse feature's looked-up rows and of its id index."""
+    """A model's inputs for a dataset's `element_spec`: the sparse (ragged int64) features, then the specs of
+    the features (any batch size), of each sparse feature's looked-up rows and of its id index. The training
+    step packs the rows and indices into one tensor each (`BatchPreparer.step_inputs`); the model dump keeps
+    them per feature."""
     sparse = sorted(k for k, v in spec.items() if isinstance(v, tf.RaggedTensorSpec))
     for k in sparse:
         v = spec[k]
@@ -103,6 +106,8 @@ class _TrainRun:
     steps_run: int = 0
     loss: float = float("nan")
     window: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    times: StepTimes = field(default_factory=StepTimes)
+    first_step: tuple | None = None  # (time, examples, step times) when the first step ended: steady-state rates
 
 
 def _step_outputs(out, mode: str) -> dict[str, Any]:
@@ -143,6 +148,12 @@ class Estimator:
                                           num_workers=config.num_workers, worker_index=config.worker_index,
                                           model_name=type(model).__name__, sync_backend=None, server_type="worker")
         self.last_train_stats: dict[str, Any] = {}
+        self._step_times: StepTimeExporter | None = None
+        if config.export_step_times:
+            from services.metrics import get_cli
+
+            self._step_times = StepTimeExporter(get_cli(), os.path.join(config.model_dir, "train"),
+                                                {"worker": str(config.worker_index)})
         self.last_checkpoint: str | None = None
         # called as listener.after_save(global_step, checkpoint_path) after every checkpoint (e.g. exporters)
         self.checkpoint_listeners: list = []
@@ -181,58 +192,78 @@ class Estimator:
     def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
         if mode in self._compiled:
             return self._compiled[mode]
-        sparse, feature_sig, rows_sig, index_sig = step_signature(dataset.element_spec)
+        sparse, feature_sig, _, _ = step_signature(dataset.element_spec)
+        packed_sig = (tf.TensorSpec([None], tf.float32), tf.TensorSpec([len(sparse), 3], tf.int32),
+                      tf.TensorSpec([None], tf.int32))  # rows, layout, index: BatchPreparer.step_inputs
         model_fn = self.model.create_model_fn()
         model = self.model
         clip_norm, weight_decay = float(model.clip_norm), float(model.dense_weight_decay or 0.0)
         meta: dict[str, Any] = {}
 
-        def step(features, rows, index):
-            inputs = LookupInputs(rows, index, {f: features[f].row_splits for f in sparse})
-            with (self._params_mode(mode), self._reuse.scope(), lookup_inputs(inputs), with_ctx(self.task_ctx),
-                  tf.GradientTape() as tape):
-                tape.watch(list(rows.values()))
-                out = model_fn(features, ModeKeys.PREDICT if mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
-            used = sorted(inputs.used)
-            meta.update(out=out, used=used)
+        def step(features, packed_rows, layout, packed_index):
+            with tf.GradientTape() as tape:
+                tape.watch(packed_rows)
+                rows, index = unpack_step_inputs(sparse, packed_rows, layout, packed_index)
+                inputs = LookupInputs(rows, index, {f: features[f].row_splits for f in sparse})
+                with (self._params_mode(mode), self._reuse.scope(), lookup_inputs(inputs),
+                      with_ctx(self.task_ctx)):
+                    out = model_fn(features, ModeKeys.PREDICT if mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
+            meta.update(out=out, used=sorted(inputs.used))
             result = _step_outputs(out, mode)
             if mode == ModeKeys.TRAIN:
                 dense = self._reuse.trainable
-                grads = tape.gradient(out.loss, dense + [rows[f] for f in used],
+                # one packed gradient for every feature's rows (unused features' blocks are empty)
+                grads = tape.gradient(out.loss, [*dense, packed_rows],
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 grads, _ = tf.clip_by_global_norm([tf.convert_to_tensor(g) for g in grads], clip_norm)
                 dense_grads = grads[:len(dense)]
                 if weight_decay:
                     dense_grads = [g + weight_decay * v for g, v in zip(dense_grads, dense)]
                 result["dense_grads"] = dense_grads
-                result["emb_grads"] = dict(zip(used, grads[len(dense):]))
+                result["emb_grads"] = grads[-1]
             return result
 
         # A flat signature: binding many nested (ragged) arguments per call cost more than the step's compute
         # (docs/design-notes.md).
-        structure = (feature_sig, rows_sig, index_sig)
+        structure = (feature_sig, *packed_sig)
+        signature = tf.nest.flatten(structure, expand_composites=True)
 
         def flat_step(*flat):
             return step(*tf.nest.pack_sequence_as(structure, list(flat), expand_composites=True))
 
-        traced = tf.function(flat_step, input_signature=tf.nest.flatten(structure, expand_composites=True),
-                             autograph=False)
-        concrete = traced.get_concrete_function()
-
-        def fn(features, rows, index):
-            return concrete(*tf.nest.flatten((features, rows, index), expand_composites=True))
-
+        concrete = tf.function(flat_step, input_signature=signature, autograph=False).get_concrete_function()
         out = meta["out"]
         self._create_tables()
         fc_dict = self.model.fc_dict
         feature_tables = {f: fc_dict[f].slot.name for f in meta["used"]}
         slots = {t: self.model.ctx.feature_factory.slots[t] for t in feature_tables.values()}
         counting = frozenset(t for t, slot in slots.items() if slot.config.occurrence_threshold > 0)
-        compiled = _Compiled(mode, fn, BatchPreparer(sparse, feature_tables, counting), out.head_names,
+        compiled = _Compiled(mode, concrete, BatchPreparer(sparse, feature_tables, counting), out.head_names,
                              out.classification, out.optimizer, slots)
         self._attach_dense(compiled)
+        if mode == ModeKeys.TRAIN:
+            compiled.fn = self._train_function(concrete, signature, compiled)
         self._compiled[mode] = compiled
         return compiled
+
+    def _train_function(self, step: Any, signature: list, compiled: _Compiled) -> Any:
+        """The traced train step as the loop calls it. Locally the dense optimizer runs inside it (one call
+        per step, no dense gradients leave the graph); with PS shards the dense gradients leave it packed
+        into one tensor (`dense_grads`, split again by `_push_dense`)."""
+        variables = self._reuse.trainable
+        optimizer = compiled.optimizer
+        local = not self.config.distributed and bool(variables)
+
+        def train_step(*flat):
+            result = dict(step(*flat))
+            grads = result.pop("dense_grads")
+            if local:
+                optimizer.apply_gradients(zip(grads, variables))
+            elif grads:
+                result["dense_grads"] = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+            return result
+
+        return tf.function(train_step, input_signature=signature, autograph=False).get_concrete_function()
 
     def _create_tables(self) -> None:
         factory = self.model.ctx.feature_factory
@@ -283,16 +314,31 @@ class Estimator:
         return self.backend.global_step()
 
     # --- running -----------------------------------------------------------------------------------
-    def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int) -> Prefetcher:
+    def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int,
+                    times: StepTimes | None = None) -> Prefetcher:
         iterator = iter(dataset)
         backend = self.backend
+        times = times or StepTimes()
 
         def read() -> PreparedBatch:
-            return compiled.prep.dedupe(next(iterator))
+            t = now()
+            features = next(iterator)
+            t = times.add("input", t)
+            batch = compiled.prep.dedupe(features)
+            times.add("dedupe", t)
+            return batch
+
+        def pull() -> dict[str, np.ndarray] | None:
+            t = now()
+            values = backend.pull_dense()
+            times.add("dense_pull", t)
+            return values
 
         def lookup(batch: PreparedBatch) -> PreparedBatch:
-            dense = self._pull.submit(backend.pull_dense) if self.config.distributed else None
+            dense = self._pull.submit(pull) if self.config.distributed else None
+            t = now()
             compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
+            times.add("lookup", t)
             batch.dense = dense.result() if dense is not None else None
             return batch
 
@@ -301,8 +347,8 @@ class Estimator:
     def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
         if batch.dense is not None and self._dense is not None:
             self._dense.assign(batch.dense)
-        rows, index = compiled.prep.step_inputs(batch)
-        return compiled.fn(batch.features, rows, index)
+        rows, batch.layout, index = compiled.prep.step_inputs(batch)
+        return compiled.fn(*tf.nest.flatten(batch.features, expand_composites=True), rows, batch.layout, index)
 
     def train(self, max_steps: int) -> dict[str, Any]:
         if not isinstance(max_steps, int) or max_steps < 0:
@@ -322,12 +368,13 @@ class Estimator:
                  0 if self.config.dispatcher else skip)
         hooks = self.hooks + list(self.model._training_hooks)
         cfg = self.config
-        prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
-        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at, max_steps), prefetcher.done,
-                                asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
-        self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
         run = _TrainRun(step=step, last_save_step=step, last_save_time=time.monotonic(),
                         bar=self._progress(max_steps, step) if cfg.progress else None)
+        prefetcher = self._prefetcher(compiled, dataset, cfg.staleness, run.times)
+        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at, max_steps, run.times),
+                                prefetcher.done, asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1,
+                                start_step=step)
+        self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
         for hook in hooks:
             hook.begin()
         try:
@@ -347,17 +394,23 @@ class Estimator:
                     pusher: GradientPusher, max_steps: int) -> bool:
         """One step: hooks, batch, compute, push, report, periodic save. False when the input is exhausted."""
         cfg = self.config
+        times = run.times
+        started = t = now()
         ctx = StepContext(global_step=run.step, mode=ModeKeys.TRAIN)
         wanted = [name for hook in hooks for name in (hook.before_step(ctx) or [])]
+        t = times.add("hooks", t)
         batch = prefetcher.get()
         if batch is None:
             log.info("input exhausted at global step %d", run.step)
             return False
+        t = times.add("lookup_wait", t)
         out = self._run_step(compiled, batch)
         run.loss = float(out["loss"])
         if not np.isfinite(run.loss):
             raise FloatingPointError(f"loss is {run.loss} at global step {run.step}")
+        t = times.add("compute", t)
         pusher.submit(batch, out, run.step)
+        t = times.add("push_wait", t) if cfg.distributed else now()  # local pushes ran here and timed themselves
         run.step = pusher.step_estimate
         run.examples += batch.batch_size
         run.steps_run += 1
@@ -371,6 +424,12 @@ class Estimator:
             run.bar.update(1)
         if run.steps_run % cfg.log_step_count_steps == 0 or run.bar is not None and run.steps_run % 10 == 0:
             self._report(run, compiled)
+        times.add("hooks", t)
+        times.steps += 1
+        t = now()
+        times.total += t - started
+        if run.first_step is None:
+            run.first_step = (t, run.examples, times.snapshot())
         if cfg.is_chief and run.step < max_steps and self._save_due(run.step, run.last_save_step, run.last_save_time):
             run.step = pusher.drain()
             try:
@@ -388,10 +447,17 @@ class Estimator:
                 and (step != run.last_save_step or cfg.num_workers > 1)):
             self.save(step)
         elapsed = time.perf_counter() - run.started
+        if self._step_times is not None:
+            self._step_times.export(run.times, step)
         steps_run, examples = run.steps_run - self._refused[0], run.examples - self._refused[1]
         self.last_train_stats = {"global_step": step, "steps": steps_run, "examples": examples,
                                  "seconds": elapsed, "examples_per_sec": examples / elapsed if elapsed else 0.0,
                                  "loss": run.loss}
+        if run.first_step is not None and steps_run > 1:  # after the first step: input set up, caches warm
+            first_time, first_examples, first_times = run.first_step
+            self.last_train_stats.update(
+                steady_examples_per_sec=(examples - first_examples) / max(time.perf_counter() - first_time, 1e-9),
+                step_ms=run.times.ms_per_step(first_times))
         return self.last_train_stats
 
     def _all_workers_done(self, max_steps: int, step: int) -> int:
@@ -415,29 +481,43 @@ class Estimator:
         log.info("all %d workers finished training; the job's global step is %d", cfg.num_workers, step)
         return step
 
-    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int, max_steps: int) -> int:
+    def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int, max_steps: int,
+              times: StepTimes) -> int:
         """Claim a global step, then send the step's dense and sparse gradients (concurrently when remote).
 
         The claim comes first and never passes `max_steps`, so the job ends exactly at its final global
         step however many workers race for the last ones; a step whose claim is refused is dropped. Each
         table segment's learning rate at `step` comes from its feature slot (the slice's learning-rate
         function, or its optimizer's rate)."""
+        t = now()
         claimed, granted = self.backend.claim_global_step(max_steps)
         if not granted:
             self._refused[0] += 1
             self._refused[1] += batch.batch_size
             return claimed
-        grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
+        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
         updates = compiled.prep.table_gradients(batch, grads)
         lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
-        if self.config.distributed:
-            dense = self._side.submit(self.backend.push_dense, out["dense_grads"], step)
-            self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
+        dense = None
+        if "dense_grads" in out:
+            dense = self._side.submit(self._push_dense, out["dense_grads"], step, times)
+        self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
+        times.add("gradient_push", t)
+        if dense is not None:
             dense.result()
-        else:
-            self.backend.push_dense(out["dense_grads"], step)
-            self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
         return claimed
+
+    def _push_dense(self, packed: tf.Tensor, step: int, times: StepTimes) -> None:
+        """Send the step's dense gradients (packed by the traced step) to the PS."""
+        t = now()
+        flat = packed.numpy()
+        grads, offset = [], 0
+        for var in self._dense.variables if self._dense is not None else ():
+            size = int(np.prod(var.shape))
+            grads.append(flat[offset:offset + size].reshape(var.shape))
+            offset += size
+        self.backend.push_dense(grads, step)
+        times.add("dense_push", t)
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -479,6 +559,8 @@ class Estimator:
             run.bar.set_postfix(stats, refresh=False)
         else:
             log.info("step %d %s", run.step, " ".join(f"{k}={v}" for k, v in stats.items()))
+        if self._step_times is not None:
+            self._step_times.export(run.times, run.step)
 
     def evaluate(self, steps: int | None = None) -> dict[str, Any]:
         """AUC (classification heads) / MSE (regression heads) and mean loss over the eval input; the chief
@@ -564,6 +646,8 @@ class Estimator:
         return self.backend.table_sizes()
 
     def close(self) -> None:
+        if self._step_times is not None:
+            self._step_times.close()
         self._side.shutdown(wait=True)
         self._pull.shutdown(wait=True)
         self.backend.close()

@@ -21,6 +21,7 @@ class RunConfig:
     ready_timeout_s: float = 60.0
     launch_id: str | None = None             # the same for every worker of one launch of the job, new per launch
     barrier_timeout_s: float = 600.0         # how long workers wait for each other at the end of training
+    export_step_times: bool = False          # step-time breakdown to Prometheus and <model_dir>/train (TensorBoard)
 
     def __post_init__(self) -> None:
         if not self.model_dir or not isinstance(self.model_dir, str):
