@@ -29,6 +29,7 @@ class PreparedBatch:
     blocks: dict[str, np.ndarray] = field(default_factory=dict)     # shared tables: feature -> its rows of the table
     rows: dict[str, np.ndarray] = field(default_factory=dict)       # feature -> its block of rows
     dense: dict[str, np.ndarray] | None = None
+    stream_seq: int | None = None  # a stream input's batch number (worker/modeling/stream_source.py)
 
 
 class BatchPreparer:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from worker.modeling import stream_source
 from worker.modeling.estimator_spec import ModeKeys
 from worker.modeling.feature import FeatureSlot
 from worker.modeling.hooks.base import StepContext, StepResult
@@ -33,6 +34,7 @@ from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
+from worker.runtime.stream_checkpoints import StreamCheckpoints, restore_for_stream
 from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class _Compiled:
     optimizer: Any
     slots: dict[str, FeatureSlot]  # the tables this mode pushes to: their segments' learning rates
 
+
+UNBOUNDED = 2**62
+"""The step limit of `train(None)`: never reached."""
 
 _WINDOW = 50
 """Steps whose outputs the progress report's AUC/MSE is computed over."""
@@ -117,6 +122,9 @@ class Estimator:
                                           model_name=type(model).__name__, sync_backend=None, server_type="worker")
         self.last_train_stats: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
+        self._source: stream_source.StreamSource | None = None  # the TRAIN input's, when it is a stream
+        self._stream: StreamCheckpoints | None = None
+        self._stream_start: stream_source.Offsets | None = None
 
     # --- building ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -131,13 +139,30 @@ class Estimator:
             params.mode = saved
 
     def _dataset(self, mode: str) -> tf.data.Dataset:
-        with with_ctx(self.task_ctx), self._params_mode(mode):
+        with with_ctx(self.task_ctx), self._params_mode(mode), stream_source.collect() as sources:
             ds = self.model.create_input_fn(mode)()
         if not isinstance(ds, tf.data.Dataset):
             raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset, got {type(ds).__name__}")
         if not isinstance(ds.element_spec, dict):
             raise ValueError(f"input_fn({mode!r}) must yield dicts of features, got {ds.element_spec!r}")
+        if sources:
+            self._check_stream(mode, sources, ds)
+            self._source = sources[0]
         return ds
+
+    def _check_stream(self, mode: str, sources: list, ds: tf.data.Dataset) -> None:
+        if mode != ModeKeys.TRAIN or len(sources) != 1:
+            raise ValueError(f"input_fn({mode!r}) created {len(sources)} stream inputs: a stream (Kafka) input is "
+                             f"for training, one per input_fn")
+        if ds.element_spec.get(stream_source.STREAM_BATCH_KEY) != tf.TensorSpec([], tf.int64):
+            raise ValueError(f"input_fn's stream batches lost their {stream_source.STREAM_BATCH_KEY!r} scalar: do not "
+                             f"re-batch, unbatch or rebuild the feature dicts of a stream input")
+        if self.config.dispatcher:
+            raise ValueError("a stream input is read by the workers themselves: it cannot go through the tf.data "
+                             "service (drop --dispatcher)")
+        if self._stream is not None:
+            raise ValueError("the stream input has already been read by an earlier train() of this Estimator: "
+                             "build a new Estimator (a new process) to train from it again")
 
     def _distribute(self, ds: tf.data.Dataset, mode: str) -> tf.data.Dataset:
         """This worker's share of the input: from the tf.data service, or every num_workers-th batch."""
@@ -160,7 +185,7 @@ class Estimator:
     def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
         if mode in self._compiled:
             return self._compiled[mode]
-        spec = dataset.element_spec
+        spec = {k: v for k, v in dataset.element_spec.items() if k != stream_source.STREAM_BATCH_KEY}
         sparse = sorted(k for k, v in spec.items() if isinstance(v, tf.RaggedTensorSpec))
         for k in sparse:
             v = spec[k]
@@ -255,7 +280,9 @@ class Estimator:
         """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""
         if not self._restore_checked:
             self._restore_checked = True
-            if self.config.is_chief:
+            if self._source is not None:
+                self._stream_start = restore_for_stream(self.backend, self.config)
+            elif self.config.is_chief:
                 if self.backend.global_step() == 0:
                     self._restored = self.backend.restore(self.config.model_dir)
                     if self._restored is not None:
@@ -272,7 +299,11 @@ class Estimator:
         backend = self.backend
 
         def read() -> PreparedBatch:
-            return compiled.prep.dedupe(next(iterator))
+            features = next(iterator)
+            seq = features.pop(stream_source.STREAM_BATCH_KEY, None)
+            batch = compiled.prep.dedupe(features)
+            batch.stream_seq = None if seq is None else int(seq)
+            return batch
 
         def lookup(batch: PreparedBatch) -> PreparedBatch:
             dense = self._pull.submit(backend.pull_dense) if self.config.distributed else None
@@ -288,19 +319,27 @@ class Estimator:
         rows, index = compiled.prep.step_inputs(batch)
         return compiled.fn(batch.features, rows, index)
 
-    def train(self, max_steps: int) -> dict[str, Any]:
+    def train(self, max_steps: int | None) -> dict[str, Any]:
+        """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
+        (an unbounded stream trains until the process is stopped)."""
+        if max_steps is None:
+            max_steps = UNBOUNDED
         if not isinstance(max_steps, int) or max_steps < 0:
-            raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
+            raise ValueError(f"max_steps must be an int >= 0 or None, got {max_steps!r}")
         dataset = self._dataset(ModeKeys.TRAIN)
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
         if step >= max_steps:
             step = self._all_workers_done(max_steps, step)
             return {"global_step": step, "steps": 0, "examples": 0}
-        dataset = self._distribute(dataset, ModeKeys.TRAIN)
-        skip = step // self.config.num_workers
-        if skip and not self.config.dispatcher:
-            dataset = dataset.skip(skip)
+        if self._source is not None:
+            self._stream = StreamCheckpoints(self._source, self.backend, self.config)
+            self._stream.start(self._stream_start, max(self.config.ready_timeout_s, 120.0))
+        else:
+            dataset = self._distribute(dataset, ModeKeys.TRAIN)
+            skip = step // self.config.num_workers
+            if skip and not self.config.dispatcher:
+                dataset = dataset.skip(skip)
         hooks = self.hooks + list(self.model._training_hooks)
         cfg = self.config
         prefetcher = self._prefetcher(compiled, dataset, cfg.staleness)
@@ -308,7 +347,7 @@ class Estimator:
                                 asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
         self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
         run = _TrainRun(step=step, last_save_step=step, last_save_time=time.monotonic(),
-                        bar=self._progress(max_steps, step) if cfg.progress else None)
+                        bar=self._progress(max_steps if max_steps < UNBOUNDED else None, step) if cfg.progress else None)
         for hook in hooks:
             hook.begin()
         try:
@@ -353,9 +392,14 @@ class Estimator:
         if run.steps_run % cfg.log_step_count_steps == 0 or run.bar is not None and run.steps_run % 10 == 0:
             self._report(run, compiled)
         if cfg.is_chief and run.step < max_steps and self._save_due(run.step, run.last_save_step, run.last_save_time):
-            run.step = pusher.drain()
-            self.save(run.step)
+            if self._stream is not None:
+                run.step = self._stream.checkpoint(pusher.drain, self._save_at)
+            else:
+                run.step = pusher.drain()
+                self.save(run.step)
             run.last_save_step, run.last_save_time = run.step, time.monotonic()
+        elif self._stream is not None:
+            self._stream.serve_round(pusher.drain)
         return True
 
     def _finish_training(self, run: _TrainRun, max_steps: int) -> dict[str, Any]:
@@ -363,7 +407,7 @@ class Estimator:
         step = self._all_workers_done(max_steps, run.step)
         # with several workers the last save may predate another worker's last push: save the final state
         if (cfg.is_chief and (cfg.save_checkpoints_steps or cfg.save_checkpoints_secs)
-                and (step != run.last_save_step or cfg.num_workers > 1)):
+                and (step != run.last_save_step or cfg.num_workers > 1 or self._stream is not None)):
             self.save(step)
         elapsed = time.perf_counter() - run.started
         steps_run, examples = run.steps_run - self._refused[0], run.examples - self._refused[1]
@@ -379,6 +423,9 @@ class Estimator:
         `train(0)` only builds and restores: nobody waits for it. If a worker never arrives the chief still
         saves what the others trained, then raises the timeout naming the missing workers."""
         cfg = self.config
+        if self._stream is not None and max_steps > 0:
+            self._stream.finish(f"train-done/{max_steps}")
+            return self.backend.global_step()
         if not cfg.distributed or cfg.num_workers == 1 or max_steps == 0:
             return step
         try:
@@ -405,6 +452,12 @@ class Estimator:
             self._refused[0] += 1
             self._refused[1] += batch.batch_size
             return claimed
+        self._apply(compiled, batch, out, step)
+        if self._stream is not None and batch.stream_seq is not None:
+            self._stream.applied_batch(batch.stream_seq)
+        return claimed
+
+    def _apply(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int) -> None:
         grads = {f: g.numpy() for f, g in out["emb_grads"].items()}
         updates = compiled.prep.table_gradients(batch, grads)
         lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
@@ -415,7 +468,6 @@ class Estimator:
         else:
             self.backend.push_dense(out["dense_grads"], step)
             self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
-        return claimed
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -424,9 +476,17 @@ class Estimator:
         return bool(cfg.save_checkpoints_secs and time.monotonic() - last_time >= cfg.save_checkpoints_secs)
 
     def save(self, step: int | None = None) -> str:
+        """A checkpoint now; a stream job's carries the input offsets (after training, or with one worker:
+        with several, mid-training checkpoints are the training loop's aligned rounds)."""
         step = self.backend.global_step() if step is None else step
-        path = self.backend.save(self.config.model_dir, step)
-        log.info("checkpoint at global step %d: %s", step, path)
+        return self._save_at(step, self._stream.checkpoint_offsets() if self._stream is not None else None)
+
+    def _save_at(self, step: int, stream_offsets: stream_source.Offsets | None) -> str:
+        path = self.backend.save(self.config.model_dir, step, stream_offsets)
+        log.info("checkpoint at global step %d: %s%s", step, path,
+                 f" (input offsets {stream_offsets})" if stream_offsets is not None else "")
+        if self._stream is not None and stream_offsets is not None and self.config.is_chief:
+            self._stream.source.commit(stream_offsets)
         self.last_checkpoint = path
         return path
 
@@ -540,6 +600,8 @@ class Estimator:
         return self.backend.table_sizes()
 
     def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
         self._side.shutdown(wait=True)
         self._pull.shutdown(wait=True)
         self.backend.close()

@@ -1,0 +1,221 @@
+"""Reading Kafka partitions as a member of a consumer group, positioned by the caller, never auto-committing.
+
+A training job decides where each partition starts (the offsets its restored checkpoint was written at)
+and when offsets are committed (after a checkpoint is durable), so the consumer here never commits on its
+own and never trusts the group's committed offsets for its position. A rebalance after reading started
+would hand partitions to another reader mid-way without agreeing on the position: it is reported as
+`StreamRebalanced`, which ends the job (a restart resumes from the last checkpoint).
+
+kafka-python's consumer is not thread-safe: every call on it here holds one lock, so the input thread
+can poll while the training thread commits or closes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[str, dict[int, int]]
+"""{topic: {partition: offset of the next record}}."""
+
+Partition = tuple[str, int]
+
+_POSITIONS = ("earliest", "latest")
+
+
+class StreamRebalanced(RuntimeError):
+    """The consumer group moved partitions away from this reader after it started reading."""
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class KafkaStreamConfig:
+    """Where a job's training records come from.
+
+    `api_version` is passed to kafka-python (None: probe the broker; librdkafka's mock cluster needs
+    `(2, 3, 0)`). `initial_position` is where a partition starts when the restored checkpoint has no
+    offset for it (or there is no checkpoint). `idle_timeout_s` ends the input after that long without a
+    record (None: the input never ends; training runs until stopped). `max_batch_wait_s`: a partial batch
+    is trained once no record came for that long, so a quiet stream still reaches the model.
+    `consumer_options` are any other `KafkaConsumer` keyword arguments (security, fetch sizes, ...).
+    """
+
+    bootstrap_servers: tuple[str, ...]
+    topics: tuple[str, ...]
+    group_id: str
+    api_version: tuple[int, ...] | None = None
+    initial_position: str = "earliest"
+    idle_timeout_s: float | None = None
+    max_batch_wait_s: float = 1.0
+    poll_timeout_ms: int = 200
+    assignment_timeout_s: float = 120.0
+    consumer_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        servers = self.bootstrap_servers
+        servers = tuple(servers.split(",")) if isinstance(servers, str) else tuple(servers)
+        topics = (self.topics,) if isinstance(self.topics, str) else tuple(self.topics)
+        object.__setattr__(self, "bootstrap_servers", servers)
+        object.__setattr__(self, "topics", topics)
+        if not servers or not all(isinstance(s, str) and s.rpartition(":")[2].isdigit() for s in servers):
+            raise ValueError(f"KafkaStreamConfig.bootstrap_servers must be host:port strings, got {self.bootstrap_servers!r}")
+        if not topics or not all(isinstance(t, str) and t for t in topics) or len(set(topics)) != len(topics):
+            raise ValueError(f"KafkaStreamConfig.topics must be distinct non-empty names, got {self.topics!r}")
+        if not isinstance(self.group_id, str) or not self.group_id:
+            raise ValueError(f"KafkaStreamConfig.group_id must be a non-empty string, got {self.group_id!r}")
+        if self.api_version is not None:
+            version = tuple(self.api_version)
+            if not version or not all(isinstance(v, int) and v >= 0 for v in version):
+                raise ValueError(f"KafkaStreamConfig.api_version must be a tuple of ints like (2, 3, 0), "
+                                 f"got {self.api_version!r}")
+            object.__setattr__(self, "api_version", version)
+        if self.initial_position not in _POSITIONS:
+            raise ValueError(f"KafkaStreamConfig.initial_position must be one of {_POSITIONS}, "
+                             f"got {self.initial_position!r}")
+        for name in ("max_batch_wait_s", "assignment_timeout_s") + (("idle_timeout_s",) if self.idle_timeout_s is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"KafkaStreamConfig.{name} must be > 0, got {value!r}")
+        if not isinstance(self.poll_timeout_ms, int) or self.poll_timeout_ms <= 0:
+            raise ValueError(f"KafkaStreamConfig.poll_timeout_ms must be an int > 0, got {self.poll_timeout_ms!r}")
+        reserved = {"bootstrap_servers", "group_id", "api_version", "enable_auto_commit", "auto_offset_reset"}
+        clash = sorted(reserved & set(self.consumer_options))
+        if clash:
+            raise ValueError(f"KafkaStreamConfig.consumer_options may not set {clash}: they are fields of the config "
+                             f"or fixed (offsets are committed only after a checkpoint)")
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, stream: PartitionStream) -> None:
+        self.stream = stream
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if self.stream.started and revoked:
+            self.stream.rebalanced = sorted((tp.topic, tp.partition) for tp in revoked)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        if not self.stream.started:
+            self.stream.consumer_pause(assigned)
+
+
+class PartitionStream:
+    """One group member: `join()`, `poll_assignment()` until the group is settled, `start(offsets)`, then
+    `records()`; `commit(offsets)` after a checkpoint; `close()`."""
+
+    def __init__(self, config: KafkaStreamConfig) -> None:
+        self.config = config
+        self.started = False
+        self.rebalanced: list[Partition] | None = None
+        self._lock = threading.Lock()
+        self._consumer: KafkaConsumer | None = None
+        self._closed = False
+
+    def join(self) -> None:
+        cfg = self.config
+        options: dict[str, Any] = dict(cfg.consumer_options)
+        if cfg.api_version is not None:
+            options["api_version"] = cfg.api_version
+        with self._lock:
+            self._consumer = KafkaConsumer(bootstrap_servers=list(cfg.bootstrap_servers), group_id=cfg.group_id,
+                                           enable_auto_commit=False, auto_offset_reset=cfg.initial_position,
+                                           **options)
+            self._consumer.subscribe(list(cfg.topics), listener=_Listener(self))
+        log.info("joined consumer group %r for %s at %s", cfg.group_id, list(cfg.topics), ",".join(cfg.bootstrap_servers))
+
+    def _require(self) -> KafkaConsumer:
+        if self._consumer is None or self._closed:
+            raise RuntimeError("the Kafka stream is not joined (or already closed)")
+        return self._consumer
+
+    def consumer_pause(self, partitions) -> None:  # called from inside poll, with the lock held
+        if partitions:
+            self._require().pause(*partitions)
+
+    def poll_assignment(self, timeout_ms: int = 100) -> frozenset[Partition]:
+        """Take part in the group's rebalance without reading (every partition stays paused until `start`);
+        the partitions the group assigns this member now."""
+        with self._lock:
+            consumer = self._require()
+            consumer.poll(timeout_ms=timeout_ms)
+            return frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
+
+    def partitions(self) -> frozenset[Partition]:
+        """Every partition of the subscribed topics (empty while the metadata is unknown)."""
+        with self._lock:
+            consumer = self._require()
+            found: set[Partition] = set()
+            for topic in self.config.topics:
+                found.update((topic, p) for p in consumer.partitions_for_topic(topic) or ())
+            return frozenset(found)
+
+    def start(self, offsets: Offsets | None) -> dict[Partition, int]:
+        """Position every assigned partition at `offsets` (else at `initial_position`) and start reading;
+        the position of each assigned partition."""
+        with self._lock:
+            consumer = self._require()
+            assigned = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+            unknown = [tp for tp in assigned if tp.partition not in (offsets or {}).get(tp.topic, {})]
+            for tp in assigned:
+                if tp not in unknown:
+                    consumer.seek(tp, (offsets or {})[tp.topic][tp.partition])
+            if unknown:
+                (consumer.seek_to_beginning if self.config.initial_position == "earliest" else consumer.seek_to_end)(*unknown)
+            positions = {(tp.topic, tp.partition): int(consumer.position(tp)) for tp in assigned}
+            consumer.resume(*assigned)
+            self.started = True
+        log.info("reading %d partitions from %s", len(positions),
+                 ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(positions.items())) or "nothing")
+        return positions
+
+    def records(self) -> Iterator[Record | None]:
+        """Records as they arrive; None after every poll that brought nothing (the caller keeps time)."""
+        cfg = self.config
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                batches = self._require().poll(timeout_ms=cfg.poll_timeout_ms)
+            if self.rebalanced:
+                raise StreamRebalanced(
+                    f"consumer group {cfg.group_id!r} took partitions {self.rebalanced} from this worker while it was "
+                    f"training: restart the job, it resumes from the offsets of its last checkpoint")
+            if not batches:
+                yield None
+                continue
+            for tp, recs in batches.items():
+                for r in recs:
+                    yield Record(tp.topic, tp.partition, r.offset, r.value)
+
+    def commit(self, offsets: Offsets) -> None:
+        """Record `offsets` as the group's committed position (for monitoring and lag; never read back)."""
+        from kafka.structs import OffsetAndMetadata
+
+        commits = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for t, parts in offsets.items()
+                   for p, o in parts.items()}
+        if not commits:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._require().commit(commits)
+            except Exception as exc:  # noqa: BLE001 - a failed commit only delays the lag the group reports
+                log.warning("committing offsets to group %r failed: %s", self.config.group_id, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None and not self._closed:
+                self._closed = True
+                self._consumer.close(autocommit=False)
