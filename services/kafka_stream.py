@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,10 @@ class KafkaStreamConfig:
     `consumer_options` are any other `KafkaConsumer` keyword arguments (security, fetch sizes, ...).
     """
 
-    bootstrap_servers: tuple[str, ...]
-    topics: tuple[str, ...]
+    bootstrap_servers: str | Sequence[str]  # "h:p,h:p" or a list; kept as a tuple
+    topics: str | Sequence[str]
     group_id: str
-    api_version: tuple[int, ...] | None = None
+    api_version: Sequence[int] | None = None
     initial_position: str = "earliest"
     idle_timeout_s: float | None = None
     max_batch_wait_s: float = 1.0
@@ -70,7 +72,8 @@ class KafkaStreamConfig:
         object.__setattr__(self, "bootstrap_servers", servers)
         object.__setattr__(self, "topics", topics)
         if not servers or not all(isinstance(s, str) and s.rpartition(":")[2].isdigit() for s in servers):
-            raise ValueError(f"KafkaStreamConfig.bootstrap_servers must be host:port strings, got {self.bootstrap_servers!r}")
+            raise ValueError(f"KafkaStreamConfig.bootstrap_servers must be host:port strings, "
+                             f"got {self.bootstrap_servers!r}")
         if not topics or not all(isinstance(t, str) and t for t in topics) or len(set(topics)) != len(topics):
             raise ValueError(f"KafkaStreamConfig.topics must be distinct non-empty names, got {self.topics!r}")
         if not isinstance(self.group_id, str) or not self.group_id:
@@ -84,7 +87,8 @@ class KafkaStreamConfig:
         if self.initial_position not in _POSITIONS:
             raise ValueError(f"KafkaStreamConfig.initial_position must be one of {_POSITIONS}, "
                              f"got {self.initial_position!r}")
-        for name in ("max_batch_wait_s", "assignment_timeout_s") + (("idle_timeout_s",) if self.idle_timeout_s is not None else ()):
+        optional = ("idle_timeout_s",) if self.idle_timeout_s is not None else ()
+        for name in ("max_batch_wait_s", "assignment_timeout_s", *optional):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"KafkaStreamConfig.{name} must be > 0, got {value!r}")
@@ -132,7 +136,8 @@ class PartitionStream:
                                            enable_auto_commit=False, auto_offset_reset=cfg.initial_position,
                                            **options)
             self._consumer.subscribe(list(cfg.topics), listener=_Listener(self))
-        log.info("joined consumer group %r for %s at %s", cfg.group_id, list(cfg.topics), ",".join(cfg.bootstrap_servers))
+        log.info("joined consumer group %r for %s at %s", cfg.group_id, list(cfg.topics),
+                 ",".join(cfg.bootstrap_servers))
 
     def _require(self) -> KafkaConsumer:
         if self._consumer is None or self._closed:
@@ -148,7 +153,11 @@ class PartitionStream:
         the partitions the group assigns this member now."""
         with self._lock:
             consumer = self._require()
-            consumer.poll(timeout_ms=timeout_ms)
+            try:
+                consumer.poll(timeout_ms=timeout_ms)
+            except KafkaError as exc:  # a group still settling (members of a killed run expiring): join again
+                log.warning("consumer group %r is not settled yet (%s): rejoining", self.config.group_id, exc)
+                return frozenset()
             return frozenset((tp.topic, tp.partition) for tp in consumer.assignment())
 
     def partitions(self) -> frozenset[Partition]:
@@ -171,7 +180,8 @@ class PartitionStream:
                 if tp not in unknown:
                     consumer.seek(tp, (offsets or {})[tp.topic][tp.partition])
             if unknown:
-                (consumer.seek_to_beginning if self.config.initial_position == "earliest" else consumer.seek_to_end)(*unknown)
+                earliest = self.config.initial_position == "earliest"
+                (consumer.seek_to_beginning if earliest else consumer.seek_to_end)(*unknown)
             positions = {(tp.topic, tp.partition): int(consumer.position(tp)) for tp in assigned}
             consumer.resume(*assigned)
             self.started = True
@@ -200,8 +210,6 @@ class PartitionStream:
 
     def commit(self, offsets: Offsets) -> None:
         """Record `offsets` as the group's committed position (for monitoring and lag; never read back)."""
-        from kafka.structs import OffsetAndMetadata
-
         commits = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for t, parts in offsets.items()
                    for p, o in parts.items()}
         if not commits:

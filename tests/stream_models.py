@@ -30,7 +30,10 @@ def stream_config() -> KafkaStreamConfig:
     idle = float(os.environ.get("STREAM_IDLE_S", "0"))
     return KafkaStreamConfig(bootstrap_servers=os.environ["STREAM_BROKERS"], topics=[os.environ["STREAM_TOPIC"]],
                              group_id=os.environ["STREAM_GROUP"], api_version=API, idle_timeout_s=idle or None,
-                             max_batch_wait_s=0.3, poll_timeout_ms=100)
+                             max_batch_wait_s=0.3, poll_timeout_ms=100,
+                             # members of a killed run leave the group within seconds, not minutes
+                             consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+                                               "max_poll_interval_ms": 60000})
 
 
 class CountingModel(MonolithModel):

@@ -122,7 +122,8 @@ StreamOffsets = dict[str, dict[int, int]]
 """{topic: {partition: offset of the next record to train}}: how far a streaming job's input got."""
 
 
-def write_manifest(ckpt: Path, step: int, num_shards: int, stream_offsets: StreamOffsets | None = None) -> dict[str, Any]:
+def write_manifest(ckpt: Path, step: int, num_shards: int,
+                   stream_offsets: StreamOffsets | None = None) -> dict[str, Any]:
     """Check every shard's published part, merge them, write the manifest last (with the input's offsets
     when the job trains from a stream: the state in this checkpoint is exactly the records before them)."""
     metas = [read_meta(ckpt / shard_dir_name(i, num_shards), f"shard {i} of {ckpt}") for i in range(num_shards)]

@@ -28,7 +28,8 @@ class MalformedRecord(ValueError):
 def _kind(spec: Any, name: str) -> str:
     if isinstance(spec, tf.io.RaggedFeature):
         if spec.dtype != tf.int64 or spec.partitions or (spec.value_key not in (None, name)):
-            raise ValueError(f"feature {name!r}: only plain int64 RaggedFeatures (id lists) are supported, got {spec!r}")
+            raise ValueError(f"feature {name!r}: only plain int64 RaggedFeatures (id lists) are supported, "
+                             f"got {spec!r}")
         return "ragged"
     if isinstance(spec, tf.io.FixedLenFeature):
         if spec.dtype not in _KINDS:
@@ -65,7 +66,7 @@ class ExampleDecoder:
         present = example.features.feature
         out = {}
         for name, spec in self.features.items():
-            out[name] = self._values(name, spec, present[name] if name in present else None)
+            out[name] = self._values(name, spec, present.get(name))
         return out
 
     def _values(self, name: str, spec: Any, feature: Any) -> np.ndarray:

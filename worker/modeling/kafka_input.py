@@ -3,7 +3,8 @@
 ```python
 def input_fn(self, mode):
     return kafka_dataset(KafkaStreamConfig(bootstrap_servers="kafka:9092", topics=["clicks"], group_id="ctr"),
-                         features={"user": tf.io.RaggedFeature(tf.int64), "label": tf.io.FixedLenFeature([], tf.float32)},
+                         features={"user": tf.io.RaggedFeature(tf.int64),
+                                   "label": tf.io.FixedLenFeature([], tf.float32)},
                          batch_size=self.batch_size)
 ```
 

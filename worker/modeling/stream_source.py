@@ -85,7 +85,8 @@ _collecting = threading.local()
 def collect() -> Iterator[list[StreamSource]]:
     """The stream sources `input_fn` creates while this is open."""
     previous = getattr(_collecting, "sources", None)
-    _collecting.sources = sources = []
+    sources: list[StreamSource] = []
+    _collecting.sources = sources
     try:
         yield sources
     finally:

@@ -347,7 +347,7 @@ class Estimator:
                                 asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1, start_step=step)
         self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
         run = _TrainRun(step=step, last_save_step=step, last_save_time=time.monotonic(),
-                        bar=self._progress(max_steps if max_steps < UNBOUNDED else None, step) if cfg.progress else None)
+                        bar=self._progress(max_steps, step) if cfg.progress else None)
         for hook in hooks:
             hook.begin()
         try:
@@ -500,6 +500,8 @@ class Estimator:
 
     def _progress(self, total: int, initial: int):
         from tqdm import tqdm
+
+        total = None if total >= UNBOUNDED else total  # type: ignore[assignment]
 
         return tqdm(total=total, initial=initial, desc=f"worker {self.config.worker_index}", dynamic_ncols=True)
 

@@ -53,7 +53,8 @@ def merge(parts: list[Offsets]) -> Offsets:
             mine = merged.setdefault(topic, {})
             twice = sorted(set(mine) & set(partitions))
             if twice:
-                raise RuntimeError(f"partitions {topic}{twice} were read by two workers: their offsets cannot be merged")
+                raise RuntimeError(f"partitions {topic}{twice} were read by two workers: their offsets cannot be "
+                                   f"merged")
             mine.update(partitions)
     return merged
 
