@@ -3,8 +3,10 @@
 A training job decides where each partition starts (the offsets its restored checkpoint was written at)
 and when offsets are committed (after a checkpoint is durable), so the consumer here never commits on its
 own and never trusts the group's committed offsets for its position. A rebalance after reading started
-would hand partitions to another reader mid-way without agreeing on the position: it is reported as
-`StreamRebalanced`, which ends the job (a restart resumes from the last checkpoint).
+that hands this reader the same partitions again (a member that held nothing came or went) continues
+where it read up to; one that moves partitions would hand them to another reader mid-way without agreeing
+on the position: it is reported as `StreamRebalanced`, which ends the job (a restart resumes from the
+last checkpoint).
 
 kafka-python's consumer is not thread-safe: every call on it here holds one lock, so the input thread
 can poll while the training thread commits or closes.
@@ -62,7 +64,6 @@ class KafkaStreamConfig:
     idle_timeout_s: float | None = None
     max_batch_wait_s: float = 1.0
     poll_timeout_ms: int = 200
-    assignment_timeout_s: float = 120.0
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class KafkaStreamConfig:
             raise ValueError(f"KafkaStreamConfig.initial_position must be one of {_POSITIONS}, "
                              f"got {self.initial_position!r}")
         optional = ("idle_timeout_s",) if self.idle_timeout_s is not None else ()
-        for name in ("max_batch_wait_s", "assignment_timeout_s", *optional):
+        for name in ("max_batch_wait_s", *optional):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"KafkaStreamConfig.{name} must be > 0, got {value!r}")
@@ -102,16 +103,16 @@ class KafkaStreamConfig:
 
 
 class _Listener(ConsumerRebalanceListener):
+    """Runs inside `poll` (the stream's lock is held)."""
+
     def __init__(self, stream: PartitionStream) -> None:
         self.stream = stream
 
     def on_partitions_revoked(self, revoked) -> None:
-        if self.stream.started and revoked:
-            self.stream.rebalanced = sorted((tp.topic, tp.partition) for tp in revoked)
+        pass
 
     def on_partitions_assigned(self, assigned) -> None:
-        if not self.stream.started:
-            self.stream.consumer_pause(assigned)
+        self.stream.reassigned(assigned)
 
 
 class PartitionStream:
@@ -121,7 +122,8 @@ class PartitionStream:
     def __init__(self, config: KafkaStreamConfig) -> None:
         self.config = config
         self.started = False
-        self.rebalanced: list[Partition] | None = None
+        self.rebalanced: str | None = None
+        self._next: dict[TopicPartition, int] = {}  # where reading continues, per assigned partition
         self._lock = threading.Lock()
         self._consumer: KafkaConsumer | None = None
         self._closed = False
@@ -144,9 +146,21 @@ class PartitionStream:
             raise RuntimeError("the Kafka stream is not joined (or already closed)")
         return self._consumer
 
-    def consumer_pause(self, partitions) -> None:  # called from inside poll, with the lock held
-        if partitions:
-            self._require().pause(*partitions)
+    def reassigned(self, assigned) -> None:
+        """Before `start`: keep every partition paused. After: continue where reading got to if the group
+        gave back exactly the partitions this reader had, else stop with `StreamRebalanced`."""
+        consumer = self._require()
+        if not self.started:
+            if assigned:
+                consumer.pause(*assigned)
+            return
+        if set(assigned) != set(self._next):
+            had, got = sorted(map(tuple, self._next)), sorted(map(tuple, assigned))
+            self.rebalanced = f"it had partitions {had}, the group now gives it {got}"
+            return
+        for tp, offset in self._next.items():
+            consumer.seek(tp, offset)
+        log.info("the consumer group rebalanced and gave this worker its partitions back: reading on")
 
     def poll_assignment(self, timeout_ms: int = 100) -> frozenset[Partition]:
         """Take part in the group's rebalance without reading (every partition stays paused until `start`);
@@ -182,7 +196,8 @@ class PartitionStream:
             if unknown:
                 earliest = self.config.initial_position == "earliest"
                 (consumer.seek_to_beginning if earliest else consumer.seek_to_end)(*unknown)
-            positions = {(tp.topic, tp.partition): int(consumer.position(tp)) for tp in assigned}
+            self._next = {tp: int(consumer.position(tp)) for tp in assigned}
+            positions = {(tp.topic, tp.partition): offset for tp, offset in self._next.items()}
             consumer.resume(*assigned)
             self.started = True
         log.info("reading %d partitions from %s", len(positions),
@@ -199,13 +214,14 @@ class PartitionStream:
                 batches = self._require().poll(timeout_ms=cfg.poll_timeout_ms)
             if self.rebalanced:
                 raise StreamRebalanced(
-                    f"consumer group {cfg.group_id!r} took partitions {self.rebalanced} from this worker while it was "
-                    f"training: restart the job, it resumes from the offsets of its last checkpoint")
+                    f"consumer group {cfg.group_id!r} moved partitions while this worker was training "
+                    f"({self.rebalanced}): restart the job, it resumes from the offsets of its last checkpoint")
             if not batches:
                 yield None
                 continue
             for tp, recs in batches.items():
                 for r in recs:
+                    self._next[tp] = r.offset + 1
                     yield Record(tp.topic, tp.partition, r.offset, r.value)
 
     def commit(self, offsets: Offsets) -> None:

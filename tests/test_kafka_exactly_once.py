@@ -85,8 +85,8 @@ def checkpoint_after(model_dir, newer_than: int, timeout: float) -> tuple[int, i
 def test_every_message_trained_exactly_once_through_worker_and_ps_kills(brokers, processes, tmp_path):
     topic = f"clicks-{uuid.uuid4().hex[:8]}"
     env = {"STREAM_BROKERS": brokers, "STREAM_TOPIC": topic, "STREAM_GROUP": f"trainers-{topic}",
-           "STREAM_BATCH": "8", "STREAM_IDLE_S": "4"}
-    producer = Producer(brokers, topic, rate=60)
+           "STREAM_BATCH": "8", "STREAM_IDLE_S": "2.5"}
+    producer = Producer(brokers, topic, rate=25)
     producer.send_one()  # creates the topic (4 partitions) before any consumer subscribes
     producer.producer.flush(30)
     producer.start()
@@ -94,13 +94,13 @@ def test_every_message_trained_exactly_once_through_worker_and_ps_kills(brokers,
 
     first = launch(processes, model_dir, env, "launch1")
     _, consumed = checkpoint_after(model_dir, 0, timeout=240)
-    time.sleep(1.0)  # trained past the checkpoint, not yet saved
+    time.sleep(0.5)  # trained past the checkpoint, not yet saved
     os.kill(child_pid(processes, first, "worker:1", "training"), signal.SIGKILL)
     assert first.wait(90) != 0
 
     second = launch(processes, model_dir, env, "launch2")
     _, consumed = checkpoint_after(model_dir, consumed, timeout=240)
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.kill(child_pid(processes, second, "ps:1", "ps:1"), signal.SIGKILL)
     assert second.wait(90) != 0
     producer.finish()
