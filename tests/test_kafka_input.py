@@ -1,6 +1,7 @@
 """The Kafka training input's parts: config, record decoding, positions, manifests, barrier notes; and a
 local-mode job that resumes from its checkpoint's offsets against a real broker (librdkafka's mock)."""
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from ps.persist import checkpoint as layout
 from ps.persist.coordinator import CheckpointCoordinator
 from ps.store.shard_state import ShardState
 from services.kafka_stream import KafkaStreamConfig
+from tests.processes import wait_for
 from tests.stream_models import API, CountingModel, message
 from worker.modeling.example_records import ExampleDecoder, MalformedRecord
 from worker.modeling.stream_source import BatchPositions
@@ -81,6 +83,11 @@ def test_positions_fold_batches_in_order():
         positions.through(0)
     with pytest.raises(ValueError, match="batch 3 was never produced"):
         positions.through(3)
+    positions.skipped(2, {("t", 0): 12})  # bad records after batch 2, none waiting for batch 3
+    positions.skipped(2, {("t", 1): 8})
+    assert positions.through(2) == {"t": {0: 12, 1: 8}}
+    positions.skipped(1, {("t", 0): 99})  # stale: batch 2 came after those
+    assert positions.through(2) == {"t": {0: 12, 1: 8}}
 
 
 def test_worker_offsets_merge_only_when_disjoint():
@@ -146,18 +153,31 @@ def test_local_job_resumes_from_its_checkpoint_offsets(brokers, tmp_path, monkey
             producer.send(topic, b"\x0a\xff\xff")
         producer.flush(30)
 
-    def run():
-        est = Estimator(CountingModel(), RunConfig(model_dir=str(tmp_path), save_checkpoints_secs=600))
+    def run(save_secs=600.0):
+        est = Estimator(CountingModel(), RunConfig(model_dir=str(tmp_path), save_checkpoints_secs=save_secs))
         try:
             stats = est.train(None)
             return stats, est.backend.lookup({"id": np.arange(80, dtype=np.int64)})["id"].ravel()
         finally:
             est.close()
 
+    def consumed():
+        path = layout.latest_checkpoint(tmp_path)
+        offsets = layout.stream_offsets(path) if path is not None else None
+        return sum((offsets or {}).get(topic, {}).values())
+
     produce(range(40), garbage=1)
-    stats, rows = run()
+    # the stream goes quiet after 41 records: checkpoints every 0.5 s still come while the worker waits
+    # for its next batch, long before the input ends (6 s without a record)
+    monkeypatch.setenv("STREAM_IDLE_S", "6")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run, 0.5)
+        wait_for(lambda: consumed() == 41 or first.done(), timeout=120, what="a checkpoint of every record")
+        assert not first.done(), "no checkpoint while the stream was quiet"
+        stats, rows = first.result()
     assert stats["examples"] == 40 and _malformed_count(topic) == 1
     np.testing.assert_array_equal(rows, [1.0] * 40 + [0.0] * 40)
+    monkeypatch.setenv("STREAM_IDLE_S", "1.5")
     produce(range(40, 65))
     stats, rows = run()
     assert stats["examples"] == 25

@@ -96,6 +96,8 @@ class KafkaSource:
                     decoded = self.decoder.decode(record.value)
                 except MalformedRecord as exc:
                     self._skip(record, exc)
+                    if not pending:  # done as soon as the batches before it are
+                        self.positions.skipped(seq - 1, {(record.topic, record.partition): record.offset + 1})
                 else:
                     if not pending:
                         first_pending = now

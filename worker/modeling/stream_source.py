@@ -46,32 +46,45 @@ class StreamSource(Protocol):
 
 
 class BatchPositions:
-    """Per-batch position deltas, folded into one map as the runtime confirms batches (bounded memory)."""
+    """Per-batch position deltas, folded into one map as the runtime confirms batches (bounded memory).
+
+    Records skipped while no example is waiting for a batch (malformed ones) are done once every batch
+    before them is: `skipped(after_seq, ...)` counts them in `through(after_seq)`, so a stream that ends
+    on bad records does not read them again after a restart."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._base: dict[Partition, int] = {}
         self._base_seq = -1
         self._pending: dict[int, dict[Partition, int]] = {}
+        self._skipped: tuple[int, dict[Partition, int]] = (-2, {})
 
     def reset(self, positions: dict[Partition, int]) -> None:
         with self._lock:
-            self._base, self._base_seq, self._pending = dict(positions), -1, {}
+            self._base, self._base_seq, self._pending, self._skipped = dict(positions), -1, {}, (-2, {})
 
     def record(self, seq: int, delta: dict[Partition, int]) -> None:
         with self._lock:
             self._pending[seq] = dict(delta)
 
+    def skipped(self, after_seq: int, delta: dict[Partition, int]) -> None:
+        with self._lock:
+            known = self._skipped[1] if self._skipped[0] == after_seq else {}
+            self._skipped = (after_seq, {**known, **delta})
+
     def through(self, seq: int) -> Offsets:
         with self._lock:
             if seq < self._base_seq:
                 raise ValueError(f"stream position of batch {seq} was asked after batch {self._base_seq}'s")
+            missing = [s for s in range(self._base_seq + 1, seq + 1) if s not in self._pending]
+            if missing:
+                raise ValueError(f"stream batch {missing[0]} was never produced (batches must reach the trainer in "
+                                 f"order)")
             for s in range(self._base_seq + 1, seq + 1):
-                delta = self._pending.pop(s, None)
-                if delta is None:
-                    raise ValueError(f"stream batch {s} was never produced (batches must reach the trainer in order)")
-                self._base.update(delta)
+                self._base.update(self._pending.pop(s))
             self._base_seq = seq
+            if self._skipped[0] == seq:
+                self._base.update(self._skipped[1])
             out: Offsets = {}
             for (topic, partition), offset in sorted(self._base.items()):
                 out.setdefault(topic, {})[partition] = offset

@@ -64,9 +64,13 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def get(self) -> Any:
-        """The next looked-up batch, or None at the end of the data."""
-        item = self._queue.get()
+    def get(self, timeout: float | None = None) -> Any:
+        """The next looked-up batch, or None at the end of the data; `TimeoutError` if none came within
+        `timeout` seconds (None: wait)."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no batch within {timeout}s") from None
         if item is _END:
             return None
         if isinstance(item, BaseException):

@@ -64,6 +64,9 @@ class _Compiled:
 UNBOUNDED = 2**62
 """The step limit of `train(None)`: never reached."""
 
+_STREAM_WAIT_S = 0.2
+"""How often a worker waiting for a quiet stream's next batch looks for checkpoint work."""
+
 _WINDOW = 50
 """Steps whose outputs the progress report's AUC/MSE is computed over."""
 
@@ -369,7 +372,7 @@ class Estimator:
         cfg = self.config
         ctx = StepContext(global_step=run.step, mode=ModeKeys.TRAIN)
         wanted = [name for hook in hooks for name in (hook.before_step(ctx) or [])]
-        batch = prefetcher.get()
+        batch = prefetcher.get() if self._stream is None else self._next_stream_batch(run, prefetcher, pusher)
         if batch is None:
             log.info("input exhausted at global step %d", run.step)
             return False
@@ -392,15 +395,35 @@ class Estimator:
         if run.steps_run % cfg.log_step_count_steps == 0 or run.bar is not None and run.steps_run % 10 == 0:
             self._report(run, compiled)
         if cfg.is_chief and run.step < max_steps and self._save_due(run.step, run.last_save_step, run.last_save_time):
-            if self._stream is not None:
-                run.step = self._stream.checkpoint(pusher.drain, self._save_at)
-            else:
-                run.step = pusher.drain()
-                self.save(run.step)
-            run.last_save_step, run.last_save_time = run.step, time.monotonic()
+            self._periodic_save(run, pusher)
         elif self._stream is not None:
             self._stream.serve_round(pusher.drain)
         return True
+
+    def _periodic_save(self, run: _TrainRun, pusher: GradientPusher) -> None:
+        if self._stream is not None:
+            run.step = self._stream.checkpoint(pusher.drain, self._save_at)
+        else:
+            run.step = pusher.drain()
+            self.save(run.step)
+        run.last_save_step, run.last_save_time = run.step, time.monotonic()
+
+    def _next_stream_batch(self, run: _TrainRun, prefetcher: Prefetcher, pusher: GradientPusher):
+        """A stream can be quiet for long: while this worker waits for its next batch, the chief still
+        checkpoints on time (when the job trained since its last one) and the others answer its rounds."""
+        assert self._stream is not None
+        while True:
+            try:
+                return prefetcher.get(timeout=_STREAM_WAIT_S)
+            except TimeoutError:
+                pass
+            if not self.config.is_chief:
+                self._stream.serve_round(pusher.drain)
+            elif self._save_due(run.step, run.last_save_step, run.last_save_time):
+                if self.backend.global_step() > run.last_save_step:
+                    self._periodic_save(run, pusher)
+                else:
+                    run.last_save_time = time.monotonic()
 
     def _finish_training(self, run: _TrainRun, max_steps: int) -> dict[str, Any]:
         cfg = self.config
