@@ -48,8 +48,5 @@ class CheckpointCoordinator:
         restore_parts(path)
         return path
 
-    def stream_offsets(self, path: Path) -> layout.StreamOffsets | None:
-        return layout.stream_offsets(path)
-
     def latest(self) -> Path | None:
         return layout.latest_checkpoint(self.directory)

@@ -19,8 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ps.config import DEFAULT_KEEP_CHECKPOINTS
-from ps.persist.checkpoint import StreamOffsets, latest_checkpoint, read_meta
-from ps.persist.checkpoint import stream_offsets as checkpoint_stream_offsets
+from ps.persist.checkpoint import StreamOffsets
 from ps.persist.coordinator import CheckpointCoordinator
 from ps.store.shard_state import ShardState
 from worker.runtime.dense_state import DenseVariables, export_dense, import_dense, keras_optimizer_config
@@ -195,14 +194,6 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
-
-
-def latest_stream_offsets(model_dir: str) -> tuple[int, StreamOffsets | None] | None:
-    """(step, input offsets) of the latest complete checkpoint under `model_dir`; None when there is none."""
-    path = latest_checkpoint(model_dir)
-    if path is None:
-        return None
-    return int(read_meta(path, "checkpoint manifest")["step"]), checkpoint_stream_offsets(path)
 
 
 def list_checkpoints(model_dir: str) -> list[int]:

@@ -26,8 +26,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from ps.persist.checkpoint import latest_checkpoint, read_meta, stream_offsets
 from worker.modeling.stream_source import Offsets, Partition, StreamSource
-from worker.runtime.backends import ParameterBackend, latest_stream_offsets
+from worker.runtime.backends import ParameterBackend
 from worker.runtime.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,14 @@ def merge(parts: list[Offsets]) -> Offsets:
                                    f"merged")
             mine.update(partitions)
     return merged
+
+
+def latest_stream_offsets(model_dir: str) -> tuple[int, Offsets | None] | None:
+    """(step, input offsets) of the latest complete checkpoint under `model_dir`; None when there is none."""
+    path = latest_checkpoint(model_dir)
+    if path is None:
+        return None
+    return int(read_meta(path, "checkpoint manifest")["step"]), stream_offsets(path)
 
 
 def restore_for_stream(backend: ParameterBackend, config: RunConfig) -> Offsets | None:
