@@ -28,7 +28,7 @@ from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
 from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation
 from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
-from worker.runtime.batch_prefetch import Prefetcher
+from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
 from worker.runtime.batch_prep import BatchPreparer, PreparedBatch
 from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
@@ -415,7 +415,7 @@ class Estimator:
         while True:
             try:
                 return prefetcher.get(timeout=_STREAM_WAIT_S)
-            except TimeoutError:
+            except NoBatchYet:
                 pass
             if not self.config.is_chief:
                 self._stream.serve_round(pusher.drain)
