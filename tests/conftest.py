@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from services.ports import free_port
-from tests.processes import ProcessGroup
+from tests.processes import ProcessGroup, wait_for
 from tests.serving_fixtures import distributed_export, trained_on_3_shards  # noqa: F401 (session fixtures)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,3 +39,16 @@ def module_processes():
 @pytest.fixture
 def port():
     return free_port()
+
+
+@pytest.fixture(scope="module")
+def brokers(module_processes):
+    """A real Kafka-protocol broker (librdkafka's mock cluster, tests/kafka_mock.py) for this module."""
+    proc = module_processes.start(["-m", "tests.kafka_mock"], name="kafka-mock")
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(module_processes.log_of(proc))
+        lines = [ln for ln in module_processes.log_of(proc).splitlines() if ln.startswith("BROKERS ")]
+        return lines[0].split()[1] if lines else None
+    return wait_for(ready, timeout=60, what="mock Kafka cluster")

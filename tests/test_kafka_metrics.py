@@ -19,18 +19,6 @@ API = (2, 3, 0)
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def brokers(module_processes):
-    proc = module_processes.start(["-m", "tests.kafka_mock"], name="kafka-mock")
-
-    def ready():
-        if proc.poll() is not None:
-            raise AssertionError(module_processes.log_of(proc))
-        lines = [ln for ln in module_processes.log_of(proc).splitlines() if ln.startswith("BROKERS ")]
-        return lines[0].split()[1] if lines else None
-    return wait_for(ready, timeout=60, what="mock Kafka cluster")
-
-
 def consume(brokers: str, topic: str, expected: int, timeout: float = 30) -> list[bytes]:
     consumer = KafkaConsumer(bootstrap_servers=brokers, api_version=API, enable_auto_commit=False)
     try:

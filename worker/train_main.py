@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--model-dir", required=True, help="checkpoint directory (shared by the cluster)")
-    parser.add_argument("--max-steps", type=int, required=True, help=MAX_STEPS_HELP)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help=MAX_STEPS_HELP + " (absent: no limit; training runs until the input ends or the process "
+                             "is stopped, as with an unbounded Kafka input)")
     parser.add_argument("--eval", action="store_true", help="the chief evaluates after training")
     parser.add_argument("--dispatcher", default=None, help="tf.data service dispatcher, grpc://host:port")
     parser.add_argument("--metrics-port", type=int, default=None,

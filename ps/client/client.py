@@ -32,6 +32,7 @@ from ps.config import ClientConfig, OptimizerConfig, TableConfig
 from ps.errors import BarrierTimeout, PSError, PSUnavailable, error_for
 from ps.kernels.hash_index import all_finite
 from ps.kernels.threads import passive_kernel_threads
+from ps.persist.checkpoint import StreamOffsets
 from ps.persist.coordinator import CheckpointCoordinator
 from ps.sharding import dense_owner
 from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
@@ -465,25 +466,36 @@ class PSClient:
         reply = self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=1, limit=int(limit)))
         return int(reply.global_step), bool(reply.applied)
 
-    def barrier(self, name: str, participant: str | None, expected: int) -> list[str]:
+    def barrier(self, name: str, participant: str | None, expected: int, note: bytes = b"") -> list[str]:
         """Arrive at barrier `name` as `participant` (None: only look); who has arrived so far."""
+        return sorted(self.barrier_notes(name, participant, expected, note))
+
+    def barrier_notes(self, name: str, participant: str | None, expected: int,
+                      note: bytes = b"") -> dict[str, bytes]:
+        """Arrive (optionally leaving `note`) or only look: {participant arrived so far: its note, or b""}."""
         if not name:
             raise ValueError("barrier name must be non-empty")
-        request = ps_pb2.BarrierRequest(name=name, participant=participant or "", expected=int(expected))
-        return list(self._call_with_retries(0, "Barrier", request).arrived)
+        request = ps_pb2.BarrierRequest(name=name, participant=participant or "", expected=int(expected),
+                                        note=bytes(note))
+        reply = self._call_with_retries(0, "Barrier", request)
+        return {p: bytes(reply.notes.get(p, b"")) for p in reply.arrived}
 
     def wait_barrier(self, name: str, participant: str | None, participants: list[str], timeout_s: float,
-                     poll_s: float = 0.2) -> list[str]:
+                     poll_s: float = 0.2, note: bytes = b"") -> list[str]:
         """Arrive as `participant` (None: only wait) and block until every one of `participants` has arrived.
 
-        The arrival is repeated on every poll (it is idempotent), so a restarted shard 0, whose barriers
-        are in memory only, learns it again. After `timeout_s` raises `BarrierTimeout` naming who is missing.
-        """
+        The arrival (and `note`) is repeated on every poll (it is idempotent), so a restarted shard 0, whose
+        barriers are in memory only, learns it again. After `timeout_s` raises `BarrierTimeout` naming who is
+        missing. `wait_barrier_notes` returns the participants' notes instead."""
+        return sorted(self.wait_barrier_notes(name, participant, participants, timeout_s, poll_s, note))
+
+    def wait_barrier_notes(self, name: str, participant: str | None, participants: list[str], timeout_s: float,
+                           poll_s: float = 0.2, note: bytes = b"") -> dict[str, bytes]:
         if participant and participant not in participants:
             raise ValueError(f"barrier {name!r}: {participant!r} is not one of its participants {participants}")
         deadline = time.monotonic() + timeout_s
         while True:
-            arrived = self.barrier(name, participant, len(participants))
+            arrived = self.barrier_notes(name, participant, len(participants), note)
             missing = [p for p in participants if p not in arrived]
             if not missing:
                 return arrived
@@ -506,9 +518,10 @@ class PSClient:
         self._tables.clear()
         self._dense_shapes.clear()
 
-    def save(self, checkpoint_dir: str, step: int) -> str:
-        """Coordinated checkpoint: every shard publishes its part, then the manifest is written; keeps the last K."""
-        return str(self._checkpoints(checkpoint_dir).save(step, self._save_parts))
+    def save(self, checkpoint_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
+        """Coordinated checkpoint: every shard publishes its part, then the manifest (with the input's
+        `stream_offsets`, if any) is written; keeps the last K."""
+        return str(self._checkpoints(checkpoint_dir).save(step, self._save_parts, stream_offsets))
 
     def restore(self, checkpoint_dir: str, step: int | None = None) -> str:
         """Every shard loads the ids it owns from a complete checkpoint written by any number of shards."""

@@ -118,8 +118,14 @@ def resolve(directory: str | os.PathLike, step: int | None) -> Path:
     return path
 
 
-def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
-    """Check every shard's published part, merge them, write the manifest last."""
+StreamOffsets = dict[str, dict[int, int]]
+"""{topic: {partition: offset of the next record to train}}: how far a streaming job's input got."""
+
+
+def write_manifest(ckpt: Path, step: int, num_shards: int,
+                   stream_offsets: StreamOffsets | None = None) -> dict[str, Any]:
+    """Check every shard's published part, merge them, write the manifest last (with the input's offsets
+    when the job trains from a stream: the state in this checkpoint is exactly the records before them)."""
     metas = [read_meta(ckpt / shard_dir_name(i, num_shards), f"shard {i} of {ckpt}") for i in range(num_shards)]
     tables: dict[str, Any] = {}
     dense: dict[str, Any] = {}
@@ -143,8 +149,37 @@ def write_manifest(ckpt: Path, step: int, num_shards: int) -> dict[str, Any]:
         "dense": dense,
         "rows": {name: sum(m["tables"].get(name, {}).get("rows", 0) for m in metas) for name in tables},
     }
+    if stream_offsets is not None:
+        manifest["stream_offsets"] = {topic: {str(p): int(o) for p, o in sorted(parts.items())}
+                                      for topic, parts in sorted(_checked_offsets(stream_offsets, ckpt).items())}
     write_meta(ckpt, manifest)
     return manifest
+
+
+def _checked_offsets(offsets: Any, where: Path) -> StreamOffsets:
+    if not isinstance(offsets, dict):
+        raise CheckpointError(f"{where}: stream offsets must be {{topic: {{partition: offset}}}}, got {offsets!r}")
+    out: StreamOffsets = {}
+    for topic, parts in offsets.items():
+        if not isinstance(topic, str) or not topic or not isinstance(parts, dict):
+            raise CheckpointError(f"{where}: bad stream offsets for topic {topic!r}: {parts!r}")
+        out[topic] = {}
+        for partition, offset in parts.items():
+            try:
+                p, o = int(partition), offset
+            except (TypeError, ValueError):
+                p, o = -1, None
+            if p < 0 or not isinstance(o, int) or isinstance(o, bool) or o < 0:
+                raise CheckpointError(f"{where}: bad stream offset {topic}[{partition!r}] = {offset!r}")
+            out[topic][p] = o
+    return out
+
+
+def stream_offsets(ckpt: Path) -> StreamOffsets | None:
+    """The input offsets a complete checkpoint was written at; None for a checkpoint of a job that did not
+    train from a stream (and for checkpoints written before offsets existed)."""
+    offsets = read_meta(ckpt, "checkpoint manifest").get("stream_offsets")
+    return None if offsets is None else _checked_offsets(offsets, ckpt)
 
 
 def invalidate(ckpt: Path) -> None:

@@ -26,13 +26,16 @@ class CheckpointCoordinator:
         self.num_shards = int(num_shards)
         self.keep = int(keep)
 
-    def save(self, step: int, save_parts: Callable[[Path, int], object]) -> Path:
-        """`save_parts(path, step)` makes every shard write `path/shard-i-of-n/`; then the manifest goes last."""
+    def save(self, step: int, save_parts: Callable[[Path, int], object],
+             stream_offsets: layout.StreamOffsets | None = None) -> Path:
+        """`save_parts(path, step)` makes every shard write `path/shard-i-of-n/`; then the manifest goes last,
+        with the input's `stream_offsets` when the job trains from a stream (the manifest is what makes the
+        checkpoint exist, so the state and the offsets become durable together)."""
         path = layout.checkpoint_path(self.directory, int(step))
         path.mkdir(parents=True, exist_ok=True)
         layout.invalidate(path)
         save_parts(path, int(step))
-        layout.write_manifest(path, int(step), self.num_shards)
+        layout.write_manifest(path, int(step), self.num_shards, stream_offsets)
         removed = layout.prune(self.directory, self.keep)
         if removed:
             log.info("removed old checkpoints %s", [p.name for p in removed])

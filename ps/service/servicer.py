@@ -284,8 +284,8 @@ class ParameterServerServicer:
         return ps_pb2.GlobalStepResponse(global_step=step, applied=applied)
 
     def barrier(self, request: ps_pb2.BarrierRequest) -> ps_pb2.BarrierResponse:
-        arrived, expected = self.state.arrive(request.name, request.participant, request.expected)
-        return ps_pb2.BarrierResponse(arrived=arrived, expected=expected)
+        arrived, expected = self.state.arrive(request.name, request.participant, request.expected, request.note)
+        return ps_pb2.BarrierResponse(arrived=arrived, expected=expected, notes=self.state.notes(request.name))
 
     # -- introspection --------------------------------------------------------------------------
     def stats(self, request: ps_pb2.StatsRequest) -> ps_pb2.StatsResponse:

@@ -80,7 +80,7 @@ class ShardState:
         self.tables: dict[str, EmbeddingTable] = {}
         self.dense: dict[str, DenseVariable] = {}
         self._global_step = 0
-        self._barriers: dict[str, tuple[int, set[str]]] = {}  # name -> (expected, arrived); never saved
+        self._barriers: dict[str, tuple[int, dict[str, bytes]]] = {}  # name -> (expected, {arrived: note}); never saved
         self._lock = threading.RLock()
         self.started = time.time()
         self.restored_from = ""
@@ -207,25 +207,33 @@ class ShardState:
             self._global_step += n
             return self._global_step, True
 
-    def arrive(self, name: str, participant: str, expected: int) -> tuple[list[str], int]:
+    def arrive(self, name: str, participant: str, expected: int, note: bytes = b"") -> tuple[list[str], int]:
         """Record `participant` (if not empty) at barrier `name`; (who has arrived, expected).
 
         Idempotent, so waiting participants can re-arrive on every poll. Every caller of one name must
-        pass the same `expected` (a mismatch means two jobs share a name, or a bug)."""
+        pass the same `expected` (a mismatch means two jobs share a name, or a bug). A participant may leave
+        a `note` for the others (`notes`), replaced by its next non-empty one."""
         self._check_shard_0("the global step and barriers")
         if not name:
             raise ValueError("barrier name must be non-empty")
         if expected < 1:
             raise ValueError(f"barrier {name!r}: expected must be >= 1, got {expected}")
         with self._lock:
-            known, arrived = self._barriers.get(name, (expected, set()))
+            known, arrived = self._barriers.get(name, (expected, {}))
             if known != expected:
                 raise PSAlreadyExists(f"barrier {name!r} expects {known} participants, this caller {expected}")
-            if participant and participant not in arrived:
-                arrived = arrived | {participant}
+            if participant and (participant not in arrived or note and arrived[participant] != note):
+                if participant not in arrived:
+                    log.info("barrier %r: %s arrived (%d of %d)", name, participant, len(arrived) + 1, expected)
+                arrived = {**arrived, participant: note or arrived.get(participant, b"")}
                 self._barriers[name] = (expected, arrived)
-                log.info("barrier %r: %s arrived (%d of %d)", name, participant, len(arrived), expected)
             return sorted(arrived), expected
+
+    def notes(self, name: str) -> dict[str, bytes]:
+        """The non-empty notes left at barrier `name`, by participant."""
+        with self._lock:
+            _expected, arrived = self._barriers.get(name, (0, {}))
+            return {p: n for p, n in arrived.items() if n}
 
     @property
     def global_step(self) -> int:

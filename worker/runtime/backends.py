@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ps.config import DEFAULT_KEEP_CHECKPOINTS
+from ps.persist.checkpoint import StreamOffsets
 from ps.persist.coordinator import CheckpointCoordinator
 from ps.store.shard_state import ShardState
 from worker.runtime.dense_state import DenseVariables, export_dense, import_dense, keras_optimizer_config
@@ -65,7 +66,9 @@ class ParameterBackend(Protocol):
         """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
         ...
 
-    def save(self, model_dir: str, step: int) -> str: ...
+    def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
+        """A coordinated checkpoint; `stream_offsets` go into its manifest (a job training from a stream)."""
+        ...
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:
         """The global step of the restored checkpoint; None when `model_dir` has none (and `step` is None)."""
@@ -73,14 +76,23 @@ class ParameterBackend(Protocol):
 
     def table_sizes(self) -> dict[str, int]: ...
 
-    def mark_ready(self) -> None:
-        """The chief has restored (or found nothing to restore): other workers may start."""
+    def mark_ready(self, note: bytes = b"") -> None:
+        """The chief has restored (or found nothing to restore): other workers may start (`note` for them)."""
         ...
 
-    def wait_ready(self, timeout_s: float) -> None: ...
+    def wait_ready(self, timeout_s: float) -> bytes:
+        """Wait for the chief's `mark_ready`; its note."""
+        ...
 
-    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
-        """Arrive at this launch's barrier `name` and wait (bounded) until every worker has."""
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float,
+                         note: bytes = b"") -> dict[str, bytes]:
+        """Arrive at this launch's barrier `name` (leaving `note`) and wait (bounded) until every worker has;
+        every worker's note by `worker:<i>`."""
+        ...
+
+    def arrive(self, name: str, participant: str | None, expected: int, note: bytes = b"") -> dict[str, bytes]:
+        """Arrive at this launch's barrier `name` (None: only look) without waiting; who has arrived so far,
+        with their notes."""
         ...
 
     def close(self) -> None: ...
@@ -149,10 +161,10 @@ class LocalBackend:
     def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
         return CheckpointCoordinator(model_dir, 1, self.keep_checkpoints)
 
-    def save(self, model_dir: str, step: int) -> str:
+    def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         if self._dense is not None:
             export_dense(self.shard, self._dense, self._optimizer)
-        path = self._checkpoints(model_dir).save(step, lambda p, s: self.shard.save(str(p), s))
+        path = self._checkpoints(model_dir).save(step, lambda p, s: self.shard.save(str(p), s), stream_offsets)
         self.shard.dense.clear()  # the graph's variables stay the truth
         self._restored_dense = False
         return str(path)
@@ -167,14 +179,18 @@ class LocalBackend:
             import_dense(self.shard, self._dense, self._optimizer)
         return self.shard.global_step
 
-    def mark_ready(self) -> None:
+    def mark_ready(self, note: bytes = b"") -> None:
         pass
 
-    def wait_ready(self, timeout_s: float) -> None:
-        pass
+    def wait_ready(self, timeout_s: float) -> bytes:
+        return b""
 
-    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
-        pass
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float,
+                         note: bytes = b"") -> dict[str, bytes]:
+        return {f"worker:{worker_index}": note}
+
+    def arrive(self, name: str, participant: str | None, expected: int, note: bytes = b"") -> dict[str, bytes]:
+        return {participant: note} if participant else {}
 
     def close(self) -> None:
         pass
@@ -246,8 +262,8 @@ class RemoteBackend:
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.client.claim_global_step(limit)
 
-    def save(self, model_dir: str, step: int) -> str:
-        return self.client.save(model_dir, step)
+    def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
+        return self.client.save(model_dir, step, stream_offsets)
 
     def restore(self, model_dir: str, step: int | None = None) -> int | None:
         if step is None and self.client.latest_checkpoint(model_dir) is None:
@@ -258,16 +274,21 @@ class RemoteBackend:
     def _barrier_name(self, what: str) -> str:
         return f"{self.cluster_id}/{what}"
 
-    def mark_ready(self) -> None:
+    def mark_ready(self, note: bytes = b"") -> None:
         """The chief has restored (or found nothing to restore): other workers may start."""
-        self.client.barrier(self._barrier_name("chief-ready"), _CHIEF, 1)
+        self.client.barrier(self._barrier_name("chief-ready"), _CHIEF, 1, note)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        self.client.wait_barrier(self._barrier_name("chief-ready"), None, [_CHIEF], timeout_s)
+    def wait_ready(self, timeout_s: float) -> bytes:
+        return self.client.wait_barrier_notes(self._barrier_name("chief-ready"), None, [_CHIEF], timeout_s)[_CHIEF]
 
-    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float) -> None:
+    def wait_for_workers(self, name: str, worker_index: int, num_workers: int, timeout_s: float,
+                         note: bytes = b"") -> dict[str, bytes]:
         participants = [f"worker:{i}" for i in range(num_workers)]
-        self.client.wait_barrier(self._barrier_name(name), participants[worker_index], participants, timeout_s)
+        return self.client.wait_barrier_notes(self._barrier_name(name), participants[worker_index], participants,
+                                              timeout_s, note=note)
+
+    def arrive(self, name: str, participant: str | None, expected: int, note: bytes = b"") -> dict[str, bytes]:
+        return self.client.barrier_notes(self._barrier_name(name), participant, expected, note)
 
     def close(self) -> None:
         self.client.close()

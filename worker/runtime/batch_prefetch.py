@@ -19,6 +19,10 @@ from typing import Any
 _END = object()
 
 
+class NoBatchYet(Exception):
+    """`get(timeout)` found no batch in time (never an error of the input itself)."""
+
+
 class Prefetcher:
     def __init__(self, read: Callable[[], Any], lookup: Callable[[Any], Any], staleness: int) -> None:
         if not isinstance(staleness, int) or staleness < 0:
@@ -64,9 +68,13 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def get(self) -> Any:
-        """The next looked-up batch, or None at the end of the data."""
-        item = self._queue.get()
+    def get(self, timeout: float | None = None) -> Any:
+        """The next looked-up batch, or None at the end of the data; `NoBatchYet` if none came within
+        `timeout` seconds (None: wait)."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise NoBatchYet(f"no batch within {timeout}s") from None
         if item is _END:
             return None
         if isinstance(item, BaseException):

@@ -35,6 +35,7 @@ class PreparedBatch:
     rows: dict[str, np.ndarray] = field(default_factory=dict)       # feature -> its block of rows
     dense: dict[str, np.ndarray] | None = None
     layout: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))  # what step_inputs packed
+    stream_seq: int | None = None  # a stream input's batch number (worker/modeling/stream_source.py)
 
 
 class BatchPreparer:

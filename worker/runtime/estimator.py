@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ps.errors import PSUnavailable
+from worker.modeling import stream_source
 from worker.modeling.estimator_spec import ModeKeys
 from worker.modeling.feature import FeatureSlot
 from worker.modeling.hooks.base import StepContext, StepResult
@@ -28,13 +29,14 @@ from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
 from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation
 from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
-from worker.runtime.batch_prefetch import Prefetcher
+from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
 from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
 from worker.runtime.step_timing import StepTimeExporter, StepTimes, now
+from worker.runtime.stream_checkpoints import StreamCheckpoints, restore_for_stream
 from worker.runtime.variable_reuse import VariableReuse
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,12 @@ class _Compiled:
     optimizer: Any
     slots: dict[str, FeatureSlot]  # the tables this mode pushes to: their segments' learning rates
 
+
+UNBOUNDED = 2**62
+"""The step limit of `train(None)`: never reached."""
+
+_STREAM_WAIT_S = 0.2
+"""How often a worker waiting for a quiet stream's next batch looks for checkpoint work."""
 
 _WINDOW = 50
 """Steps whose outputs the progress report's AUC/MSE is computed over."""
@@ -157,19 +165,39 @@ class Estimator:
         self.last_checkpoint: str | None = None
         # called as listener.after_save(global_step, checkpoint_path) after every checkpoint (e.g. exporters)
         self.checkpoint_listeners: list = []
+        self._source: stream_source.StreamSource | None = None  # the TRAIN input's, when it is a stream
+        self._stream: StreamCheckpoints | None = None
+        self._stream_start: stream_source.Offsets | None = None
 
     # --- building ----------------------------------------------------------------------------------
     def _params_mode(self, mode: str):
         return params_mode(self.model, mode)
 
     def _dataset(self, mode: str) -> tf.data.Dataset:
-        with with_ctx(self.task_ctx), self._params_mode(mode):
+        with with_ctx(self.task_ctx), self._params_mode(mode), stream_source.collect() as sources:
             ds = self.model.create_input_fn(mode)()
         if not isinstance(ds, tf.data.Dataset):
             raise ValueError(f"input_fn({mode!r}) must return a tf.data.Dataset, got {type(ds).__name__}")
         if not isinstance(ds.element_spec, dict):
             raise ValueError(f"input_fn({mode!r}) must yield dicts of features, got {ds.element_spec!r}")
+        if sources:
+            self._check_stream(mode, sources, ds)
+            self._source = sources[0]
         return ds
+
+    def _check_stream(self, mode: str, sources: list, ds: tf.data.Dataset) -> None:
+        if mode != ModeKeys.TRAIN or len(sources) != 1:
+            raise ValueError(f"input_fn({mode!r}) created {len(sources)} stream inputs: a stream (Kafka) input is "
+                             f"for training, one per input_fn")
+        if ds.element_spec.get(stream_source.STREAM_BATCH_KEY) != tf.TensorSpec([], tf.int64):
+            raise ValueError(f"input_fn's stream batches lost their {stream_source.STREAM_BATCH_KEY!r} scalar: do not "
+                             f"re-batch, unbatch or rebuild the feature dicts of a stream input")
+        if self.config.dispatcher:
+            raise ValueError("a stream input is read by the workers themselves: it cannot go through the tf.data "
+                             "service (drop --dispatcher)")
+        if self._stream is not None:
+            raise ValueError("the stream input has already been read by an earlier train() of this Estimator: "
+                             "build a new Estimator (a new process) to train from it again")
 
     def _distribute(self, ds: tf.data.Dataset, mode: str) -> tf.data.Dataset:
         """This worker's share of the input: from the tf.data service, or every num_workers-th batch."""
@@ -192,7 +220,8 @@ class Estimator:
     def _compile(self, mode: str, dataset: tf.data.Dataset) -> _Compiled:
         if mode in self._compiled:
             return self._compiled[mode]
-        sparse, feature_sig, _, _ = step_signature(dataset.element_spec)
+        spec = {k: v for k, v in dataset.element_spec.items() if k != stream_source.STREAM_BATCH_KEY}
+        sparse, feature_sig, _, _ = step_signature(spec)
         packed_sig = (tf.TensorSpec([None], tf.float32), tf.TensorSpec([len(sparse), 3], tf.int32),
                       tf.TensorSpec([None], tf.int32))  # rows, layout, index: BatchPreparer.step_inputs
         model_fn = self.model.create_model_fn()
@@ -299,7 +328,9 @@ class Estimator:
         """The chief (or a local worker) restores the latest checkpoint once; other workers wait for it."""
         if not self._restore_checked:
             self._restore_checked = True
-            if self.config.is_chief:
+            if self._source is not None:
+                self._stream_start = restore_for_stream(self.backend, self.config)
+            elif self.config.is_chief:
                 if self.backend.global_step() == 0:
                     self._restored = self.backend.restore(self.config.model_dir)
                     if self._restored is not None:
@@ -323,8 +354,10 @@ class Estimator:
         def read() -> PreparedBatch:
             t = now()
             features = next(iterator)
+            seq = features.pop(stream_source.STREAM_BATCH_KEY, None)
             t = times.add("input", t)
             batch = compiled.prep.dedupe(features)
+            batch.stream_seq = None if seq is None else int(seq)
             times.add("dedupe", t)
             return batch
 
@@ -350,9 +383,13 @@ class Estimator:
         rows, batch.layout, index = compiled.prep.step_inputs(batch)
         return compiled.fn(*tf.nest.flatten(batch.features, expand_composites=True), rows, batch.layout, index)
 
-    def train(self, max_steps: int) -> dict[str, Any]:
+    def train(self, max_steps: int | None) -> dict[str, Any]:
+        """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
+        (an unbounded stream trains until the process is stopped)."""
+        if max_steps is None:
+            max_steps = UNBOUNDED
         if not isinstance(max_steps, int) or max_steps < 0:
-            raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
+            raise ValueError(f"max_steps must be an int >= 0 or None, got {max_steps!r}")
         dataset = self._dataset(ModeKeys.TRAIN)
         compiled = self._compile(ModeKeys.TRAIN, dataset)
         step = self._maybe_restore()
@@ -360,12 +397,18 @@ class Estimator:
             log.info("training from global step %d to %d: nothing left to train", step, max_steps)
             step = self._all_workers_done(max_steps, step)
             return {"global_step": step, "steps": 0, "examples": 0}
-        dataset = self._distribute(dataset, ModeKeys.TRAIN)
-        skip = step // self.config.num_workers
-        if skip and not self.config.dispatcher:
-            dataset = dataset.skip(skip)  # a restarted worker resumes about where its input was
-        log.info("training from global step %d to %d (input skips %d batches)", step, max_steps,
-                 0 if self.config.dispatcher else skip)
+        if self._source is not None:
+            self._stream = StreamCheckpoints(self._source, self.backend, self.config)
+            self._stream.start(self._stream_start, max(self.config.ready_timeout_s, 120.0))
+            log.info("training from global step %d to %s (stream input)", step,
+                     "no step limit" if max_steps >= UNBOUNDED else max_steps)
+        else:
+            dataset = self._distribute(dataset, ModeKeys.TRAIN)
+            skip = step // self.config.num_workers
+            if skip and not self.config.dispatcher:
+                dataset = dataset.skip(skip)  # a restarted worker resumes about where its input was
+            log.info("training from global step %d to %d (input skips %d batches)", step, max_steps,
+                     0 if self.config.dispatcher else skip)
         hooks = self.hooks + list(self.model._training_hooks)
         cfg = self.config
         run = _TrainRun(step=step, last_save_step=step, last_save_time=time.monotonic(),
@@ -399,7 +442,7 @@ class Estimator:
         ctx = StepContext(global_step=run.step, mode=ModeKeys.TRAIN)
         wanted = [name for hook in hooks for name in (hook.before_step(ctx) or [])]
         t = times.add("hooks", t)
-        batch = prefetcher.get()
+        batch = prefetcher.get() if self._stream is None else self._next_stream_batch(run, prefetcher, pusher)
         if batch is None:
             log.info("input exhausted at global step %d", run.step)
             return False
@@ -431,20 +474,45 @@ class Estimator:
         if run.first_step is None:
             run.first_step = (t, run.examples, times.snapshot())
         if cfg.is_chief and run.step < max_steps and self._save_due(run.step, run.last_save_step, run.last_save_time):
+            self._periodic_save(run, pusher)
+        elif self._stream is not None:
+            self._stream.serve_round(pusher.drain)
+        return True
+
+    def _periodic_save(self, run: _TrainRun, pusher: GradientPusher) -> None:
+        if self._stream is not None:
+            run.step = self._stream.checkpoint(pusher.drain, self._save_at)
+        else:
             run.step = pusher.drain()
             try:
                 self.save(run.step)
             except PSUnavailable as exc:  # a shard is down (and restarting): the next periodic save will do
                 log.warning("checkpoint at global step %d skipped: %s", run.step, exc)
-            run.last_save_step, run.last_save_time = run.step, time.monotonic()
-        return True
+        run.last_save_step, run.last_save_time = run.step, time.monotonic()
+
+    def _next_stream_batch(self, run: _TrainRun, prefetcher: Prefetcher, pusher: GradientPusher):
+        """A stream can be quiet for long: while this worker waits for its next batch, the chief still
+        checkpoints on time (when the job trained since its last one) and the others answer its rounds."""
+        assert self._stream is not None
+        while True:
+            try:
+                return prefetcher.get(timeout=_STREAM_WAIT_S)
+            except NoBatchYet:
+                pass
+            if not self.config.is_chief:
+                self._stream.serve_round(pusher.drain)
+            elif self._save_due(run.step, run.last_save_step, run.last_save_time):
+                if self.backend.global_step() > run.last_save_step:
+                    self._periodic_save(run, pusher)
+                else:
+                    run.last_save_time = time.monotonic()
 
     def _finish_training(self, run: _TrainRun, max_steps: int) -> dict[str, Any]:
         cfg = self.config
         step = self._all_workers_done(max_steps, run.step)
         # with several workers the last save may predate another worker's last push: save the final state
         if (cfg.is_chief and (cfg.save_checkpoints_steps or cfg.save_checkpoints_secs)
-                and (step != run.last_save_step or cfg.num_workers > 1)):
+                and (step != run.last_save_step or cfg.num_workers > 1 or self._stream is not None)):
             self.save(step)
         elapsed = time.perf_counter() - run.started
         if self._step_times is not None:
@@ -467,6 +535,9 @@ class Estimator:
         `train(0)` only builds and restores: nobody waits for it. If a worker never arrives the chief still
         saves what the others trained, then raises the timeout naming the missing workers."""
         cfg = self.config
+        if self._stream is not None and max_steps > 0:
+            self._stream.finish(f"train-done/{max_steps}")
+            return self.backend.global_step()
         if not cfg.distributed or cfg.num_workers == 1 or max_steps == 0:
             return step
         try:
@@ -505,6 +576,8 @@ class Estimator:
         times.add("gradient_push", t)
         if dense is not None:
             dense.result()
+        if self._stream is not None and batch.stream_seq is not None:
+            self._stream.applied_batch(batch.stream_seq)
         return claimed
 
     def _push_dense(self, packed: tf.Tensor, step: int, times: StepTimes) -> None:
@@ -526,9 +599,17 @@ class Estimator:
         return bool(cfg.save_checkpoints_secs and time.monotonic() - last_time >= cfg.save_checkpoints_secs)
 
     def save(self, step: int | None = None) -> str:
+        """A checkpoint now; a stream job's carries the input offsets (after training, or with one worker:
+        with several, mid-training checkpoints are the training loop's aligned rounds)."""
         step = self.backend.global_step() if step is None else step
-        path = self.backend.save(self.config.model_dir, step)
-        log.info("checkpoint at global step %d: %s", step, path)
+        return self._save_at(step, self._stream.checkpoint_offsets() if self._stream is not None else None)
+
+    def _save_at(self, step: int, stream_offsets: stream_source.Offsets | None) -> str:
+        path = self.backend.save(self.config.model_dir, step, stream_offsets)
+        log.info("checkpoint at global step %d: %s%s", step, path,
+                 f" (input offsets {stream_offsets})" if stream_offsets is not None else "")
+        if self._stream is not None and stream_offsets is not None and self.config.is_chief:
+            self._stream.source.commit(stream_offsets)
         self.last_checkpoint = path
         for listener in self.checkpoint_listeners:
             listener.after_save(step, path)
@@ -544,6 +625,8 @@ class Estimator:
 
     def _progress(self, total: int, initial: int):
         from tqdm import tqdm
+
+        total = None if total >= UNBOUNDED else total  # type: ignore[assignment]
 
         return tqdm(total=total, initial=initial, desc=f"worker {self.config.worker_index}", dynamic_ncols=True)
 
@@ -648,6 +731,8 @@ class Estimator:
     def close(self) -> None:
         if self._step_times is not None:
             self._step_times.close()
+        if self._stream is not None:
+            self._stream.close()
         self._side.shutdown(wait=True)
         self._pull.shutdown(wait=True)
         self.backend.close()
