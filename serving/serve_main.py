@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ps.config import ServerConfig
-from services import role_logging
+from services import role_logging, transport_security
 from services.export_layout import ENTRY
 from services.signals import stop_on_signals
 from serving.config import ServeConfig
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests with more input rows get INVALID_ARGUMENT")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
+    transport_security.add_arguments(parser)
 
 
 def config_of(args: argparse.Namespace) -> ServeConfig:
@@ -58,10 +59,11 @@ def main(args: argparse.Namespace) -> int:
     role_logging.configure("serve", 0)
     try:
         config = config_of(args)
+        security = transport_security.from_args_exported(args)  # exported: the serving PS client uses it too
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    return run(config)
+    return run(config, security)
 
 
 def _serving_ps(config: ServeConfig):
@@ -76,8 +78,10 @@ def _serving_ps(config: ServeConfig):
     return client
 
 
-def run(config: ServeConfig) -> int:
-    """Serve until SIGTERM/SIGINT; the process exit code."""
+def run(config: ServeConfig, security: transport_security.TransportSecurity | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code. `security` (default: from the environment) is
+    the TLS/token setting of the gRPC port, the metrics port and the client of the serving PS shards."""
+    security = transport_security.TransportSecurity.from_environ() if security is None else security
     from ps.errors import PSError
     from ps.service.server import serve
     from services import exit_hook
@@ -113,13 +117,15 @@ def run(config: ServeConfig) -> int:
         server = config.server
         metrics_note = "off"
         if server.metrics_port >= 0:
-            metrics_note = f"{server.host}:{start_metrics_server(server.metrics_port, addr=server.host)}"
+            bound = start_metrics_server(server.metrics_port, addr=server.host, security=security)
+            metrics_note = f"{server.host}:{bound}"
 
         def ready(port: int) -> None:
             log.info("ready: serving model %s version %d on %s:%d (metrics=%s)", config.model_name,
                      versions.loaded_versions[-1], server.host, port, metrics_note)
 
-        serve(PredictionServer(versions).handlers(), server, stop=stop, on_ready=ready)
+        serve(PredictionServer(versions).handlers(), server, stop=stop, on_ready=ready, security=security,
+              name="serve")
     except OSError as exc:
         log.error("%s", exc)
         return 1

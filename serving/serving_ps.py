@@ -24,7 +24,7 @@ from ps.errors import CheckpointError, ReadOnlyShard
 from ps.persist import checkpoint
 from ps.service.servicer import ParameterServerServicer
 from ps.store.shard_state import ShardState
-from services import role_logging
+from services import role_logging, transport_security
 from services.export_layout import ASSETS_EXTRA, PS_SHARD_DIR
 from services.signals import stop_on_signals
 
@@ -123,6 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20)
     parser.add_argument("--grace-s", type=float, default=5.0)
+    transport_security.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -139,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
     passive_kernel_threads()
     stop = stop_on_signals(log)
     try:
+        security = transport_security.from_args_exported(args)
         state = load_shard(args.export_dir)
         config = ServerConfig(port=args.port, shard_index=state.shard_index, num_shards=state.num_shards,
                               host=args.host, metrics_port=args.metrics_port, threads=args.threads,
@@ -151,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     rpc_metrics.register_shard(state)
     metrics_note = "off"
     if config.metrics_port >= 0:
-        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host)}"
+        metrics_note = f"{config.host}:{start_metrics_server(config.metrics_port, addr=config.host, security=security)}"
     servicer = ServingPSServicer(state, UPDATE_POLICIES[args.update_policy](state))
     warm_up_lookups(servicer)
 
@@ -161,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
                  args.update_policy, {n: int(t.size) for n, t in state.tables.items()})
 
     try:
-        serve([servicer.handler()], config, stop=stop, on_ready=ready)
+        serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security, name="serve-ps")
     except OSError as exc:
         log.error("%s", exc)
         return 1
