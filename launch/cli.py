@@ -29,6 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launch.supervision import die_with_parent
+
+    die_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="monolith", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,7 +1,10 @@
 """Child processes that never outlive their launcher, and stop in order: SIGTERM, a grace period, SIGKILL.
 
 Every child is asked by the kernel (`PR_SET_PDEATHSIG`) to receive SIGTERM when its parent dies, so even
-a SIGKILLed launcher leaves no orphan behind.
+a SIGKILLed launcher leaves no orphan behind. A `monolith` child asks for it itself, first thing in
+`launch.cli.main` (`die_with_parent`): Python code run between fork and exec (a `preexec_fn`) in a launcher
+that already runs gRPC threads executes the at-fork handlers and ctypes' dlopen in the forked child, which
+occasionally aborted it before it could exec.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PARENT_ENV = "MONOLITH_DIE_WITH_PARENT"  # the launcher's pid, for die_with_parent in the child
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -30,11 +34,22 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return setup
 
 
+def die_with_parent() -> None:
+    """In a child started by `spawn`: receive SIGTERM when the launcher dies (exit now if it already has)."""
+    parent = os.environ.pop(_PARENT_ENV, None)
+    if parent:
+        _die_with_parent(int(parent))()
+
+
 def spawn(
     args: Sequence[str], env: dict[str, str] | None = None, new_session: bool = False, **popen_kwargs
 ) -> subprocess.Popen:
     """Start `args` (a `python -m ...` argv when it starts with `-m`) tied to this process's life."""
     argv = [sys.executable, *args] if args and args[0] == "-m" else list(args)
+    if list(args[:2]) == ["-m", "launch.cli"]:  # the child calls die_with_parent itself: no code before exec
+        child_env = dict(os.environ if env is None else env)
+        child_env[_PARENT_ENV] = str(os.getpid())
+        return subprocess.Popen(argv, env=child_env, start_new_session=new_session, **popen_kwargs)
     return subprocess.Popen(
         argv, env=env, preexec_fn=_die_with_parent(os.getpid()), start_new_session=new_session, **popen_kwargs
     )
