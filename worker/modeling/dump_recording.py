@@ -8,12 +8,11 @@ is refused while recording, naming the slice, as Monolith did.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker.modeling.feature import FeatureColumn, FeatureSlice
+from worker.modeling.thread_scope import ThreadScope
 
 
 @dataclass
@@ -48,18 +47,12 @@ class DumpRecorder:
         self.slices[(feature_name, fs.name)] = SliceUse(feature_name, fs, rate)
 
 
-_local = threading.local()
+_recorder: ThreadScope[DumpRecorder] = ThreadScope()
 
 
-@contextlib.contextmanager
-def recording() -> Iterator[DumpRecorder]:
-    previous = getattr(_local, "recorder", None)
-    _local.recorder = recorder = DumpRecorder()
-    try:
-        yield recorder
-    finally:
-        _local.recorder = previous
+def recording() -> contextlib.AbstractContextManager[DumpRecorder]:
+    return _recorder.scope(DumpRecorder())
 
 
 def current() -> DumpRecorder | None:
-    return getattr(_local, "recorder", None)
+    return _recorder.current()

@@ -6,10 +6,11 @@ a feature column then gathers and pools them. This module holds those tensors fo
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
 
 import tensorflow as tf
+
+from worker.modeling.thread_scope import ThreadScope
 
 
 @dataclass
@@ -20,18 +21,12 @@ class LookupInputs:
     used: set[str] = field(default_factory=set)
 
 
-_local = threading.local()
+_inputs: ThreadScope[LookupInputs] = ThreadScope()
 
 
-@contextlib.contextmanager
-def lookup_inputs(inputs: LookupInputs):
-    previous = getattr(_local, "inputs", None)
-    _local.inputs = inputs
-    try:
-        yield inputs
-    finally:
-        _local.inputs = previous
+def lookup_inputs(inputs: LookupInputs) -> contextlib.AbstractContextManager[LookupInputs]:
+    return _inputs.scope(inputs)
 
 
 def current() -> LookupInputs | None:
-    return getattr(_local, "inputs", None)
+    return _inputs.current()

@@ -13,7 +13,6 @@ for warmup.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterable, Sequence
 
 import tensorflow as tf
@@ -21,9 +20,10 @@ from google.protobuf import descriptor_pb2
 
 from protos import example_pb2, proto_parser_pb2
 from services.sample_gen import DenseFeature, ParserArgs
+from worker.modeling.thread_scope import ThreadScope
 
 _FIXED64_SHIFT_V1 = 54
-_local = threading.local()
+_records: ThreadScope[list[ParserArgs]] = ThreadScope()
 
 
 def _descriptor_source() -> bytes:
@@ -46,19 +46,13 @@ def _descriptor_source() -> bytes:
 DESCRIPTOR_SOURCE = _descriptor_source()
 
 
-@contextlib.contextmanager
-def recording():
+def recording() -> contextlib.AbstractContextManager[list[ParserArgs]]:
     """Collect the `ParserArgs` of every parser called inside (the exporter's view of the serving input)."""
-    previous = getattr(_local, "records", None)
-    _local.records = []
-    try:
-        yield _local.records
-    finally:
-        _local.records = previous
+    return _records.scope([])
 
 
 def _record(args: ParserArgs) -> None:
-    records = getattr(_local, "records", None)
+    records = _records.current()
     if records is not None:
         records.append(args)
 

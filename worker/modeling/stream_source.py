@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Protocol
+
+from worker.modeling.thread_scope import ThreadScope
 
 STREAM_BATCH_KEY = "__stream_batch__"
 """The feature holding a stream batch's sequence number (int64 scalar), removed before `model_fn`."""
@@ -91,22 +92,15 @@ class BatchPositions:
             return out
 
 
-_collecting = threading.local()
+_collecting: ThreadScope[list[StreamSource]] = ThreadScope()
 
 
-@contextlib.contextmanager
-def collect() -> Iterator[list[StreamSource]]:
+def collect() -> contextlib.AbstractContextManager[list[StreamSource]]:
     """The stream sources `input_fn` creates while this is open."""
-    previous = getattr(_collecting, "sources", None)
-    sources: list[StreamSource] = []
-    _collecting.sources = sources
-    try:
-        yield sources
-    finally:
-        _collecting.sources = previous
+    return _collecting.scope([])
 
 
 def register(source: StreamSource) -> None:
-    sources = getattr(_collecting, "sources", None)
+    sources = _collecting.current()
     if sources is not None:
         sources.append(source)
