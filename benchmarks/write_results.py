@@ -1,8 +1,9 @@
 """`make bench`: run every `benchmarks/*_bench.py` and write their output to `benchmarks/RESULTS.md`.
 
 Each benchmark compares us with a named peer measured in the same run and prints the ratios; this file
-keeps the figures of the last full run (with the commit, the date and the machine's load before and
-after each benchmark, since other jobs may share the cores) so docstrings never need to quote them.
+keeps the figures of each benchmark's last run (with its commit, date, arguments and the machine's load
+before and after it, since other jobs may share the cores) so docstrings never need to quote them. Naming
+benchmarks re-runs only those: the other sections stay as they were.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def run_one(path: Path, args: list[str]) -> tuple[str, str, int]:
     return "".join(lines), f"{before} → {_load()}", code
 
 
+def _sections(text: str) -> dict[str, str]:
+    """The `## name` sections of a RESULTS.md, by benchmark name."""
+    parts = text.split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): "## " + part.rstrip() + "\n" for part in parts}
+
+
 def main() -> int:
     """`python benchmarks/write_results.py [name_bench.py ... [-- args]]`: every benchmark, or only the named
     ones (with `args`, e.g. a shorter setting, when one is named)."""
@@ -57,22 +64,23 @@ def main() -> int:
     if names and len(benches) != len(names):
         print(f"unknown benchmarks among {names}", file=sys.stderr)
         return 2
-    sections = []
+    results = HERE / "RESULTS.md"
+    sections = _sections(results.read_text()) if names and results.exists() else {}
     failed = []
     for path in benches:
         print(f"== {path.name}", flush=True)
         output, load, code = run_one(path, args)
         if code:
             failed.append(path.name)
-        sections.append(f"## {path.name}\n\nload average (1, 5, 15 min) before → after: {load}"
-                        f"{'' if code == 0 else f'; FAILED with exit code {code}'}\n\n```\n{output.rstrip()}\n```\n")
+        sections[path.name] = (
+            f"## {path.name}\n\nRun at commit {_commit()}, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+            f"{_with(args)}; load average (1, 5, 15 min) before → after: {load}"
+            f"{'' if code == 0 else f'; FAILED with exit code {code}'}\n\n```\n{output.rstrip()}\n```\n")
     header = (f"# Benchmark results\n\nWritten by `make bench` (`benchmarks/write_results.py`); do not edit by hand.\n"
-              f"Commit {_commit()}, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
               f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}.\n"
-              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n"
-              + (f"Only {', '.join(names)} ran this time{_with(args)}.\n" if names else ""))
-    (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
-    print(f"wrote {HERE / 'RESULTS.md'}")
+              f"Every ratio compares figures measured in the same run; absolute rates depend on the machine's load.\n")
+    results.write_text(header + "\n" + "\n".join(sections[name] for name in sorted(sections)))
+    print(f"wrote {results}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
