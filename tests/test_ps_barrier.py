@@ -53,6 +53,17 @@ def test_claims_stop_at_the_limit():
     assert state.increment_global_step(2) == (5, True)  # without a limit, as before
 
 
+def test_a_step_past_the_int64_range_is_refused_and_changes_nothing():
+    """Found by `make fuzz`: an accepted increment left a step the GlobalStep reply could not encode."""
+    state = ShardState(0, 1)
+    top = 2**63 - 1
+    assert state.increment_global_step(top - 5) == (top - 5, True)
+    with pytest.raises(ValueError, match="int64 range"):
+        state.increment_global_step(6)
+    assert state.global_step == top - 5
+    assert state.increment_global_step(5) == (top, True)
+
+
 def test_barriers_are_never_checkpointed(tmp_path):
     state = ShardState(0, 1)
     state.create_dense("w", [2], {"type": "sgd"}, np.ones(2, np.float32))

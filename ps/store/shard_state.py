@@ -30,6 +30,7 @@ from ps.store.table import EmbeddingTable
 log = logging.getLogger(__name__)
 
 _DENSE_ID = np.zeros(1, dtype=np.int64)
+_MAX_GLOBAL_STEP = 2**63 - 1  # the wire (GlobalStepResponse) and manifests hold it as int64
 
 
 @dataclass
@@ -204,6 +205,8 @@ class ShardState:
         with self._lock:
             if limit is not None and self._global_step + n > limit:
                 return self._global_step, False
+            if self._global_step + n > _MAX_GLOBAL_STEP:  # it could no longer be reported or checkpointed
+                raise ValueError(f"global step {self._global_step} + increment {n} leaves the int64 range")
             self._global_step += n
             return self._global_step, True
 
