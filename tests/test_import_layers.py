@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker.models": {"protos", "worker.modeling"},
     "worker.runtime": {"services", "protos", "ps.*", "worker.modeling"},
     "worker.export": {"services", "protos", "ps.*", "worker.modeling", "worker.runtime"},
-    "worker.model_dump": {"protos", "ps.persist", "worker.modeling", "worker.runtime"},
+    "worker.model_dump": {"services", "protos", "ps.persist", "worker.modeling", "worker.runtime"},
     "worker": {"services", "protos", "ps.*", "worker.*"},  # worker/model.py (the public API), worker/train_main.py
     "serving": {"services", "protos", "ps.*"},  # a role of its own: never the worker
     "launch": {"services", "protos", "ps", "ps.*", "worker", "worker.*", "dispatcher", "serving"},

@@ -15,18 +15,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from protos import example_pb2
 from protos import model_dump_pb2 as pb
 from ps.persist.checkpoint import latest_checkpoint
 from ps.store.shard_state import ShardState
+from services.export_layout import ASSETS_EXTRA, ENTRY_META, WARMUP_FILE, ps_sub_model
 from tests.test_worker_movielens import _write_raw
+from worker.export.exported_tables import signature_key
+from worker.export.saved_model_exporters import StandaloneExporter
+from worker.export.warmup import read_warmup_file
 from worker.model import Estimator, RunConfig
 from worker.model_dump import dump_file
 from worker.model_dump.builder import dump_model
 from worker.model_dump.replay import DumpedModel
 from worker.modeling.estimator_spec import EstimatorSpec
 from worker.modeling.native_model import MonolithModel
-from worker.models.ffm import TestFFMModel
-from worker.models.movielens import MovieRankingModel
+from worker.models.ffm import TestFFMModel, generate_ffm_examples, make_examples
+from worker.models.movielens import MovieRankingModel, monolith_examples
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -116,6 +121,113 @@ def test_training_from_the_dump_equals_training_with_the_code(trained, name):
     np.testing.assert_allclose([p["ctr"] for p in dump["predict"]], [p["ctr"] for p in code["predict"]], atol=1e-6)
 
 
+def _served_inputs(name: str, models) -> dict[str, tf.Tensor]:
+    """40 serialized serving inputs of a model (FFM's with ids it never saw too: vocabularies of 8, not 5)."""
+    if name == "ffm":
+        return {"instances": tf.constant(make_examples(generate_ffm_examples([8] * 6, num_examples=40, seed=1)))}
+    test = models[name][0]().data()[1]
+    return {"examples": tf.constant(monolith_examples(test, 0, min(40, test.size)))}
+
+
+def _signatures(saved) -> dict[str, tuple]:
+    return {k: (f.structured_input_signature, f.structured_outputs) for k, f in sorted(saved.signatures.items())}
+
+
+def _warmup_requests(path: Path) -> list[bytes]:
+    """A warmup file's requests, each Example's request time cleared (it is the time the file was written)."""
+    out = []
+    for entry in read_warmup_file(path):
+        request = entry.predict_log.request
+        for tensor in request.inputs.values():
+            examples = [example_pb2.Example.FromString(b) for b in tensor.string_val]
+            for example in examples:
+                example.line_id.ClearField("req_time")
+            tensor.string_val[:] = [example.SerializeToString() for example in examples]
+        out.append(request.SerializeToString(deterministic=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(models, trained, tmp_path_factory):
+    """{name: (code export, dump export, both loaded)}: the checkpoint trained with the code, exported standalone
+    with the code (`StandaloneExporter`) and from the dump (`monolith export --from-dump`, in this process)."""
+    from launch.cli import main
+
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for name, (make, dump) in models.items():
+        model_dir = trained[name][0]["model_dir"]
+        code = StandaloneExporter(make(), model_dir, str(root / f"{name}-code"), global_step_as_timestamp=True)
+        assert main(["export", "--from-dump", str(dump), "--model-dir", model_dir, "--export-base",
+                     str(root / f"{name}-dump"), "--checkpoint", str(STEPS), "--global-step-as-timestamp"]) == 0
+        dirs = (Path(code.export_saved_model().decode()), root / f"{name}-dump" / str(STEPS))
+        out[name] = (*dirs, *(tf.saved_model.load(str(d)) for d in dirs))
+    return out
+
+
+@pytest.mark.parametrize("name", ["ffm", "movielens"])
+def test_exporting_from_the_dump_serves_what_exporting_with_the_code_serves(models, exported, name):
+    code_dir, dump_dir, code, dump = exported[name]
+    assert _signatures(dump) == _signatures(code)
+    assert sorted(code.signatures) == ["hashtable_assign", "lookup", "serving_default"]
+    inputs = _served_inputs(name, models)
+    want, got = code.signatures["serving_default"](**inputs), dump.signatures["serving_default"](**inputs)
+    assert sorted(got) == sorted(want) == ["ctr"]
+    assert len(set(np.round(want["ctr"].numpy(), 4))) > 1
+    np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"].numpy(), rtol=0, atol=1e-6)
+    ids = {k: tf.constant(IDS) for k in code.signatures["lookup"].structured_input_signature[1]}
+    for table, rows in code.signatures["lookup"](**ids).items():
+        np.testing.assert_array_equal(dump.signatures["lookup"](**ids)[table].numpy(), rows.numpy())
+    # the same warmup requests (MovieLens parses Monolith Examples; FFM's tf.Example parse has none)
+    warmup = [d / ASSETS_EXTRA / WARMUP_FILE for d in (code_dir, dump_dir)]
+    assert [w.is_file() for w in warmup] == [name == "movielens"] * 2
+    if name == "movielens":
+        assert len(_warmup_requests(warmup[0])) > 1
+        assert _warmup_requests(warmup[1]) == _warmup_requests(warmup[0])
+
+
+def test_export_from_a_missing_damaged_or_mismatched_dump_is_refused(models, trained, copied, tmp_path, caplog):
+    from launch.cli import main
+
+    model_dir = trained["ffm"][0]["model_dir"]
+    base = ["export", "--model-dir", model_dir, "--export-base", str(tmp_path / "e")]
+    assert main([*base, "--from-dump", str(tmp_path / "nowhere")]) == 2
+    assert f"model dump directory {str(tmp_path / 'nowhere')!r} does not exist" in caplog.text
+    path = copied / dump_file.DUMP_FILE
+    path.write_bytes(path.read_bytes()[:-1] + b"?")
+    assert main([*base, "--from-dump", str(copied)]) == 2
+    assert f"{path}: checksum mismatch (the file is corrupted)" in caplog.text
+    other = ["export", "--model-dir", trained["movielens"][0]["model_dir"], "--export-base", str(tmp_path / "e")]
+    assert main([*other, "--from-dump", str(models["ffm"][1])]) == 1  # the dump of another model
+    assert "export failed: table 'slot_0' (feature 'slot_0') is not in the checkpoint" in caplog.text
+    assert not (tmp_path / "e").exists()
+
+
+def test_train_from_dump_exports_the_dump_on_saving(models, tmp_path):
+    """`train --from-dump --export-base`: the exporter on saving exports the dump too (not a `--model` class)."""
+    import argparse
+
+    from worker.train_main import _export_listener
+
+    dump = str(models["ffm"][1])
+    args = argparse.Namespace(model=f"dump:{dump}", from_dump=dump, model_dir=str(tmp_path / "m"),
+                              export_base=str(tmp_path / "e"), export_mode="distributed", num_serving_shards=2)
+    exporter = _export_listener(args)._exporter
+    assert isinstance(exporter.model, DumpedModel) and exporter.num_serving_shards == 2
+
+
+@pytest.mark.parametrize("args", [[], ["--model", "worker.models.ffm:TestFFMModel", "--from-dump", "d"]])
+def test_export_takes_a_model_or_a_dump(args, capsys):
+    from launch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--model-dir", "m", "--export-base", "e", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert ("one of the arguments --model --from-dump is required" in err if not args
+            else "argument --from-dump: not allowed with argument --model" in err)
+
+
 def test_dump_records_the_model(models):
     dump = dump_file.read(models["ffm"][1])
     assert dump.format_version == dump_file.FORMAT_VERSION and dump.model_class.endswith(":TestFFMModel")
@@ -134,6 +246,7 @@ def test_dump_records_the_model(models):
     assert [(t.name, t.dtype) for t in receiver.receiver_tensors] == [("instances", "string")]
     assert {t.name: t.is_ragged for t in receiver.features} == {**{f"slot_{i}": True for i in range(6)},
                                                                 "label": False}
+    assert list(receiver.parsers) == []  # FFM parses tf.Examples, not with a Monolith parser
     assert [(s.name, list(s.inputs), list(s.outputs)) for s in dump.signatures] == [
         ("serving_default", ["instances"], ["ctr"])]
     assert json.loads(dump.dense_optimizer_json)["class_name"] == "SGD"
@@ -149,6 +262,7 @@ def test_show_is_readable(models, capsys):
     assert "genres -> table genres, REDUCE_MEAN" in text
     assert "slice vec: dim 4, random_uniform(maxval=0.05, minval=-0.05), adagrad(" in text
     assert "train: heads ctr (classification)" in text and "labels label" in text
+    assert "  parses examples as Monolith example: sparse uid, item, age, gender, occupation, zip, genres\n" in text
 
 
 class _ScheduledModel(MonolithModel):
@@ -218,11 +332,34 @@ def test_a_damaged_function_file_is_refused(copied):
         DumpedModel(copied)
 
 
+def _distributed_predictions(export: dict[str, Path], inputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    """serving_default of a distributed export, the rows looked up on every serving shard (a shard gives zero
+    rows for the ids it does not own, so their sum is what the serving PS shards return together)."""
+    entry = tf.saved_model.load(str(export["entry"]))
+    meta = json.loads((export["entry"] / ASSETS_EXTRA / ENTRY_META).read_text())
+    parsed = entry.signatures["embedding_ids"](**inputs)
+    ids = {signature_key(t): parsed[m["ids"]] for t, m in meta["tables"].items()}
+    shards = [tf.saved_model.load(str(export[ps_sub_model(i)])) for i in range(meta["num_serving_shards"])]
+    looked_up = [shard.signatures["lookup"](**ids) for shard in shards]
+    owned = {k: np.stack([np.abs(rows[k].numpy()).sum(axis=1) > 0 for rows in looked_up]) for k in ids}
+    assert all((o.sum(axis=0) <= 1).all() for o in owned.values())  # an id's row is on one shard only
+    assert all(np.concatenate([o[i] for o in owned.values()]).any() for i in range(len(shards)))
+    serve = entry.signatures["serving_default"]
+    wanted = serve.structured_input_signature[1]
+    feed = {k: v for k, v in parsed.items() if k in wanted}
+    feed.update({m["rows"]: tf.add_n([rows[signature_key(t)] for rows in looked_up])
+                 for t, m in meta["tables"].items()})
+    return {k: v.numpy() for k, v in serve(**feed).items()}
+
+
 @pytest.mark.slow
-def test_train_from_dump_in_a_process_without_the_models_module(models, trained, tmp_path):
+def test_train_and_export_from_dump_in_a_process_without_the_models_module(models, trained, exported, tmp_path):
     """`monolith train --from-dump` trains both dumps (FFM's made by `monolith dump --model`) in a process where
-    `worker.models` (MovieLens and FFM) cannot be imported: same final loss, rows and dense values as the code."""
+    `worker.models` (MovieLens and FFM) cannot be imported: same final loss, rows and dense values as the code.
+    In the same process `monolith export --from-dump --mode distributed` exports MovieLens's checkpoint trained
+    with the code for 2 serving shards: entry + shards serve what the standalone export made with the code serves."""
     runs = {name: path for name, (_, path) in models.items()}
+    code_dirs = {name: trained[name][0]["model_dir"] for name in runs}
     script = textwrap.dedent(f"""
         import sys
         sys.modules["worker.models"] = None  # the models' code cannot be imported in this process
@@ -236,6 +373,9 @@ def test_train_from_dump_in_a_process_without_the_models_module(models, trained,
         for name, dump in {json.dumps({k: str(v) for k, v in runs.items()})}.items():
             assert main(["train", "--from-dump", dump, "--model-dir", f"{tmp_path}/" + name, "--max-steps", "{STEPS}",
                          "--save-checkpoints-steps", "{STEPS}", "--summary-file", f"{tmp_path}/" + name + ".json"]) == 0
+        assert main(["export", "--from-dump", {str(runs["movielens"])!r}, "--model-dir", {code_dirs["movielens"]!r},
+                     "--export-base", "{tmp_path}/export", "--mode", "distributed", "--num-serving-shards", "2",
+                     "--global-step-as-timestamp", "--no-warmup"]) == 0
         assert "worker.models.movielens" not in sys.modules and "worker.models.ffm" not in sys.modules
     """)
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=600)
@@ -252,4 +392,9 @@ def test_train_from_dump_in_a_process_without_the_models_module(models, trained,
         assert len(dense) == len(code["dense"])
         for a, b in zip(dense, code["dense"]):
             np.testing.assert_allclose(a, np.reshape(b, -1), rtol=0, atol=1e-6)
+    inputs = _served_inputs("movielens", models)
+    want = exported["movielens"][2].signatures["serving_default"](**inputs)
+    got = _distributed_predictions({p.name: p / str(STEPS) for p in (tmp_path / "export").iterdir()}, inputs)
+    assert sorted(got) == sorted(want) == ["ctr"]
+    np.testing.assert_allclose(got["ctr"], want["ctr"].numpy(), rtol=0, atol=1e-6)
 

@@ -1,6 +1,7 @@
 """`monolith export`: export a checkpoint of a model as SavedModels, without training.
 
-Prints the export directories, one per line (`entry` last for a distributed export).
+The model is its class (`--model`) or a model dump (`--from-dump`: exported without importing the model's
+module). Prints the export directories, one per line (`entry` last for a distributed export).
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model class as pkg.module:Class")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model class as pkg.module:Class")
+    source.add_argument("--from-dump", metavar="DUMP_DIR",
+                        help="a model dump (`monolith dump`): export it without importing the model's module")
     parser.add_argument("--model-dir", required=True, help="the checkpoint directory training wrote")
     parser.add_argument("--export-base", required=True)
     parser.add_argument("--mode", choices=("standalone", "distributed"), default="standalone")
@@ -36,13 +40,24 @@ def exporter_for(model, model_dir: str, export_base: str, mode: str, num_serving
     return StandaloneExporter(model, model_dir, export_base, **kwargs)
 
 
-def main(args: argparse.Namespace) -> int:
-    role_logging.configure("export", 0)
+def build_model(model: str | None, from_dump: str | None):
+    """A fresh model to export: the class `model` built with no arguments, or the dump `from_dump`."""
+    if from_dump:
+        from worker.model_dump.replay import DumpedModel
+
+        return DumpedModel(from_dump)
+    if not model:
+        raise ValueError("no model to export: give --model pkg.module:Class or --from-dump DUMP_DIR")
     from worker.train_main import load_model_class
 
+    return load_model_class(model)()
+
+
+def main(args: argparse.Namespace) -> int:
+    role_logging.configure("export", 0)
     try:
-        model = load_model_class(args.model)()
-    except ValueError as exc:
+        model = build_model(args.model, args.from_dump)
+    except ValueError as exc:  # worker.model_dump.dump_file.ModelDumpError among them
         log.error("%s", exc)
         return 2
     exporter = exporter_for(model, args.model_dir, args.export_base, args.mode, args.num_serving_shards,

@@ -104,9 +104,9 @@ def _metric_hooks(model, port: int) -> list:
 
 def _export_listener(args: argparse.Namespace):
     from worker.export.export_hooks import ExportSaverListener
-    from worker.export_main import exporter_for
+    from worker.export_main import build_model, exporter_for
 
-    model = load_model_class(args.model)()  # the exporter traces its own copy of the model
+    model = build_model(args.model, args.from_dump)  # the exporter traces its own copy of the model
     exporter = exporter_for(model, args.model_dir, args.export_base, args.export_mode, args.num_serving_shards,
                             global_step_as_timestamp=True)
     return ExportSaverListener(args.model_dir, model.create_serving_input_receiver_fn(), exporter)

@@ -21,9 +21,9 @@ import tensorflow as tf
 
 from protos import model_dump_pb2 as pb
 from ps.persist.atomic_files import staged_directory
-from worker.model_dump import dump_file
+from worker.model_dump import dump_file, serving_parsers
 from worker.model_dump.values import NotDumpable, to_entry_config, to_value
-from worker.modeling import combiners, dump_recording
+from worker.modeling import combiners, dump_recording, monolith_inputs
 from worker.modeling.estimator_spec import ModeKeys
 from worker.modeling.lookup_inputs import LookupInputs, lookup_inputs
 from worker.modeling.params import Params
@@ -95,6 +95,7 @@ class DumpBuilder:
         self.module = tf.Module()
         self.traces: dict[str, _Trace] = {}
         self.receiver: tuple[dict, dict] | None = None  # (input specs, parsed feature specs)
+        self.parsers: list = []  # the Monolith parsers the receiver calls (`ParserArgs`)
         self.read: set = set()  # refs of the variables the traced functions read
 
     def _run_model_fn(self, trace: _Trace, features, rows, index):
@@ -170,7 +171,9 @@ class DumpBuilder:
         inputs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in spec[0].items()}
         parse = spec[1]
         fn = tf.function(lambda received: parse(received), input_signature=[inputs], autograph=False)
-        parsed = fn.get_concrete_function().structured_outputs
+        with monolith_inputs.recording() as parsers:
+            parsed = fn.get_concrete_function().structured_outputs
+        self.parsers = list(parsers)
         if not isinstance(parsed, dict):
             raise ValueError(f"the serving parse function must return a dict of features, got {parsed!r}")
         self.module.receiver = fn
@@ -317,7 +320,8 @@ def describe(model, builder: DumpBuilder, recorder: dump_recording.DumpRecorder,
         inputs, features = builder.receiver
         dump.serving_input_receiver.CopyFrom(pb.ServingInputReceiver(
             receiver_tensors=[tensor_info(k, v) for k, v in inputs.items()],
-            features=[tensor_info(k, v) for k, v in sorted(features.items())], function=RECEIVER))
+            features=[tensor_info(k, v) for k, v in sorted(features.items())], function=RECEIVER,
+            parsers=[serving_parsers.to_pb(a) for a in builder.parsers]))
         serving = builder.traces[SERVING].out
         dump.signatures.add(name="serving_default", inputs=sorted(inputs), outputs=list(serving.head_names))
         for name, value in sorted(serving.extra_outputs.items()):

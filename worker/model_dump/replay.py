@@ -17,7 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from protos import model_dump_pb2 as pb
-from worker.model_dump import builder, dump_file
+from worker.model_dump import builder, dump_file, serving_parsers
 from worker.model_dump.values import from_entry_config, from_value
 from worker.modeling import combiners, lookup_inputs
 from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
@@ -125,7 +125,13 @@ class DumpedModel(MonolithModel):
         receiver = self._loaded.function(builder.RECEIVER)
         (concrete,) = receiver.concrete_functions
         (specs,) = concrete.structured_input_signature[0]
-        return dict(specs), lambda inputs: receiver(inputs)
+        parsers = list(self.dump.serving_input_receiver.parsers)
+
+        def parse(inputs):
+            serving_parsers.record(parsers)  # what the dumped receiver's parsers read (for the export's warmup)
+            return receiver(inputs)
+
+        return dict(specs), parse
 
     def _model_function(self, mode: str, features: dict) -> pb.ModelFunction:
         candidates = [ModeKeys.PREDICT, builder.SERVING] if mode == ModeKeys.PREDICT else [mode]

@@ -47,6 +47,12 @@ def render(dump: pb.ModelDump) -> str:
         r = dump.serving_input_receiver
         lines.append("serving receiver: " + "; ".join(_tensor(t) for t in r.receiver_tensors) + " -> "
                      + "; ".join(_tensor(t) for t in r.features))
+        for a in r.parsers:
+            what = [f"sparse {', '.join(a.sparse_features)}" if a.sparse_features else "",
+                    f"fid v1 slots {', '.join(map(str, a.fidv1_features))}" if a.fidv1_features else "",
+                    "dense " + ", ".join(f"{d.name} {d.dtype}[{d.shape}]" for d in a.dense_features)
+                    if a.dense_features else ""]
+            lines.append(f"  parses {a.input_name} as Monolith {a.variant_type}: " + "; ".join(w for w in what if w))
     lines.append("signatures:")
     lines += [f"  {s.name}: ({', '.join(s.inputs)}) -> ({', '.join(s.outputs)})" for s in dump.signatures]
     lines.append("dense variables: " + ", ".join(f"{v.name} {list(v.shape)}" for v in dump.dense_variables))

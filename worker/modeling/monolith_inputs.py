@@ -51,7 +51,8 @@ def recording() -> contextlib.AbstractContextManager[list[ParserArgs]]:
     return _records.scope([])
 
 
-def _record(args: ParserArgs) -> None:
+def record(args: ParserArgs) -> None:
+    """Note a parser call in the active `recording()` (if any)."""
     records = _records.current()
     if records is not None:
         records.append(args)
@@ -152,7 +153,7 @@ def parse_examples(serialized: tf.Tensor, sparse_features: Sequence[str] = (), d
                    with_label: bool = False) -> dict[str, tf.Tensor]:
     """A batch of serialized `monolith.io.proto.Example`s -> features (and `label`: the first label, or 0)."""
     dense = _dense_specs(dense_features)
-    _record(ParserArgs("example", sparse_features=list(sparse_features), dense_features=dense))
+    record(ParserArgs("example", sparse_features=list(sparse_features), dense_features=dense))
     serialized = tf.reshape(serialized, [-1])
     batch = tf.size(serialized, out_type=tf.int64)
     (nf_sizes, label_sizes), (named, labels) = _decode(serialized, "monolith.io.proto.Example",
@@ -172,7 +173,7 @@ def parse_instances(serialized: tf.Tensor, fidv1_features: Sequence[int] = (), f
     """A batch of serialized `parser.proto.Instance`s -> `slot_<n>` features from the v1 fids of the given
     slots, named (v2) fid features and dense features from `Instance.feature`."""
     dense = _dense_specs(dense_features)
-    _record(ParserArgs("instance", fidv1_features=[int(s) for s in fidv1_features],
+    record(ParserArgs("instance", fidv1_features=[int(s) for s in fidv1_features],
                        sparse_features=list(fidv2_features), dense_features=dense))
     serialized = tf.reshape(serialized, [-1])
     batch = tf.size(serialized, out_type=tf.int64)
@@ -203,7 +204,7 @@ def parse_example_batch(serialized: tf.Tensor, sparse_features: Sequence[str] = 
     Each feature list holds one Feature per row, or one for every row when SHARED; labels come from
     the reserved `__LABEL__` list."""
     dense = _dense_specs(dense_features)
-    _record(ParserArgs("example_batch", sparse_features=list(sparse_features), dense_features=dense))
+    record(ParserArgs("example_batch", sparse_features=list(sparse_features), dense_features=dense))
     serialized = tf.reshape(serialized, [-1])[:1]
     (list_sizes, _), (lists, batch_size) = _decode(serialized, "monolith.io.proto.ExampleBatch",
                                                    ["named_feature_list", "batch_size"], [tf.string, tf.int32])
