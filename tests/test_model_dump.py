@@ -254,6 +254,17 @@ def test_dump_records_the_model(models):
     assert dump.params["clip_norm"].float_value == 1000.0
 
 
+def test_serving_parsers_round_trip():
+    from services.sample_gen import DenseFeature, ParserArgs
+    from worker.model_dump import serving_parsers
+
+    for args in [ParserArgs("instance", fidv1_features=[1, 200], dense_features=[DenseFeature("x", "float64", 3)],
+                            batch_size=7, drop_rate=0.25),
+                 ParserArgs("example_batch", sparse_features=["a", "b"], input_name="batch")]:
+        assert serving_parsers.from_pb(pb.ServingParser.FromString(
+            serving_parsers.to_pb(args).SerializeToString())) == args
+
+
 def test_show_is_readable(models, capsys):
     from launch.cli import main
 
