@@ -162,7 +162,8 @@ def test_a_burst_is_on_the_serving_shards_after_one_interval_exactly(stack):
 
 
 def test_float16_rows_and_evicted_ids(stack):
-    """float16 on request (values within float16 rounding), and ids evicted on the training shard vanish."""
+    """float16 on request (values within float16 rounding; a table part beyond its range goes as float32),
+    and ids evicted on the training shard vanish from the serving shards."""
     (trainer,) = training_shards(1)
     states, servers = serve_serving(stack, 2)
     sender = SyncSender(trainer, SyncConfig([s.address for s in servers], interval_s=60, float16=True))
@@ -174,12 +175,32 @@ def test_float16_rows_and_evicted_ids(stack):
     assert set(sender.sync_once().values()) == {"full"}  # first contact: everything
     table.apply_gradients(fresh, np.full((50, 4), -0.7, np.float32), update_time=3 * 86400)
     assert table.evict_expired() == 50
+    trainer.table("user").assign(old, np.full((50, 8), 1e6, np.float32))  # beyond float16: sent as float32
     assert set(sender.sync_once().values()) == {"sent"}
     for j, state in enumerate(states):
+        np.testing.assert_array_equal(state.table("user").lookup(old[old % 2 == j]), np.full((25, 8), 1e6))
         mine = fresh[fresh % 2 == j]
         np.testing.assert_allclose(state.table("item").lookup(mine), table.lookup(mine), rtol=1e-3)
         assert not state.table("item").contains(old[old % 2 == j]).any()
         assert state.table("item").size == len(mine)
+
+
+def test_a_lost_answer_continues_from_the_version_applied_not_a_full_resync(stack):
+    (trainer,) = training_shards(1)
+    states, servers = serve_serving(stack, 1)
+    sender = SyncSender(trainer, SyncConfig([servers[0].address], interval_s=60))
+    stack.append(sender)
+    ids = np.arange(100, dtype=np.int64)
+    trainer.table("user").assign(ids, np.ones((100, 8), np.float32))
+    assert sender.sync_once() == {0: "full"}
+    before = sender.peers[0].acked
+    trainer.table("user").assign(ids[:10], np.full((10, 8), 2, np.float32))
+    assert sender.sync_once() == {0: "sent"}
+    peer = sender.peers[0]
+    peer.acked, peer.unconfirmed = before, peer.acked  # as if that answer had timed out after the apply
+    trainer.table("user").assign(ids[10:20], np.full((10, 8), 3, np.float32))
+    assert sender.sync_once() == {0: "sent"}
+    np.testing.assert_array_equal(states[0].table("user").lookup(ids), trainer.table("user").lookup(ids))
 
 
 def test_a_batch_is_applied_atomically_across_tables(stack):

@@ -37,6 +37,7 @@ from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
 
+_FLOAT16_MAX = 65504.0
 SYNC_METHOD = "/" + ps_pb2.DESCRIPTOR.services_by_name["ServingSync"].full_name + "/SyncRows"
 ROWS_SENT = Counter("monolith_ps_sync_rows_total", "rows delivered to serving shards by the online sync",
                     ["shard", "serving_shard"])
@@ -191,12 +192,13 @@ class SyncSender:
             return "backoff"
         try:
             if peer.acked:
+                lost = peer.unconfirmed  # a version whose answer never came (it may have been applied)
                 answer = self._send(peer, self._message(parts, version, peer.acked, taken_at))
                 if answer.applied:
                     return self._confirmed(peer, version, parts)
-                if peer.unconfirmed and answer.known_version == peer.unconfirmed:
-                    # the last message was applied though its answer was lost: continue from it
-                    peer.acked = peer.unconfirmed
+                if lost and answer.known_version == lost:
+                    # that message was applied though its answer was lost: continue from it
+                    peer.acked = lost
                     answer = self._send(peer, self._message(parts, version, peer.acked, taken_at))
                     if answer.applied:
                         return self._confirmed(peer, version, parts)
@@ -267,11 +269,13 @@ class SyncSender:
         yield group
 
     def _message(self, parts: list[_Part], version: int, base: int, taken_at: float) -> ps_pb2.SyncRowsRequest:
-        dtype = ps_pb2.FLOAT16 if self.config.float16 else ps_pb2.FLOAT32
         request = ps_pb2.SyncRowsRequest(source_shard=self.state.shard_index, source_num_shards=self.state.num_shards,
                                          version=version, base_version=base, last_part=True, snapshot_time=taken_at)
         for p in parts:
-            values = to_float16(p.values) if self.config.float16 else p.values
+            values, dtype = p.values, ps_pb2.FLOAT32
+            # a part with a value beyond float16's range goes as float32 (as infinity it would be refused)
+            if self.config.float16 and not (len(values) and np.abs(values).max() > _FLOAT16_MAX):
+                values, dtype = to_float16(values), ps_pb2.FLOAT16
             request.tables.add(table=p.name, ids=p.ids.astype("<i8").tobytes(), values=values.tobytes(),
                                dtype=dtype, removed_ids=p.removed.astype("<i8").tobytes())
         return request
