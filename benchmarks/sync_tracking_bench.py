@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=65_536)
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=60)
     args = p.parse_args(argv)
     tune_malloc()
     rng = np.random.default_rng(0)
