@@ -2,6 +2,7 @@
 loopback, training and serving shards in this process (one test kills a real `monolith serve-ps`)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import socket
 import threading
@@ -339,3 +340,27 @@ def test_a_killed_serving_ps_restarts_from_its_export_and_catches_up(processes, 
     finally:
         trainer.close()
         served.close()
+
+
+def test_monolith_run_hands_the_sync_flags_to_its_ps():
+    """A scheduled PS (`monolith run` with the MLP_* environment) gets the sync flags `monolith ps` takes."""
+    from launch import run_role
+    from ps.__main__ import add_arguments as ps_arguments
+    from ps.__main__ import config_of
+    from services.cluster_spec import ClusterSpec, mlp_environment
+
+    layout = {"ps": [("10.0.0.1", 7000), ("10.0.0.2", 7000)], "worker": [("10.0.0.3", 7100)]}
+    spec = ClusterSpec.from_environ(mlp_environment(layout, "ps", 1))
+    parser = argparse.ArgumentParser()
+    run_role.add_arguments(parser)
+    args = parser.parse_args(["--sync-interval-s", "2.5", "--sync-serving-ps", "s0:8600,s1:8600,s2:8600",
+                              "--sync-float16"])
+    cmd = run_role.service_command(spec, args)
+    ps_parser = argparse.ArgumentParser()
+    ps_arguments(ps_parser)
+    config = config_of(ps_parser.parse_args(cmd[cmd.index("ps") + 1:]))
+    assert (config.sync_interval_s, config.sync_serving_ps, config.sync_float16) == (
+        2.5, ("s0:8600", "s1:8600", "s2:8600"), True)
+    with pytest.raises(ValueError, match="needs --sync-serving-ps"):
+        config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
+                                        "--sync-interval-s", "1"]))
