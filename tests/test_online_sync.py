@@ -205,35 +205,39 @@ def test_a_lost_answer_continues_from_the_version_applied_not_a_full_resync(stac
 
 
 def test_a_batch_is_applied_atomically_across_tables(stack):
-    """A reader looping Lookup over both tables never sees rows of two batches mixed."""
+    """Readers looping Lookup over both tables never see rows of two batches mixed. (Without the receiver's
+    lock, only each table's own write lock, they do, several times per run: the reader takes the tables in the
+    other order than the batch.)"""
     (trainer,) = training_shards(1)
     _states, servers = serve_serving(stack, 1)
     sender = SyncSender(trainer, SyncConfig([servers[0].address], interval_s=60))
     stack.append(sender)
     client = PSClient([servers[0].address])
     stack.append(client)
-    ids = np.arange(20000, dtype=np.int64)
+    ids = np.arange(50000, dtype=np.int64)
     mixed, reads, done = [], [0], threading.Event()
 
     def reader() -> None:
         while not done.is_set():
-            rows = client.lookup_many({"user": ids, "item": ids})
+            rows = client.lookup_many({"item": ids, "user": ids})  # the other order than a batch's (user, item)
             seen = np.unique(np.concatenate([rows["user"].ravel(), rows["item"].ravel()]))
             reads[0] += 1
             if len(seen) != 1:
                 mixed.append(seen[:5])
 
-    for v in range(1, 9):
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for v in range(1, 17):
         trainer.table("user").assign(ids, np.full((len(ids), 8), v, np.float32))
         trainer.table("item").assign(ids, np.full((len(ids), 4), v, np.float32))
         sender.sync_once()
         if v == 1:
-            thread = threading.Thread(target=reader)
-            thread.start()
+            for t in threads:
+                t.start()
     done.set()
-    thread.join(30)
+    for t in threads:
+        t.join(30)
     assert reads[0] > 0 and not mixed, mixed[:3]
-    np.testing.assert_array_equal(client.lookup("item", ids[:10]), np.full((10, 4), 8, np.float32))
+    np.testing.assert_array_equal(client.lookup("item", ids[:10]), np.full((10, 4), 16, np.float32))
 
 
 def _raw_sync(address: str, request: ps_pb2.SyncRowsRequest) -> ps_pb2.SyncRowsResponse:
