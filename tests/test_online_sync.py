@@ -204,6 +204,36 @@ def test_a_lost_answer_continues_from_the_version_applied_not_a_full_resync(stac
     np.testing.assert_array_equal(states[0].table("user").lookup(ids), trainer.table("user").lookup(ids))
 
 
+def test_changes_of_failed_rounds_arrive_with_the_next_round_that_gets_through(stack):
+    """The serving shard is unreachable for two rounds (its server stops; the shard keeps its state): those
+    rounds' changes are kept and arrive in one incremental message, with no full resync."""
+    (trainer,) = training_shards(1)
+    state, servicer = serving_shard(0, 1)
+    server = Server(servicer.handlers())
+    sender = SyncSender(trainer, SyncConfig([server.address], interval_s=60, timeout_s=2))
+    stack.append(sender)
+    ids = np.arange(300, dtype=np.int64)
+    trainer.table("user").assign(ids, np.ones((300, 8), np.float32))
+    assert sender.sync_once() == {0: "full"}
+    server.close()
+    for k, part in enumerate((ids[:100], ids[100:200])):
+        trainer.table("user").apply_gradients(part, np.full((100, 8), 0.5, np.float32))
+        sender.peers[0].retry_at = 0.0
+        assert sender.sync_once() == {0: "failed"}, k
+    assert not np.array_equal(state.table("user").lookup(ids[:200]), trainer.table("user").lookup(ids[:200]))
+    stack.append(Server(servicer.handlers(), port=server.port))
+    outcomes = []
+
+    def delivered() -> bool:
+        sender.peers[0].retry_at = 0.0
+        outcomes.append(sender.sync_once()[0])
+        return outcomes[-1] == "sent"
+
+    wait_for(delivered, timeout=20, interval=0.3, what="the serving shard to take the kept changes")
+    assert "full" not in outcomes
+    np.testing.assert_array_equal(state.table("user").lookup(ids), trainer.table("user").lookup(ids))
+
+
 def test_a_batch_is_applied_atomically_across_tables(stack):
     """Readers looping Lookup over both tables never see rows of two batches mixed. (Without the receiver's
     lock, only each table's own write lock, they do, several times per run: the reader takes the tables in the
