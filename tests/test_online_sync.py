@@ -234,6 +234,27 @@ def test_changes_of_failed_rounds_arrive_with_the_next_round_that_gets_through(s
     np.testing.assert_array_equal(state.table("user").lookup(ids), trainer.table("user").lookup(ids))
 
 
+def test_a_round_bigger_than_a_message_goes_in_parts(stack):
+    """64 KiB messages: a full resync and an incremental round of ~400 KiB each arrive whole in parts."""
+    (trainer,) = training_shards(1)
+    state, servicer = serving_shard(0, 1)
+    server = Server(servicer.handlers())
+    stack.append(server)
+    sender = SyncSender(trainer, SyncConfig([server.address], interval_s=60, max_message_bytes=1 << 16))
+    stack.append(sender)
+    ids = np.arange(10000, dtype=np.int64)
+    trainer.table("user").assign(ids, np.ones((10000, 8), np.float32))
+    assert sender.sync_once() == {0: "full"}
+    assert servicer.requests["SyncRows"] >= 6
+    trainer.table("user").apply_gradients(ids, np.full((10000, 8), 0.5, np.float32))
+    trainer.table("item").assign(ids[:3000], np.ones((3000, 4), np.float32))
+    assert sender.sync_once() == {0: "sent"}
+    assert servicer.requests["SyncRows"] >= 12
+    for name in TABLES:
+        np.testing.assert_array_equal(state.table(name).lookup(ids), trainer.table(name).lookup(ids))
+    assert state.table("item").size == 3000
+
+
 def test_a_batch_is_applied_atomically_across_tables(stack):
     """Readers looping Lookup over both tables never see rows of two batches mixed. (Without the receiver's
     lock, only each table's own write lock, they do, several times per run: the reader takes the tables in the

@@ -193,13 +193,13 @@ class SyncSender:
         try:
             if peer.acked:
                 lost = peer.unconfirmed  # a version whose answer never came (it may have been applied)
-                answer = self._send(peer, self._message(parts, version, peer.acked, taken_at))
+                answer = self._send_changes(peer, parts, version, taken_at)
                 if answer.applied:
                     return self._confirmed(peer, version, parts)
                 if lost and answer.known_version == lost:
                     # that message was applied though its answer was lost: continue from it
                     peer.acked = lost
-                    answer = self._send(peer, self._message(parts, version, peer.acked, taken_at))
+                    answer = self._send_changes(peer, parts, version, taken_at)
                     if answer.applied:
                         return self._confirmed(peer, version, parts)
                 log.info("serving shard %d holds version %d of shard %s, not %d: full resync", peer.index,
@@ -210,6 +210,19 @@ class SyncSender:
             self._keep(parts)
             self._failed(peer, exc)
             return "failed"
+
+    def _send_changes(self, peer: _Peer, parts: list[_Part], version: int, taken_at: float) -> ps_pb2.SyncRowsResponse:
+        """The round's changes on top of `peer.acked`: one message, or several of at most max_message_bytes,
+        each on the same base (the serving shard records the version with the last); the first answer that
+        is not `applied`, else the last."""
+        messages = list(self._split(parts))
+        for k, chunk in enumerate(messages):
+            request = self._message(chunk, version, peer.acked, taken_at)
+            request.last_part = k == len(messages) - 1
+            answer = self._send(peer, request)
+            if not answer.applied:
+                break
+        return answer
 
     def _send(self, peer: _Peer, request: ps_pb2.SyncRowsRequest) -> ps_pb2.SyncRowsResponse:
         peer.unconfirmed = request.version if request.last_part else 0
