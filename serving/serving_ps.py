@@ -4,9 +4,9 @@ over the PS protocol (the same `ParameterServer` service, servicer and client as
 The shard is read-only unless its update policy lets a call through. The policy is pluggable: every RPC
 that would change the shard (`UPDATE_METHODS`) is first handed to `UpdatePolicy.check(method, request)`,
 which raises (a `ps.errors` class, so the caller gets its status) to refuse it. `ReadOnly`, the default,
-refuses them all with `ReadOnlyShard` (FAILED_PRECONDITION). A policy that lets a real-time sync from the
-training shards through (`Assign` of fresh rows) is one more class registered in `UPDATE_POLICIES`, chosen
-with `--update-policy`; the server needs no other change (docs/serving.md).
+refuses them all with `ReadOnlyShard` (FAILED_PRECONDITION). `training-sync` (serving/sync_receiver.py) takes
+the online sync from the training shards: a policy may also `attach` to the servicer (wrap its Lookup and
+Health) and bring `extra_handlers` (its own gRPC service), chosen with `--update-policy` (docs/online-sync.md).
 """
 from __future__ import annotations
 
