@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a finished worker keeps reporting success while peers are still up")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="ps and worker roles: serve Prometheus metrics here (0 = any free port, logged)")
+    parser.add_argument("--sync-interval-s", type=float, default=None,
+                        help="ps role: push changed rows to the serving PS shards this often (see `monolith ps`)")
+    parser.add_argument("--sync-serving-ps", default=None, help="ps role: the serving PS shards for --sync-interval-s")
+    parser.add_argument("--sync-float16", action="store_true", help="ps role: sync rows as float16")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
     transport_security.add_arguments(parser)
@@ -100,6 +104,9 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         checkpoint_dir = args.checkpoint_dir or args.model_dir
         cmd += ["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else []
         cmd += ["--save-on-exit"] if args.save_on_exit else []
+        if args.sync_interval_s is not None:
+            cmd += ["--sync-interval-s", str(args.sync_interval_s), "--sync-serving-ps", args.sync_serving_ps or ""]
+        cmd += ["--sync-float16"] if args.sync_float16 else []
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)

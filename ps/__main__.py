@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_bytes >> 20,
                         help="largest request/response accepted")
     parser.add_argument("--grace-s", type=float, default=d.grace_s, help="time in-flight calls get on SIGTERM")
+    parser.add_argument("--sync-interval-s", type=float, default=d.sync_interval_s,
+                        help="push the rows changed since the last push to the serving PS shards every this many "
+                             "seconds (0: off; docs/online-sync.md)")
+    parser.add_argument("--sync-serving-ps", default="",
+                        help="comma-separated host:port of serving PS shards 0..M-1 (any M) for --sync-interval-s")
+    parser.add_argument("--sync-float16", action="store_true", help="sync rows as float16 (half the bytes)")
     transport_security.add_arguments(parser)
 
 
@@ -46,7 +52,10 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(port=args.port, shard_index=args.shard_index, num_shards=args.num_shards, host=args.host,
                         checkpoint_dir=args.checkpoint_dir, save_on_exit=args.save_on_exit,
                         metrics_port=args.metrics_port, server_model=args.server_model, threads=args.threads,
-                        max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s)
+                        max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s,
+                        sync_interval_s=args.sync_interval_s,
+                        sync_serving_ps=tuple(a for a in args.sync_serving_ps.split(",") if a),
+                        sync_float16=args.sync_float16)
 
 
 def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
@@ -115,11 +124,22 @@ def run(config: ServerConfig, security: transport_security.TransportSecurity | N
                  config.shard_index, config.num_shards, config.host, port, config.server_model, metrics_note,
                  state.restored_from or "-", security.describe())
 
+    sender = None
+    if config.sync_interval_s:
+        from ps.service.sync_sender import SyncConfig, SyncSender
+
+        sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16),
+                            security)
+        sender.start(stop)
     try:
         serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security)
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        if sender is not None:
+            stop.set()
+            sender.close(timeout=config.grace_s)
     if config.save_on_exit and config.checkpoint_dir:
         snapshot = checkpoint.exit_snapshot_path(config.checkpoint_dir, config.shard_index, config.num_shards)
         try:

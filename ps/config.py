@@ -300,8 +300,16 @@ class ServerConfig:
     threads: int = 8
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 10.0
+    sync_interval_s: float = 0.0
+    """The online sync to serving shards every this many seconds (0: off; ps/service/sync_sender.py)."""
+    sync_serving_ps: tuple[str, ...] = ()
+    """host:port of serving PS shard j at position j."""
+    sync_float16: bool = False
 
     def __post_init__(self) -> None:
+        _require(self.sync_interval_s >= 0, f"--sync-interval-s must be >= 0, got {self.sync_interval_s}")
+        _require(not self.sync_interval_s or bool(self.sync_serving_ps),
+                 "--sync-interval-s needs --sync-serving-ps (the serving PS shards' addresses)")
         _require(0 <= self.port < 65536, f"--port must be in [0, 65535], got {self.port}")
         _require(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
                  f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")

@@ -4,9 +4,9 @@ over the PS protocol (the same `ParameterServer` service, servicer and client as
 The shard is read-only unless its update policy lets a call through. The policy is pluggable: every RPC
 that would change the shard (`UPDATE_METHODS`) is first handed to `UpdatePolicy.check(method, request)`,
 which raises (a `ps.errors` class, so the caller gets its status) to refuse it. `ReadOnly`, the default,
-refuses them all with `ReadOnlyShard` (FAILED_PRECONDITION). A policy that lets a real-time sync from the
-training shards through (`Assign` of fresh rows) is one more class registered in `UPDATE_POLICIES`, chosen
-with `--update-policy`; the server needs no other change (docs/serving.md).
+refuses them all with `ReadOnlyShard` (FAILED_PRECONDITION). `training-sync` (serving/sync_receiver.py) takes
+the online sync from the training shards: a policy may also `attach` to the servicer (wrap its Lookup and
+Health) and bring `extra_handlers` (its own gRPC service), chosen with `--update-policy` (docs/online-sync.md).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 import numpy as np
 
 from protos import ps_pb2
@@ -27,6 +28,7 @@ from ps.store.shard_state import ShardState
 from services import role_logging, transport_security
 from services.export_layout import ASSETS_EXTRA, PS_SHARD_DIR
 from services.signals import stop_on_signals
+from serving.sync_receiver import TrainingSync
 
 log = logging.getLogger("serving.ps")
 
@@ -59,6 +61,7 @@ class ReadOnly:
 
 UPDATE_POLICIES: dict[str, Callable[[ShardState], UpdatePolicy]] = {
     "read-only": lambda state: ReadOnly(state.shard_index),
+    "training-sync": TrainingSync,  # the online sync from the training shards (serving/sync_receiver.py)
 }
 """`--update-policy` name -> a factory of the policy for the loaded shard."""
 
@@ -90,6 +93,12 @@ class ServingPSServicer(ParameterServerServicer):
         self.updates = updates
         for method, attr in UPDATE_METHODS.items():
             setattr(self, attr, self._guarded(method, getattr(self, attr)))
+        if hasattr(updates, "attach"):  # a policy that changes the shard itself (its lookups, its Health)
+            updates.attach(self)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        """The PS service, and any service of the update policy's own (the sync's `SyncRows`)."""
+        return [self.handler(), *getattr(self.updates, "extra_handlers", list)()]
 
     def _guarded(self, method: str, handler: Callable) -> Callable:
         def call(request):
@@ -163,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
                  args.update_policy, {n: int(t.size) for n, t in state.tables.items()})
 
     try:
-        serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security, name="serve-ps")
+        serve(servicer.handlers(), config, stop=stop, on_ready=ready, security=security, name="serve-ps")
     except OSError as exc:
         log.error("%s", exc)
         return 1

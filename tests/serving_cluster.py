@@ -27,9 +27,9 @@ def start_serve(group: ProcessGroup, export_base: str, *extra: str) -> subproces
                         "--grace-s", "2", *extra], name="serve")
 
 
-def start_serve_ps(group: ProcessGroup, export_dir: str) -> subprocess.Popen:
-    return group.start(["-m", "launch.cli", "serve-ps", "--export-dir", export_dir, "--port", "0", "--grace-s", "1"],
-                       name="serve-ps")
+def start_serve_ps(group: ProcessGroup, export_dir: str, *extra: str) -> subprocess.Popen:
+    return group.start(["-m", "launch.cli", "serve-ps", "--export-dir", export_dir, "--port", "0", "--grace-s", "1",
+                        *extra], name="serve-ps")
 
 
 def wait_address(group: ProcessGroup, proc: subprocess.Popen, timeout: float = 240) -> str:

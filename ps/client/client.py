@@ -541,7 +541,8 @@ class PSClient:
                 h = stub.Health(ps_pb2.HealthRequest(), timeout=min(self.config.timeout_s, 5.0))
                 entry.update(shard_index=h.shard_index, num_shards=h.num_shards, serving=h.serving, pid=h.pid,
                              uptime_s=h.uptime_s, server_model=h.server_model, num_tables=h.num_tables,
-                             num_dense=h.num_dense, restored_from=h.restored_from, global_step=h.global_step)
+                             num_dense=h.num_dense, restored_from=h.restored_from, global_step=h.global_step,
+                             sync_version=h.sync_version, sync_time=h.sync_time, sync_versions=dict(h.sync_versions))
             except grpc.RpcError as exc:
                 entry.update(serving=False, error=f"{exc.code().name}: {exc.details()}")
             out.append(entry)

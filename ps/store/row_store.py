@@ -33,6 +33,8 @@ class RowStore:
         self._elem_states = [[GrowableArray((s.dim,), np.float32, 0) for _ in lay]
                              for s, lay in zip(config.segments, self.elem_layout)]
         self._row_states = [GrowableArray((len(lay),), np.float64, 0) for lay in self.row_layout]
+        self._changed = GrowableArray((), np.uint8, 0)
+        """1 for a row changed since the online sync last took the changes (not saved: a sync-only mark)."""
         self.reserve(capacity, populate_all=True)
 
     # Views of the current memory (read again after `reserve`, which may move it).
@@ -43,6 +45,10 @@ class RowStore:
     @property
     def update_time(self) -> np.ndarray:
         return self._update_time.array
+
+    @property
+    def changed(self) -> np.ndarray:
+        return self._changed.array
 
     @property
     def values(self) -> np.ndarray:
@@ -58,7 +64,7 @@ class RowStore:
 
     def _growable(self) -> list[GrowableArray]:
         return [self._ids, self._update_time, self._values, *(a for arrs in self._elem_states for a in arrs),
-                *self._row_states]
+                *self._row_states, self._changed]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every per-row array by a stable name (the checkpoint's array names)."""
@@ -103,7 +109,7 @@ class RowStore:
     def keep(self, keep_rows: np.ndarray) -> None:
         """Compact to the given (sorted) live rows."""
         k = len(keep_rows)
-        for arr in self.arrays().values():
+        for arr in [*self.arrays().values(), self.changed]:
             arr[:k] = arr[keep_rows]
         self.size = k
 

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -21,6 +22,7 @@ import numpy as np
 from ps.config import TableConfig
 from ps.kernels import hash_index as H
 from ps.kernels import numba_cache
+from ps.kernels.change_marks import stamp_and_mark
 from ps.kernels.half_floats import to_float16
 from ps.persist.atomic_files import CorruptCheckpointError
 from ps.persist.table_io import SavedRows, save_rows
@@ -99,6 +101,26 @@ class CheckedUpdate:
     learning_rates: list[float] | None = None  # gradients only
 
 
+@dataclass(frozen=True)
+class TableChanges:
+    """What changed in a table since the online sync last asked: the changed rows' ids and current values,
+    and the ids removed (evicted) since then that are still absent."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    removed: np.ndarray
+
+
+@dataclass(frozen=True)
+class CheckedSync:
+    """A sync batch of one table that passed the table's input checks (`check_sync`)."""
+
+    table: EmbeddingTable
+    ids: np.ndarray
+    values: np.ndarray
+    removed: np.ndarray
+
+
 @dataclass
 class _Claimed:
     """An update's rows: `rows` distinct, in first-seen order (-1: not admitted), with `values` to match
@@ -127,6 +149,9 @@ class EmbeddingTable:
         self._lock = RWLock()
         self._max_update_time = 0
         self._layout_version = 0  # bumped whenever rows are renumbered: a save in progress must start over
+        self._tracking = False  # record changed rows and removed ids for the online sync (`take_changes`)
+        self._removed: list[np.ndarray] = []
+        self._changes_lock = threading.Lock()  # the sync's take/keep of changes, against each other
 
     @staticmethod
     def _new_index(capacity: int) -> np.ndarray:
@@ -287,10 +312,14 @@ class EmbeddingTable:
             for seg, c0 in zip(self._cfg.segments, st.offsets):
                 initialize_rows(st.values, c0, seg.dim, slice(r0, r1), st.ids[r0:r1], seg.initializer)
         st.init_state(r0, r1)
+        st.changed[r0:r1] = 0
         st.size = r1
 
     def _touch(self, rows: np.ndarray, update_time: int) -> None:
-        H.stamp(self._store.update_time, rows, update_time)
+        if self._tracking:
+            stamp_and_mark(self._store.update_time, self._store.changed, rows, update_time)
+        else:
+            H.stamp(self._store.update_time, rows, update_time)
         self._max_update_time = max(self._max_update_time, update_time)
 
     # ---- public operations
@@ -443,10 +472,86 @@ class EmbeddingTable:
             expired = expired_mask(st.update_time[:st.size], self._max_update_time, self._cfg.expire_time_days)
             removed = int(expired.sum())
             if removed:
+                if self._tracking:
+                    self._removed.append(st.ids[:st.size][expired])
                 self._layout_version += 1
                 st.keep(np.flatnonzero(~expired))
                 H.rebuild(self._index, st.ids, st.size)
             return removed
+
+    # ---- online sync: changes out of a training table, sync batches into a serving table
+    def track_changes(self) -> None:
+        """From now on record which rows updates change and which ids eviction removes, for `take_changes`
+        (one byte per row, marked in the pass that stamps update times). Every row present now, and every row
+        restored later, counts as changed. Idempotent."""
+        with self._lock.write():
+            if not self._tracking:
+                self._store.changed[:self._store.size] = 1
+            self._tracking = True
+
+    def take_changes(self) -> TableChanges:
+        """The rows changed since the last call, with their current values, and the ids removed since then
+        that are still absent; the table forgets them. A caller that cannot deliver them hands them back with
+        `keep_changes`. Holds the read lock: lookups go on, updates wait for the copy."""
+        with self._lock.read(), self._changes_lock:
+            st = self._store
+            rows = np.flatnonzero(st.changed[:st.size])
+            ids, values = st.ids[rows], st.values[rows]
+            st.changed[rows] = 0
+            removed = self._absent(self._removed)
+            self._removed = []
+        return TableChanges(ids, values, removed)
+
+    def keep_changes(self, ids, removed) -> None:
+        """Hand undelivered changes back: `ids` still present count as changed again (their values are read
+        afresh at the next `take_changes`), `removed` ids still absent as removed."""
+        ids, removed = _as_ids(ids), _as_ids(removed)
+        with self._lock.read(), self._changes_lock:
+            rows = self._probe(ids)
+            self._store.changed[rows[rows >= 0]] = 1
+            removed = self._absent([removed])
+            if len(removed):
+                self._removed.append(removed)
+
+    def _absent(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The distinct ids of `parts` that have no row (caller holds a lock)."""
+        if not parts:
+            return np.empty(0, np.int64)
+        ids = np.unique(np.concatenate(parts))
+        return ids[self._probe(ids) < 0]
+
+    def check_sync(self, ids, values, removed) -> CheckedSync:
+        """Every check `apply_sync` makes, nothing written: ids distinct, rows of this dim and finite."""
+        ids, removed = _as_ids(ids), _as_ids(removed)
+        values = self._as_rows(values, len(ids), "values")
+        if H.has_repeats(ids):
+            raise ValueError("a sync batch names an id twice")
+        return CheckedSync(self, ids, values, removed)
+
+    def apply_sync(self, batch: CheckedSync) -> None:
+        """Remove `batch.removed`, then make `batch.ids` hold exactly `batch.values` (absent ids are created
+        whatever the admission filter says: the training shard admitted them), in one hold of the write lock,
+        so a lookup sees all of the batch or none of it."""
+        if batch.table is not self:
+            raise ValueError("apply_sync takes the result of this table's check_sync")
+        st = self._store
+        with _threads_for(batch.values.size), self._lock.write():
+            if len(batch.removed):
+                gone = self._probe(batch.removed)
+                gone = gone[gone >= 0]
+                if len(gone):
+                    keep = np.ones(st.size, np.bool_)
+                    keep[gone] = False
+                    self._layout_version += 1
+                    st.keep(np.flatnonzero(keep))
+                    H.rebuild(self._index, st.ids, st.size)
+            if len(batch.ids):
+                rows = self._probe(batch.ids)
+                absent = np.flatnonzero(rows < 0)
+                if len(absent):
+                    rows[absent] = self._insert(batch.ids[absent], init_values=False)
+                    st.update_time[rows[absent]] = self._max_update_time
+                H.scatter_rows(st.values, rows, batch.values, False)
 
     # ---- checkpoints
     def save(self, directory: str | os.PathLike, shard=None) -> int:
@@ -546,6 +651,8 @@ class EmbeddingTable:
                     rows[absent] = self._insert(chunk["ids"][absent], init_values=False)
                 for name, arr in st.arrays().items():
                     arr[rows] = chunk[name]
+                if self._tracking:
+                    st.changed[rows] = 1
             self._filter.merge(saved.sketch, replace=clear)
             self._max_update_time = max(self._max_update_time, int(saved.payload["max_update_time"]))
         return len(ids)

@@ -22,4 +22,12 @@ def warm_up_kernels() -> float:
             table.assign_add(ids, ones)
             table.lookup(ids)
             table.lookup(ids, dtype=np.float16)
+    sgd = {"dim": 4, "optimizer": {"type": "sgd", "learning_rate": 0.1}}
+    tracked, synced = EmbeddingTable.from_dict(sgd), EmbeddingTable.from_dict(sgd)  # the online sync's two ends
+    tracked.track_changes()
+    for n in (4, 1 << 16):
+        ids = np.arange(n, dtype=np.int64)
+        tracked.apply_gradients(ids, np.ones((n, 4), np.float32))
+        changes = tracked.take_changes()
+        synced.apply_sync(synced.check_sync(changes.ids, changes.values, ids[:1]))
     return time.perf_counter() - start

@@ -13,7 +13,7 @@ IDS = np.dtype("<i8")
 F32 = np.dtype("<f4")
 F16 = np.dtype("<f2")
 
-DTYPES = {ps_pb2.FLOAT32: F32, ps_pb2.FLOAT16: F16}
+DTYPES: dict[int, np.dtype] = {ps_pb2.FLOAT32: F32, ps_pb2.FLOAT16: F16}
 
 
 def ids_from_bytes(data: bytes | memoryview, where: str) -> np.ndarray:
