@@ -39,30 +39,32 @@ class SharedLookups:
     def lookup(self, ids_by_table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         mine = _Lookup(ids_by_table)
         with self._lock:
-            self._queue.append(mine)
             lead = not self._leading
-            self._leading = True
+            if lead:
+                self._leading = True
+            else:
+                self._queue.append(mine)
         if not lead:
             mine.woken.wait()
-            if mine.rows is None and mine.error is None:  # woken to lead the next batch
-                lead = True
+            lead = mine.rows is None and mine.error is None  # woken to lead the next batch
         if lead:
-            self._lead()
+            self._lead(mine)
         if mine.error is not None:
             raise mine.error
         assert mine.rows is not None
         return mine.rows
 
-    def _lead(self) -> None:
+    def _lead(self, mine: _Lookup) -> None:
+        """Send `mine` and everything queued; then hand the lead to the oldest lookup queued since, if any."""
         with self._lock:
-            batch, self._queue = self._queue, []
+            batch, self._queue = [mine, *self._queue], []
         try:
             self._send(batch)
         except BaseException as exc:  # every request of the batch fails with the lookup's error
             for item in batch:
                 item.error = exc
         with self._lock:
-            following = self._queue[0] if self._queue else None
+            following = self._queue.pop(0) if self._queue else None
             self._leading = following is not None
         for item in batch:
             item.woken.set()
