@@ -71,8 +71,16 @@ def _address(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
     raise TimeoutError(log.read_text(errors="replace")[-3000:])
 
 
-def _measure(call, seconds: float, warmup_s: float = 1.5) -> dict:
-    """CLIENTS threads calling `call()` back to back; latencies of the calls after the warmup."""
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(call, seconds: float, pids: tuple[int, ...] = (), warmup_s: float = 1.5) -> dict:
+    """CLIENTS threads calling `call()` back to back; latencies of the calls after the warmup, and the CPU
+    time per call of this process (the clients) and the server processes `pids` after the warmup: unlike
+    latency, that does not depend on how much of the machine other jobs take."""
     latencies: list[list[float]] = [[] for _ in range(CLIENTS)]
     start = time.perf_counter()
     begin, end = start + warmup_s, start + warmup_s + seconds
@@ -91,13 +99,16 @@ def _measure(call, seconds: float, warmup_s: float = 1.5) -> dict:
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
     for t in threads:
         t.start()
+    time.sleep(max(0.0, begin - time.perf_counter()))
+    cpu_start = time.process_time() + sum(_cpu_s(p) for p in pids)
     for t in threads:
         t.join()
+    cpu = time.process_time() + sum(_cpu_s(p) for p in pids) - cpu_start
     if errors:
         raise errors[0]
     flat = np.array([x for lat in latencies for x in lat])
     return {"p50": float(np.percentile(flat, 50)), "p99": float(np.percentile(flat, 99)),
-            "qps": flat.size / seconds, "calls": int(flat.size)}
+            "qps": flat.size / seconds, "calls": int(flat.size), "cpu_ms": cpu / flat.size * 1e3}
 
 
 def _grpc_call(address: str, request: bytes):
@@ -184,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "A in-process signature": _measure(lambda: {k: v.numpy() for k, v in fn(examples=batch).items()},
                                                args.seconds),
-            "B gRPC echo": _measure(_grpc_call(echo_address, request_bytes), args.seconds),
-            "monolith serve (standalone)": _measure(_grpc_call(serve_address, request_bytes), args.seconds),
-            "monolith serve + 2 serving PS": _measure(_grpc_call(dist_address, request_bytes), args.seconds),
+            "B gRPC echo": _measure(_grpc_call(echo_address, request_bytes), args.seconds, (procs[0].pid,)),
+            "monolith serve (standalone)": _measure(_grpc_call(serve_address, request_bytes), args.seconds,
+                                                    (procs[1].pid,)),
+            "monolith serve + 2 serving PS": _measure(_grpc_call(dist_address, request_bytes), args.seconds,
+                                                      tuple(p.pid for p in procs[2:5])),
         }
     finally:
         for p in procs:
@@ -198,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'peer':<32} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'calls':>7}")
+    print(f"\n{'peer':<32} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'calls':>7} {'CPU ms/call':>12}")
     for name, r in results.items():
-        print(f"{name:<32} {r['p50'] * 1e3:8.2f} {r['p99'] * 1e3:8.2f} {r['qps']:8.0f} {r['calls']:7d}")
+        print(f"{name:<32} {r['p50'] * 1e3:8.2f} {r['p99'] * 1e3:8.2f} {r['qps']:8.0f} {r['calls']:7d} "
+              f"{r['cpu_ms']:12.2f}")
+    print("(CPU ms/call: this process's clients plus the peer's server processes, per call)")
     a, b = results["A in-process signature"], results["B gRPC echo"]
     ours, dist_r = results["monolith serve (standalone)"], results["monolith serve + 2 serving PS"]
     floor = a["p50"] + b["p50"]
@@ -210,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         ("standalone QPS / (8 / (A p50 + B p50))", ours["qps"] / implied_qps, 0.7, ">="),
         ("distributed p50 / standalone p50", dist_r["p50"] / ours["p50"], 2.0, "<="),
     ]
+    print(f"\n{'distributed CPU / standalone CPU per call (not a target)':<42} "
+          f"{dist_r['cpu_ms'] / ours['cpu_ms']:6.2f}")
     print()
     ok = True
     for label, value, target, op in checks:

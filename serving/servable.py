@@ -4,6 +4,9 @@ A standalone export answers by itself. A distributed entry export (it carries `a
 answers in three steps: its `embedding_ids` signature gives the distinct ids of every table, the serving
 PS shards return their rows (`ps.client.PSClient`), and the requested signature runs with those rows as
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
+Concurrent requests share their lookups' RPCs (`SharedLookups`), and the entry's two signatures are called
+flat (`FlatSignature`): binding their ~30 arguments and results by name on every call cost as much as the
+dense model's own work.
 
 Inputs are checked against the SignatureDef (names, dtypes, shapes, at most `max_batch_size` rows) before
 anything runs, and errors the graph raises on bad data (undecodable protos, wrong sizes): all come back as
@@ -24,6 +27,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from ps.errors import PSFailedPrecondition, PSInvalidArgument, PSNotFound, PSUnavailable
 from services.export_layout import ASSETS_EXTRA, ENTRY_META
+from serving.shared_lookups import SharedLookups
 from serving.tensors import dtype_name
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,11 @@ class Servable:
         self.ps_client = ps_client
         self.module = tf.saved_model.load(str(self.path))
         self.public = self._public_signatures()
+        self._flat: dict[str, FlatSignature] = {}
+        if self.entry is not None:
+            self._lookups = SharedLookups(ps_client)
+            self._flat = {name: FlatSignature(self.module.signatures[name])
+                          for name in ["embedding_ids", *self.entry["serving_signatures"]]}
 
     def _check_shards(self, entry: dict[str, Any], client) -> None:
         want = entry["num_serving_shards"]
@@ -145,22 +154,34 @@ class Servable:
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:
-                tensors = self._entry_inputs(self.entry, signature, tensors)
-            out = self.module.signatures[signature](**tensors)
+                out = self._flat[signature](self._entry_inputs(self.entry, tensors))
+            else:
+                out = self.module.signatures[signature](**tensors)
         except _BAD_DATA as exc:
             raise PSInvalidArgument(f"signature {signature!r}: {exc.message}") from None
         return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
 
-    def _entry_inputs(self, entry: dict[str, Any], signature: str, tensors: dict[str, tf.Tensor]
-                      ) -> dict[str, tf.Tensor]:
+    def _entry_inputs(self, entry: dict[str, Any], tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """`embedding_ids` (parsed features, distinct ids per table), the rows of those ids from the serving PS
         shards: the inputs of the entry's dense signature."""
-        parsed = self.module.signatures["embedding_ids"](**tensors)
+        inputs = self._flat["embedding_ids"](tensors)
         tables = entry["tables"]
-        # ids are distinct per table already: the client only routes them (no second dedupe)
-        rows = self.ps_client.lookup_many({t: parsed[meta["ids"]].numpy() for t, meta in tables.items()},
-                                          dedupe=False)
-        wanted = self.signature_defs[signature].inputs
-        inputs = {k: v for k, v in parsed.items() if k in wanted}
+        rows = self._lookups.lookup({t: inputs[meta["ids"]].numpy() for t, meta in tables.items()})
         inputs.update({meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()})
-        return inputs
+        return inputs  # the dense signature takes the inputs it names, in its order
+
+
+class FlatSignature:
+    """A loaded signature called with a dict of tensors and answering one, through its flat function
+    (`ConcreteFunction.inference_fn.call_flat`): inputs in the signature's order, outputs in the order of
+    its sorted output keys, captures fetched once. Skips the per-call binding and checking of every
+    argument, so callers pass tensors of the signature's dtypes (`check_inputs` ran on the client's)."""
+
+    def __init__(self, fn) -> None:
+        self._call = fn.inference_fn.call_flat
+        self._captures = list(fn.captured_inputs)
+        self.inputs = [p.name for p in fn.function_type.parameters.values()]
+        self.outputs = sorted(fn.structured_outputs)
+
+    def __call__(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return dict(zip(self.outputs, self._call(*[tensors[n] for n in self.inputs], *self._captures)))

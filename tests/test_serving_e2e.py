@@ -24,6 +24,8 @@ from tensorflow_serving.apis import (
 )
 
 from protos import ps_pb2, ps_pb2_grpc
+from ps.client.client import PSClient
+from serving.shared_lookups import SharedLookups
 from tests.processes import ProcessGroup
 from tests.serving_cluster import metrics_address, start_serve, start_serve_ps, wait_address
 from tests.serving_fixtures import SERVING_SHARDS, STEPS
@@ -249,6 +251,44 @@ def test_serving_ps_is_read_only(cluster):
             getattr(stub, method)(request, timeout=30)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "read-only" in exc.value.details()
     assert stub.Health(ps_pb2.HealthRequest(), timeout=30).restored_from.endswith("ps_0/40")
+
+
+def test_concurrent_lookups_share_rpcs_and_each_gets_its_own_rows(cluster):
+    """Lookups queued behind one in flight go out as one batch (duplicates across requests included); each
+    caller gets exactly the rows a lookup of its own ids returns; the client's errors reach the caller."""
+    client = PSClient(cluster.ps_addresses, timeout_s=30)
+    tables = sorted(client.stats()["tables"])[:2]
+    gate, entered, sizes = threading.Event(), threading.Event(), []
+
+    class Held:  # the real client; its first call waits until the others have queued
+        def lookup_many(self, ids, dedupe):
+            sizes.append(len(next(iter(ids.values()))))
+            if len(sizes) == 1:
+                entered.set()
+                gate.wait(30)
+            return client.lookup_many(ids, dedupe=dedupe)
+
+    shared = SharedLookups(Held())
+    requests = [{t: np.array([i, i + 1, 1000 + i], np.int64) for t in tables} for i in range(4)]
+    got: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, shared.lookup(requests[i]))) for i in range(4)]
+    threads[0].start()
+    assert entered.wait(30)
+    for t in threads[1:]:
+        t.start()
+    while len(shared._queue) < 3:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert sizes == [3, 9]  # the first alone, then the three queued behind it together
+    for i, request in enumerate(requests):
+        want = client.lookup_many(request, dedupe=False)
+        for t in tables:
+            np.testing.assert_array_equal(got[i][t], want[t])
+    with pytest.raises(ValueError, match="unknown table"):
+        SharedLookups(client).lookup({"no_such_table": np.zeros(1, np.int64)})
+    client.close()
 
 
 def test_a_serving_ps_shard_down_is_unavailable_naming_it(cluster):
