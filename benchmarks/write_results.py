@@ -56,16 +56,20 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def main() -> int:
-    """`python benchmarks/write_results.py [name_bench.py ... [-- args]]`: every benchmark, or only the named
-    ones (with `args`, e.g. a shorter setting, when one is named)."""
+    """`python benchmarks/write_results.py [name.py ... [-- args]]`: every `*_bench.py`, or only the named
+    scripts (with `args`, e.g. a shorter setting, when one is named)."""
     argv = sys.argv[1:]
     names, args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    benches = [p for p in sorted(HERE.glob("*_bench.py")) if not names or p.name in names]
+    # A named script need not be a *_bench.py: `revision_ab.py` (an A/B of two revisions) runs only when named.
+    benches = ([HERE / n for n in names if (HERE / n).is_file() and n.endswith(".py")] if names
+               else sorted(HERE.glob("*_bench.py")))
     if names and len(benches) != len(names):
         print(f"unknown benchmarks among {names}", file=sys.stderr)
         return 2
     results = HERE / "RESULTS.md"
-    sections = _sections(results.read_text()) if names and results.exists() else {}
+    sections = _sections(results.read_text()) if results.exists() else {}
+    if not names:  # a full run replaces every *_bench.py section; a named-only script's section stays
+        sections = {name: text for name, text in sections.items() if not name.endswith("_bench.py")}
     failed = []
     for path in benches:
         print(f"== {path.name}", flush=True)
