@@ -88,3 +88,15 @@ def test_raw_copy_outside_the_repo_serves_a_fresh_cache_offline(tmp_path, monkey
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
     with pytest.raises(RuntimeError, match="offline"):
         load_movielens(tmp_path / "nothing-anywhere")
+
+
+def test_processes_of_one_job_build_the_same_cache_at_once(tmp_path):
+    """Every role of a job may be first to use a fresh clone: concurrent builds must all succeed."""
+    import concurrent.futures
+
+    _write_raw(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: load_movielens(tmp_path), range(16)))
+    for data in loaded:
+        np.testing.assert_array_equal(data.columns["label"], loaded[0].columns["label"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-100k.npz", "raw", "user-cache"]

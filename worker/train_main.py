@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from ps.persist.atomic_files import atomic_write_bytes
 from services import role_logging, transport_security
 from services.cluster_spec import LAUNCH_ID_VAR
 
@@ -184,10 +185,7 @@ def main(args: argparse.Namespace) -> int:
         summary = build_summary(est, model, args, stats, metrics, checkpoint)
         log.info("summary: %s", json.dumps(summary))
         if args.summary_file:
-            tmp = f"{args.summary_file}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(summary, fh, indent=2)
-            os.replace(tmp, args.summary_file)
+            atomic_write_bytes(args.summary_file, json.dumps(summary, indent=2).encode())
         return 0
     finally:
         est.close()

@@ -7,6 +7,7 @@ can read the very same inputs.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import subprocess
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ps.persist.atomic_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,7 @@ def _have_raw(raw_dir: Path) -> bool:
 def _copy_raw(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for key in _MEMBERS:
-        tmp = dst / f"ml-100k.{key}.tmp"
-        tmp.write_bytes((src / f"ml-100k.{key}").read_bytes())
-        os.replace(tmp, dst / f"ml-100k.{key}")
+        atomic_write_bytes(dst / f"ml-100k.{key}", (src / f"ml-100k.{key}").read_bytes())
 
 
 def _download_raw(raw_dir: Path) -> None:
@@ -63,10 +64,7 @@ def _download_raw(raw_dir: Path) -> None:
                                f"{raw_dir.parent}: {proc.stderr.strip()[-400:]}")
         with zipfile.ZipFile(wheels[0]) as zf:
             for key, member in _MEMBERS.items():
-                target = raw_dir / f"ml-100k.{key}"
-                tmp_target = target.with_suffix(target.suffix + ".tmp")
-                tmp_target.write_bytes(zf.read(member))
-                os.replace(tmp_target, target)
+                atomic_write_bytes(raw_dir / f"ml-100k.{key}", zf.read(member))
 
 
 def _read(path: Path) -> list[list[str]]:
@@ -144,9 +142,10 @@ def load_movielens(cache_dir: str | os.PathLike | None = None) -> MovieLens:
                 _download_raw(raw)
         arrays = _process(raw)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = processed.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, processed)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        # Several processes of one job may build the cache at once: each publishes under a unique temp name.
+        atomic_write_bytes(processed, buf.getbuffer())
         log.info("cached processed MovieLens-100K at %s", processed)
     if _have_raw(raw) and not _have_raw(user_copy):
         try:
