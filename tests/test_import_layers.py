@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "dispatcher": {"services", "protos"},
     # the worker: the model-building library below the training runtime
     "worker.modeling": {"services", "protos", "ps.config", "ps.errors"},  # segment configs are PS configs
-    "worker.models": {"protos", "worker.modeling"},
+    "worker.models": {"protos", "ps.persist", "worker.modeling"},  # crash-safe publication of the data cache
     "worker.runtime": {"services", "protos", "ps.*", "worker.modeling"},
     "worker.export": {"services", "protos", "ps.*", "worker.modeling", "worker.runtime"},
     "worker.model_dump": {"services", "protos", "ps.persist", "worker.modeling", "worker.runtime"},
