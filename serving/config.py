@@ -20,6 +20,8 @@ class ServeConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """A Predict whose inputs hold more rows gets INVALID_ARGUMENT (the byte limit, RESOURCE_EXHAUSTED, is
     `server.max_message_bytes`)."""
+    merge_requests: bool = True
+    """Concurrent Predicts queued behind one in flight run as one batch (`serving.merged_predicts`)."""
     ps_timeout_s: float = 5.0
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0, threads=16, grace_s=5.0,
                                                                       max_message_bytes=64 << 20))

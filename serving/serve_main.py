@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="larger requests get RESOURCE_EXHAUSTED")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                         help="requests with more input rows get INVALID_ARGUMENT")
+    parser.add_argument("--no-merge-requests", dest="merge_requests", action="store_false",
+                        help="run every Predict alone (by default concurrent requests queued behind one in flight "
+                        "run as one batch; only for models whose rows are not independent)")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
     transport_security.add_arguments(parser)
@@ -52,7 +55,8 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(export_base=args.export_base, model_name=args.model_name,
                        ps_addresses=tuple(args.ps_addresses.split(",")) if args.ps_addresses else (),
                        keep_versions=args.keep_versions, poll_s=args.poll_s, wait_for_model_s=args.wait_for_model_s,
-                       max_batch_size=args.max_batch_size, ps_timeout_s=args.ps_timeout_s, server=server)
+                       max_batch_size=args.max_batch_size, merge_requests=args.merge_requests,
+                       ps_timeout_s=args.ps_timeout_s, server=server)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,7 +106,8 @@ def run(config: ServeConfig, security: transport_security.TransportSecurity | No
     base = Path(config.export_base) / ENTRY if ps_client is not None else Path(config.export_base)
     versions = ModelVersions(
         config.model_name, base,
-        lambda v, path: Servable(config.model_name, v, path, ps_client, max_batch_size=config.max_batch_size),
+        lambda v, path: Servable(config.model_name, v, path, ps_client, max_batch_size=config.max_batch_size,
+                                 merge_requests=config.merge_requests),
         replay, keep=config.keep_versions)
     try:
         deadline = time.monotonic() + config.wait_for_model_s

@@ -1,0 +1,84 @@
+"""`Coalescer`: calls from concurrent threads that queue behind one in flight go out together.
+
+A lone call is never held back: it runs at once. Calls that arrive while one runs wait for it to finish
+and then run as one batch, so the fixed cost of a call (an RPC, a TensorFlow function call, Python
+bookkeeping) is paid once per batch instead of once per request. There is no timer and no batch size to
+tune: the batch is whatever queued while the previous one ran.
+
+One caller at a time leads: it runs the batch of everything queued (its own call included), hands each
+waiting caller its result or error, then wakes the oldest call queued since, which leads the next batch.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass
+class _Call(Generic[P, R]):
+    payload: P
+    woken: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class Coalescer(Generic[P, R]):
+    """`call(payload)` -> `run_batch([payload, ...])[i]`, batched with concurrent callers.
+
+    `run_batch` returns one entry per payload, in order: the result, or the exception that caller gets.
+    If `run_batch` itself raises, every call of the batch gets that error.
+    """
+
+    def __init__(self, run_batch: Callable[[list[P]], list[R | BaseException]]) -> None:
+        self._run_batch = run_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Call[P, R]] = []
+        self._leading = False
+
+    def call(self, payload: P) -> R:
+        mine: _Call[P, R] = _Call(payload)
+        with self._lock:
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                self._queue.append(mine)
+        if not lead:
+            mine.woken.wait()
+            lead = not mine.done  # woken to lead the next batch
+        if lead:
+            self._lead(mine)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[return-value]
+
+    def _lead(self, mine: _Call[P, R]) -> None:
+        with self._lock:
+            batch, self._queue = [mine, *self._queue], []
+        try:
+            results = self._run_batch([c.payload for c in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch answered {len(results)} of {len(batch)} calls")
+            for c, r in zip(batch, results):
+                if isinstance(r, BaseException):
+                    c.error = r
+                else:
+                    c.result = r
+        except BaseException as exc:  # every call of the batch fails with the batch's error
+            for c in batch:
+                c.error = exc
+        for c in batch:
+            c.done = True
+        with self._lock:
+            following = self._queue.pop(0) if self._queue else None
+            self._leading = following is not None
+        for c in batch:
+            c.woken.set()
+        if following is not None:
+            following.woken.set()
