@@ -1,11 +1,12 @@
 """`Coalescer`: calls from concurrent threads that queue behind one in flight go out together.
 
-A lone call is never held back: it runs at once. Calls that arrive while one runs wait for it to finish
-and then run as one batch, so the fixed cost of a call (an RPC, a TensorFlow function call, Python
-bookkeeping) is paid once per batch instead of once per request. There is no timer and no batch size to
-tune: the batch is whatever queued while the previous one ran.
+A call runs at once while fewer than `max_in_flight` batches run. Calls that arrive while that many run
+wait for one to finish and then run as one batch, so the fixed cost of a call (an RPC, a TensorFlow
+function call, Python bookkeeping) is paid once per batch instead of once per request. There is no timer
+and no batch size to tune: the batch is whatever queued while the others ran. More than one batch in flight
+keeps every core busy when one batch's work cannot use them all.
 
-One caller at a time leads: it runs the batch of everything queued (its own call included), hands each
+A caller that runs a batch leads it: it runs everything queued (its own call included), hands each
 waiting caller its result or error, then wakes the oldest call queued since, which leads the next batch.
 """
 from __future__ import annotations
@@ -35,18 +36,21 @@ class Coalescer(Generic[P, R]):
     If `run_batch` itself raises, every call of the batch gets that error.
     """
 
-    def __init__(self, run_batch: Callable[[list[P]], list[R | BaseException]]) -> None:
+    def __init__(self, run_batch: Callable[[list[P]], list[R | BaseException]], max_in_flight: int = 1) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._run_batch = run_batch
+        self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._queue: list[_Call[P, R]] = []
-        self._leading = False
+        self._leading = 0
 
     def call(self, payload: P) -> R:
         mine: _Call[P, R] = _Call(payload)
         with self._lock:
-            lead = not self._leading
+            lead = self._leading < self._max_in_flight
             if lead:
-                self._leading = True
+                self._leading += 1
             else:
                 self._queue.append(mine)
         if not lead:
@@ -77,7 +81,8 @@ class Coalescer(Generic[P, R]):
             c.done = True
         with self._lock:
             following = self._queue.pop(0) if self._queue else None
-            self._leading = following is not None
+            if following is None:
+                self._leading -= 1  # else the lead passes to `following`
         for c in batch:
             c.woken.set()
         if following is not None:

@@ -21,7 +21,9 @@ class ServeConfig:
     """A Predict whose inputs hold more rows gets INVALID_ARGUMENT (the byte limit, RESOURCE_EXHAUSTED, is
     `server.max_message_bytes`)."""
     merge_requests: bool = True
-    """Concurrent Predicts queued behind one in flight run as one batch (`serving.merged_predicts`)."""
+    """Concurrent Predicts that queue while `concurrent_batches` batches run go out as one batch
+    (`serving.merged_predicts`)."""
+    concurrent_batches: int = 2
     ps_timeout_s: float = 5.0
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0, threads=16, grace_s=5.0,
                                                                       max_message_bytes=64 << 20))
@@ -38,6 +40,7 @@ class ServeConfig:
             (self.poll_s > 0, f"--poll-s must be > 0, got {self.poll_s}"),
             (self.wait_for_model_s >= 0, f"--wait-for-model-s must be >= 0, got {self.wait_for_model_s}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
+            (self.concurrent_batches >= 1, f"--concurrent-batches must be >= 1, got {self.concurrent_batches}"),
             (self.ps_timeout_s > 0, f"--ps-timeout-s must be > 0, got {self.ps_timeout_s}"),
         ]
         for ok, message in problems:

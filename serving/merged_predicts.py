@@ -6,6 +6,9 @@ cost (TensorFlow function call, the entry's second signature and its serving PS 
 distributed export) is then paid once per batch. Like TensorFlow Serving's batching, this assumes a
 signature treats the rows of a batch independently; `monolith serve --no-merge-requests` turns it off.
 
+Up to `max_in_flight` batches run at once (`monolith serve --concurrent-batches`): one model call of a
+small model does not keep every core busy, so one batch at a time would trade latency for fewer calls.
+
 Only requests that agree on signature, output filter, input names, dtypes and per-row shapes merge, and a
 merged batch never exceeds the server's `--max-batch-size`. A request whose inputs do not share one batch
 size, or a signature with an output that is not per row, runs alone (the signature is remembered as
@@ -46,12 +49,13 @@ class MergedPredicts:
     """`predict(call)` through `run(signature, inputs, wanted)`, merged with concurrent compatible calls."""
 
     def __init__(self, run: Callable[[str, dict[str, np.ndarray], tuple[str, ...]], Outputs],
-                 max_rows: int | None, observe: Callable[[int], None] = lambda requests: None) -> None:
+                 max_rows: int | None, observe: Callable[[int], None] = lambda requests: None,
+                 max_in_flight: int = 2) -> None:
         self._run = run
         self._max_rows = max_rows
         self._observe = observe  # told how many requests each model call answers
         self._unmergeable: set[str] = set()
-        self._calls: Coalescer[PredictCall, Outputs] = Coalescer(self._run_batch)
+        self._calls: Coalescer[PredictCall, Outputs] = Coalescer(self._run_batch, max_in_flight)
 
     def predict(self, call: PredictCall) -> Outputs:
         if call.rows is None or call.signature in self._unmergeable:

@@ -90,11 +90,11 @@ class Servable:
     """A model version; a `ps.client.PSClient` over the serving PS shards is needed for distributed entries."""
 
     def __init__(self, name: str, version: int, path: str | Path, ps_client=None,
-                 max_batch_size: int | None = None, merge_requests: bool = True) -> None:
+                 max_batch_size: int | None = None, merge_requests: bool = True, concurrent_batches: int = 2) -> None:
         self.name, self.version, self.path = name, int(version), Path(path)
         self.max_batch_size = max_batch_size
-        self._merged = MergedPredicts(self._run, max_batch_size, metrics.MERGED.labels(name).observe) \
-            if merge_requests else None
+        self._merged = MergedPredicts(self._run, max_batch_size, metrics.MERGED.labels(name).observe,
+                                      concurrent_batches) if merge_requests else None
         self.signature_defs = read_signature_defs(self.path)
         meta_path = self.path / ASSETS_EXTRA / ENTRY_META
         self.entry: dict[str, Any] | None = json.loads(meta_path.read_text()) if meta_path.is_file() else None

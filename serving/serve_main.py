@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                         help="requests with more input rows get INVALID_ARGUMENT")
     parser.add_argument("--no-merge-requests", dest="merge_requests", action="store_false",
-                        help="run every Predict alone (by default concurrent requests queued behind one in flight "
-                        "run as one batch; only for models whose rows are not independent)")
+                        help="run every Predict alone (by default requests that queue while --concurrent-batches "
+                        "batches run go out as one batch; turn off only for models whose rows are not independent)")
+    parser.add_argument("--concurrent-batches", type=int, default=d.concurrent_batches,
+                        help="model calls (each a batch of merged requests) run at once")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
     transport_security.add_arguments(parser)
@@ -56,6 +58,7 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
                        ps_addresses=tuple(args.ps_addresses.split(",")) if args.ps_addresses else (),
                        keep_versions=args.keep_versions, poll_s=args.poll_s, wait_for_model_s=args.wait_for_model_s,
                        max_batch_size=args.max_batch_size, merge_requests=args.merge_requests,
+                       concurrent_batches=args.concurrent_batches,
                        ps_timeout_s=args.ps_timeout_s, server=server)
 
 
@@ -107,7 +110,7 @@ def run(config: ServeConfig, security: transport_security.TransportSecurity | No
     versions = ModelVersions(
         config.model_name, base,
         lambda v, path: Servable(config.model_name, v, path, ps_client, max_batch_size=config.max_batch_size,
-                                 merge_requests=config.merge_requests),
+                                 merge_requests=config.merge_requests, concurrent_batches=config.concurrent_batches),
         replay, keep=config.keep_versions)
     try:
         deadline = time.monotonic() + config.wait_for_model_s

@@ -309,7 +309,7 @@ def test_concurrent_predicts_run_as_one_batch_and_each_gets_its_own_rows(cluster
             gate.wait(30)
         return servable._run(signature, inputs, wanted)
 
-    merged = MergedPredicts(held, max_rows=48, observe=requests_per_call.append)
+    merged = MergedPredicts(held, max_rows=48, observe=requests_per_call.append, max_in_flight=1)
     ex = np.array(cluster.examples, dtype=object)
     spans = {"first": (0, 5), "a": (5, 25), "b": (25, 45), "c": (45, 65), "filtered": (65, 70)}
     calls = {k: PredictCall("serving_default", {"examples": ex[i:j]}, ("ctr",) if k == "filtered" else ())
