@@ -410,16 +410,21 @@ def test_monolith_run_hands_the_sync_flags_to_its_ps():
     parser = argparse.ArgumentParser()
     run_role.add_arguments(parser)
     args = parser.parse_args(["--sync-interval-s", "2.5", "--sync-serving-ps", "s0:8600,s1:8600,s2:8600",
-                              "--sync-float16"])
+                              "--sync-float16", "--dense-sync-interval-s", "7",
+                              "--sync-entry-servers", "e0:8500,e1:8500"])
     cmd = run_role.service_command(spec, args)
     ps_parser = argparse.ArgumentParser()
     ps_arguments(ps_parser)
     config = config_of(ps_parser.parse_args(cmd[cmd.index("ps") + 1:]))
     assert (config.sync_interval_s, config.sync_serving_ps, config.sync_float16) == (
         2.5, ("s0:8600", "s1:8600", "s2:8600"), True)
+    assert (config.dense_sync_interval_s, config.sync_entry_servers) == (7.0, ("e0:8500", "e1:8500"))
     with pytest.raises(ValueError, match="needs --sync-serving-ps"):
         config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
                                         "--sync-interval-s", "1"]))
+    with pytest.raises(ValueError, match="needs --sync-entry-servers"):
+        config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
+                                        "--dense-sync-interval-s", "1"]))
 
 
 # -- dense sync: training PS -> entry servers ---------------------------------------------------------------
@@ -548,3 +553,65 @@ def test_dense_values_reach_the_entry_server_and_its_predictions(stack, processe
     address = wait_address(processes, entry)
     wait_for(lambda: all(s.entries[0].failures == 0 for s in holders), timeout=30, what="the entry to take syncs")
     assert served_equals_training()
+
+
+@pytest.mark.slow
+def test_a_predict_sees_every_dense_value_of_a_message_old_or_all_new(stack, trained_on_3_shards, distributed_export):
+    """Readers loop Predict on the entry (in this process) while dense messages alternate two value sets: every
+    answer is the prediction of one set, never of a mix. A version not after the one held is not applied."""
+    from ps.store.shard_state import ShardState as State
+    from serving.dense_sync_receiver import DenseSyncReceiver
+    from serving.model_versions import ModelVersions
+    from serving.servable import Servable
+    from serving.serving_ps import ReadOnly, ServingPSServicer, load_shard
+    from tests.serving_fixtures import STEPS
+
+    serving = [Server(ServingPSServicer(load_shard(distributed_export[f"ps_{i}"]), ReadOnly(i)).handlers())
+               for i in range(2)]
+    stack.extend(serving)
+    client = PSClient([s.address for s in serving])
+    stack.append(client)
+    base = Path(distributed_export["entry"]).parent
+    versions = ModelVersions("default", base, lambda v, p: Servable("default", v, p, client), lambda s, p: 0)
+    assert versions.refresh()
+    receiver = DenseSyncReceiver(versions)
+    restored = State(0, 1)
+    restored.restore(f"{trained_on_3_shards.model_dir}/ckpt-{STEPS[-1]}", tables=[])
+    value_sets = [{n: v.reshape(shape) for n, shape, v in restored.dense_pull([])}]
+    value_sets.append({n: v * 1.5 + 0.1 for n, v in value_sets[0].items()})
+    version = [int(time.time() * 1000)]
+
+    def send(values: dict[str, np.ndarray]) -> ps_pb2.SyncDenseResponse:
+        version[0] += 1
+        request = ps_pb2.SyncDenseRequest(source_shard=0, source_num_shards=1, version=version[0])
+        for n, v in values.items():
+            request.variables.add(name=n, shape=list(v.shape), values=v.astype(np.float32).tobytes())
+        return receiver.sync_dense(request)
+
+    inputs = {"examples": np.array(trained_on_3_shards.examples[:64], dtype=object)}
+    expected = []
+    for values in value_sets:
+        assert send(values).applied
+        expected.append(versions.get().predict("serving_default", inputs)["ctr"])
+    assert np.abs(expected[0] - expected[1]).max() > 1e-2
+    mixed, reads, done = [], [0], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            got = versions.get().predict("serving_default", inputs)["ctr"]
+            reads[0] += 1
+            if min(np.abs(got - e).max() for e in expected) > 1e-6:
+                mixed.append(got[:3])
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for k in range(60):
+        send(value_sets[k % 2])
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert reads[0] > 0 and not mixed, mixed[:3]
+    stale = ps_pb2.SyncDenseRequest(source_shard=0, source_num_shards=1, version=version[0] - 5)
+    assert receiver.sync_dense(stale) == ps_pb2.SyncDenseResponse(applied=False, known_version=version[0],
+                                                                    model_version=versions.get().version)
