@@ -5,7 +5,9 @@ it reads the current value of every dense variable the shard holds and sends eac
 --dense-sync`, serving/dense_sync_receiver.py) one `EntrySync/SyncDense` message holding all of them, stamped
 with a version that only grows (milliseconds of the clock, as the row sync's). Dense values are sent whole,
 so there is nothing to keep between rounds: an entry server that was down or restarted is current again
-after the first round that reaches it. Entry servers are replicas: each one gets every value.
+after the first round that reaches it. Entry servers are replicas: each one gets every value. Every round
+resolves each configured host name to all its addresses and sends to each, so one name of a set of replicas
+(a Kubernetes headless Service in front of an entry Deployment) reaches every replica, however it scales.
 
 An entry server that is down, hung or refusing costs training nothing: the sync runs in its own thread, holds
 no lock of the shard while sending, sends to the entry servers in parallel, and skips a failing one for a
@@ -14,9 +16,10 @@ backoff that doubles from the interval up to `max_backoff_s`. A shard holding no
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,7 +45,7 @@ class DenseSyncConfig:
     """Where and how often a training shard sends its dense variables."""
 
     entry_addresses: Sequence[str]
-    """host:port of every entry server (`monolith serve --dense-sync`)."""
+    """host:port of the entry servers (`monolith serve --dense-sync`); a host name stands for all its addresses."""
     interval_s: float
     timeout_s: float = 10.0
     max_backoff_s: float = 30.0
@@ -59,30 +62,55 @@ class DenseSyncConfig:
 
 @dataclass
 class _Entry:
-    """What the sender knows of one entry server."""
+    """One entry server: its channel and what the sender knows of it."""
 
-    index: int
     address: str
+    channel: grpc.Channel
+    call: Callable
     acked: int = 0
     retry_at: float = 0.0
     backoff_s: float = 0.0
     failures: int = 0
 
 
+Resolver = Callable[[str, int], list[tuple[int, str]]]
+"""(host, port) -> [(address family, ip)]."""
+
+
+def _getaddrinfo(host: str, port: int) -> list[tuple[int, str]]:
+    return [(family, str(sockaddr[0])) for family, _t, _p, _c, sockaddr in
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def resolve_entries(addresses: Sequence[str], resolve: Resolver = _getaddrinfo) -> list[str]:
+    """Every ip:port the configured host:port addresses stand for, each once, in order. A name that does not
+    resolve now (no replica up, DNS trouble) stands for none this round, with a log line."""
+    out: list[str] = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            found = resolve(host.strip("[]"), int(port))
+        except (OSError, ValueError) as exc:
+            log.info("entry server name %s does not resolve now: %s", address, exc)
+            continue
+        for family, ip in found:
+            resolved = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+            if resolved not in out:
+                out.append(resolved)
+    return out
+
+
 class DenseSyncSender:
-    def __init__(self, state: ShardState, config: DenseSyncConfig, security: TransportSecurity | None = None) -> None:
+    def __init__(self, state: ShardState, config: DenseSyncConfig, security: TransportSecurity | None = None,
+                 resolve: Resolver = _getaddrinfo) -> None:
         self.state = state
         self.config = config
-        security = security or TransportSecurity()
-        options = [*grpc_options(512 << 20), ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
-        self._channels = [security.channel(a, options) for a in config.entry_addresses]
-        self._calls = [ch.unary_unary(SYNC_DENSE_METHOD, request_serializer=ps_pb2.SyncDenseRequest.SerializeToString,
-                                      response_deserializer=ps_pb2.SyncDenseResponse.FromString)
-                       for ch in self._channels]
-        self.entries = [_Entry(j, a) for j, a in enumerate(config.entry_addresses)]
+        self._security = security or TransportSecurity()
+        self._resolve = resolve
+        self.entries: dict[str, _Entry] = {}
+        """By ip:port: the entry servers the configured addresses stood for at the last round."""
         self._version = 0
-        self._pool = ThreadPoolExecutor(max_workers=len(self.entries), thread_name_prefix="ps-dense-sync")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ps-dense-sync")
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._shard = str(state.shard_index)
@@ -101,7 +129,7 @@ class DenseSyncSender:
 
         self._thread = threading.Thread(target=loop, name="ps-dense-sync", daemon=True)
         self._thread.start()
-        log.info("dense sync every %.3gs to %d entry servers %s", self.config.interval_s, len(self.entries),
+        log.info("dense sync every %.3gs to the entry servers %s", self.config.interval_s,
                  list(self.config.entry_addresses))
 
     def close(self, timeout: float | None = None) -> None:
@@ -110,8 +138,24 @@ class DenseSyncSender:
             self._stop.set()
             self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for ch in self._channels:
-            ch.close()
+        for entry in self.entries.values():
+            entry.channel.close()
+
+    def _current_entries(self) -> list[_Entry]:
+        """The entry servers of this round: new addresses get a channel, vanished ones are closed."""
+        addresses = resolve_entries(self.config.entry_addresses, self._resolve)
+        for gone in set(self.entries) - set(addresses):
+            self.entries.pop(gone).channel.close()
+        options = [*grpc_options(512 << 20), ("grpc.initial_reconnect_backoff_ms", 200),
+                   ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        for address in addresses:
+            if address not in self.entries:
+                channel = self._security.channel(address, options)
+                call = channel.unary_unary(SYNC_DENSE_METHOD,
+                                           request_serializer=ps_pb2.SyncDenseRequest.SerializeToString,
+                                           response_deserializer=ps_pb2.SyncDenseResponse.FromString)
+                self.entries[address] = _Entry(address, channel, call)
+        return [self.entries[a] for a in addresses]
 
     def _next_version(self) -> int:
         self._version = max(self._version + 1, int(time.time() * 1000))
@@ -129,13 +173,14 @@ class DenseSyncSender:
             request.variables.add(name=name, shape=list(shape), values=values.astype("<f4").tobytes())
         return request
 
-    def sync_once(self) -> dict[int, str]:
-        """One round: {entry server: outcome} ("sent", "stale", "backoff", "failed"; empty: nothing to send)."""
+    def sync_once(self) -> dict[str, str]:
+        """One round: {entry server ip:port: outcome} ("sent", "stale", "backoff", "failed"; empty: nothing
+        to send, or no entry server resolved)."""
         request = self.message()
         if request is None:
             return {}
-        futures = {e.index: self._pool.submit(self._send, e, request) for e in self.entries}
-        outcomes = {j: f.result() for j, f in futures.items()}
+        futures = {e.address: self._pool.submit(self._send, e, request) for e in self._current_entries()}
+        outcomes = {a: f.result() for a, f in futures.items()}
         self.rounds += 1
         return outcomes
 
@@ -143,7 +188,7 @@ class DenseSyncSender:
         if time.monotonic() < entry.retry_at:
             return "backoff"
         try:
-            answer = self._calls[entry.index](request, timeout=self.config.timeout_s)
+            answer = entry.call(request, timeout=self.config.timeout_s)
         except Exception as exc:  # down, deadline, refused: the next round sends the values of then
             self._failed(entry, exc)
             return "failed"
