@@ -398,6 +398,23 @@ def test_a_killed_serving_ps_restarts_from_its_export_and_catches_up(processes, 
         served.close()
 
 
+def test_serve_ps_takes_the_newest_version_of_a_sub_model_directory(tmp_path):
+    """A long-lived serving PS (a StatefulSet pod) names `ps_<i>`: it loads the newest complete version there."""
+    from ps.errors import CheckpointError
+    from serving.serving_ps import newest_export
+
+    base = tmp_path / "ps_0"
+    with pytest.raises(CheckpointError, match="holds no export version"):
+        base.mkdir()
+        newest_export(base)
+    for version in ("5", "12", ".tmp-13-ab12", "14"):  # 14 has no saved_model.pb yet: not a version
+        (base / version / ASSETS_EXTRA).mkdir(parents=True)
+    for version in ("5", "12", ".tmp-13-ab12"):
+        (base / version / "saved_model.pb").write_bytes(b"")
+    assert newest_export(base) == base / "12"
+    assert newest_export(base / "5") == base / "5"
+
+
 def test_monolith_run_hands_the_sync_flags_to_its_ps():
     """A scheduled PS (`monolith run` with the MLP_* environment) gets the sync flags `monolith ps` takes."""
     from launch import run_role
