@@ -6,7 +6,8 @@ PS shards return their rows (`ps.client.PSClient`), and the requested signature 
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
 Concurrent requests share their lookups' RPCs (`SharedLookups`), and the entry's two signatures are called
 flat (`FlatSignature`): binding their ~30 arguments and results by name on every call cost as much as the
-dense model's own work.
+dense model's own work. The dense sync (serving/dense_sync_receiver.py) swaps new variables into those flat
+calls' captures (`check_dense`, `assign_dense`), matched by the training names the export recorded.
 
 Inputs are checked against the SignatureDef (names, dtypes, shapes, at most `max_batch_size` rows) before
 anything runs, and errors the graph raises on bad data (undecodable protos, wrong sizes): all come back as

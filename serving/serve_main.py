@@ -5,6 +5,8 @@ shards, in shard order) the entry sub-model `<export-base>/entry/<version>` is s
 lookups go to those shards. Logs `ready: serving model NAME version V on HOST:PORT` once a version is
 loaded and the port is bound; Prometheus metrics (requests, latency and errors by status code, the
 loaded version) are served on `--metrics-port`. Stops cleanly on SIGTERM/SIGINT (in-flight calls finish).
+With `--dense-sync` the entry also takes the dense values the training PS shards push
+(`EntrySync/SyncDense`, serving/dense_sync_receiver.py).
 """
 from __future__ import annotations
 
