@@ -315,6 +315,8 @@ class ServerConfig:
                  f"--dense-sync-interval-s must be >= 0, got {self.dense_sync_interval_s}")
         _require(not self.dense_sync_interval_s or bool(self.sync_entry_servers),
                  "--dense-sync-interval-s needs --sync-entry-servers (the entry servers' addresses)")
+        _require(all(a.rpartition(":")[2].isdigit() for a in self.sync_entry_servers),
+                 f"--sync-entry-servers must be host:port,... got {list(self.sync_entry_servers)}")
         _require(self.sync_interval_s >= 0, f"--sync-interval-s must be >= 0, got {self.sync_interval_s}")
         _require(not self.sync_interval_s or bool(self.sync_serving_ps),
                  "--sync-interval-s needs --sync-serving-ps (the serving PS shards' addresses)")

@@ -442,6 +442,9 @@ def test_monolith_run_hands_the_sync_flags_to_its_ps():
     with pytest.raises(ValueError, match="needs --sync-entry-servers"):
         config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
                                         "--dense-sync-interval-s", "1"]))
+    with pytest.raises(ValueError, match="must be host:port"):
+        config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
+                                        "--dense-sync-interval-s", "1", "--sync-entry-servers", "entry"]))
 
 
 # -- dense sync: training PS -> entry servers ---------------------------------------------------------------
