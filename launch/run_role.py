@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ps role: push changed rows to the serving PS shards this often (see `monolith ps`)")
     parser.add_argument("--sync-serving-ps", default=None, help="ps role: the serving PS shards for --sync-interval-s")
     parser.add_argument("--sync-float16", action="store_true", help="ps role: sync rows as float16")
+    parser.add_argument("--dense-sync-interval-s", type=float, default=None,
+                        help="ps role: push the dense variables to the entry servers this often (see `monolith ps`)")
+    parser.add_argument("--sync-entry-servers", default=None,
+                        help="ps role: the entry servers for --dense-sync-interval-s")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
     transport_security.add_arguments(parser)
@@ -107,6 +111,9 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         if args.sync_interval_s is not None:
             cmd += ["--sync-interval-s", str(args.sync_interval_s), "--sync-serving-ps", args.sync_serving_ps or ""]
         cmd += ["--sync-float16"] if args.sync_float16 else []
+        if args.dense_sync_interval_s is not None:
+            cmd += ["--dense-sync-interval-s", str(args.dense_sync_interval_s),
+                    "--sync-entry-servers", args.sync_entry_servers or ""]
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-serving-ps", default="",
                         help="comma-separated host:port of serving PS shards 0..M-1 (any M) for --sync-interval-s")
     parser.add_argument("--sync-float16", action="store_true", help="sync rows as float16 (half the bytes)")
+    parser.add_argument("--dense-sync-interval-s", type=float, default=d.dense_sync_interval_s,
+                        help="push this shard's dense variables to the entry servers every this many seconds "
+                             "(0: off; docs/online-sync.md)")
+    parser.add_argument("--sync-entry-servers", default="",
+                        help="comma-separated host:port of the entry servers (`monolith serve --dense-sync`) for "
+                             "--dense-sync-interval-s")
     transport_security.add_arguments(parser)
 
 
@@ -55,7 +61,8 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
                         max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s,
                         sync_interval_s=args.sync_interval_s,
                         sync_serving_ps=tuple(a for a in args.sync_serving_ps.split(",") if a),
-                        sync_float16=args.sync_float16)
+                        sync_float16=args.sync_float16, dense_sync_interval_s=args.dense_sync_interval_s,
+                        sync_entry_servers=tuple(a for a in args.sync_entry_servers.split(",") if a))
 
 
 def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
@@ -131,15 +138,23 @@ def run(config: ServerConfig, security: transport_security.TransportSecurity | N
         sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16),
                             security)
         sender.start(stop)
+    dense_sender = None
+    if config.dense_sync_interval_s:
+        from ps.service.dense_sync_sender import DenseSyncConfig, DenseSyncSender
+
+        dense_sender = DenseSyncSender(state, DenseSyncConfig(config.sync_entry_servers, config.dense_sync_interval_s),
+                                       security)
+        dense_sender.start(stop)
     try:
         serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security)
     except OSError as exc:
         log.error("%s", exc)
         return 1
     finally:
-        if sender is not None:
-            stop.set()
-            sender.close(timeout=config.grace_s)
+        for running in (sender, dense_sender):
+            if running is not None:
+                stop.set()
+                running.close(timeout=config.grace_s)
     if config.save_on_exit and config.checkpoint_dir:
         snapshot = checkpoint.exit_snapshot_path(config.checkpoint_dir, config.shard_index, config.num_shards)
         try:

@@ -305,8 +305,18 @@ class ServerConfig:
     sync_serving_ps: tuple[str, ...] = ()
     """host:port of serving PS shard j at position j."""
     sync_float16: bool = False
+    dense_sync_interval_s: float = 0.0
+    """The dense variables to the entry servers every this many seconds (0: off; ps/service/dense_sync_sender.py)."""
+    sync_entry_servers: tuple[str, ...] = ()
+    """host:port of every entry server (`monolith serve --dense-sync`)."""
 
     def __post_init__(self) -> None:
+        _require(self.dense_sync_interval_s >= 0,
+                 f"--dense-sync-interval-s must be >= 0, got {self.dense_sync_interval_s}")
+        _require(not self.dense_sync_interval_s or bool(self.sync_entry_servers),
+                 "--dense-sync-interval-s needs --sync-entry-servers (the entry servers' addresses)")
+        _require(all(a.rpartition(":")[2].isdigit() for a in self.sync_entry_servers),
+                 f"--sync-entry-servers must be host:port,... got {list(self.sync_entry_servers)}")
         _require(self.sync_interval_s >= 0, f"--sync-interval-s must be >= 0, got {self.sync_interval_s}")
         _require(not self.sync_interval_s or bool(self.sync_serving_ps),
                  "--sync-interval-s needs --sync-serving-ps (the serving PS shards' addresses)")

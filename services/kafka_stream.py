@@ -32,6 +32,11 @@ Partition = tuple[str, int]
 
 _POSITIONS = ("earliest", "latest")
 
+KAFKA_ENV = {"bootstrap_servers": "MONOLITH_KAFKA_BOOTSTRAP_SERVERS", "topics": "MONOLITH_KAFKA_TOPICS",
+             "group_id": "MONOLITH_KAFKA_GROUP_ID", "api_version": "MONOLITH_KAFKA_API_VERSION",
+             "initial_position": "MONOLITH_KAFKA_INITIAL_POSITION"}
+"""The environment `KafkaStreamConfig.from_environ` reads (deploy/k8s/kafka-configmap.yaml sets it)."""
+
 
 class StreamRebalanced(RuntimeError):
     """The consumer group moved partitions away from this reader after it started reading."""
@@ -100,6 +105,27 @@ class KafkaStreamConfig:
         if clash:
             raise ValueError(f"KafkaStreamConfig.consumer_options may not set {clash}: they are fields of the config "
                              f"or fixed (offsets are committed only after a checkpoint)")
+
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **fields: Any) -> KafkaStreamConfig:
+        """The stream a deployment describes in its environment (`KAFKA_ENV`): bootstrap servers and topics
+        comma-separated, the consumer group, optionally `api_version` as "2.3.0" and `initial_position`;
+        `fields` give the rest (batch waits, consumer options). Every worker of a job reads the same variables,
+        so they all join one group."""
+        missing = [environ_name for name, environ_name in KAFKA_ENV.items()
+                   if name in ("bootstrap_servers", "topics", "group_id") and not environ.get(environ_name)]
+        if missing:
+            raise ValueError(f"the Kafka input needs {missing} in the environment")
+        given: dict[str, Any] = {name: environ[var] for name, var in KAFKA_ENV.items() if environ.get(var)}
+        if "api_version" in given:
+            try:
+                given["api_version"] = tuple(int(v) for v in given["api_version"].split("."))
+            except ValueError:
+                raise ValueError(f"{KAFKA_ENV['api_version']} must look like 2.3.0, got {given['api_version']!r}") \
+                    from None
+        given["topics"] = [t for t in given["topics"].split(",") if t]
+        return cls(**given, **fields)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -25,6 +25,8 @@ class ServeConfig:
     (`serving.merged_predicts`)."""
     concurrent_batches: int = 2
     ps_timeout_s: float = 5.0
+    dense_sync: bool = False
+    """Take dense values from the training PS (`EntrySync/SyncDense`, serving/dense_sync_receiver.py)."""
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0, threads=16, grace_s=5.0,
                                                                       max_message_bytes=64 << 20))
     """The gRPC transport: port, host, threads, largest request (larger ones get RESOURCE_EXHAUSTED), grace,
@@ -42,6 +44,8 @@ class ServeConfig:
             (self.max_batch_size >= 1, f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
             (self.concurrent_batches >= 1, f"--concurrent-batches must be >= 1, got {self.concurrent_batches}"),
             (self.ps_timeout_s > 0, f"--ps-timeout-s must be > 0, got {self.ps_timeout_s}"),
+            (not self.dense_sync or bool(self.ps_addresses),
+             "--dense-sync serves the entry of a distributed export: it needs --ps-addresses"),
         ]
         for ok, message in problems:
             if not ok:

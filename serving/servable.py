@@ -6,7 +6,9 @@ PS shards return their rows (`ps.client.PSClient`), and the requested signature 
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
 Concurrent requests run as one batch (`MergedPredicts`) and share their lookups' RPCs (`SharedLookups`);
 the entry's two signatures are called flat (`FlatSignature`): binding their ~30 arguments and results by
-name on every call cost as much as the dense model's own work.
+name on every call cost as much as the dense model's own work. The dense sync
+(serving/dense_sync_receiver.py) swaps new variables into those flat calls' captures (`check_dense`,
+`assign_dense`), matched by the training names the export recorded.
 
 Inputs are checked against the SignatureDef (names, dtypes, shapes, at most `max_batch_size` rows) before
 anything runs, and errors the graph raises on bad data (undecodable protos, wrong sizes): all come back as
@@ -107,10 +109,53 @@ class Servable:
         self.module = tf.saved_model.load(str(self.path))
         self.public = self._public_signatures()
         self._flat: dict[str, FlatSignature] = {}
+        self.dense_layout: dict[str, dict] | None = None
+        self._dense_vars: dict[int, tf.Variable] = {}
+        """Saved variable index -> the variable its signatures capture instead (set by a dense sync)."""
         if self.entry is not None:
             self._lookups = SharedLookups(ps_client)
             self._flat = {name: FlatSignature(self.module.signatures[name])
                           for name in ["embedding_ids", *self.entry["serving_signatures"]]}
+            self.dense_layout = self.entry.get("dense")
+
+    # -- dense sync -------------------------------------------------------------------------------
+    def check_dense(self, values: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """{saved variable index: value} for training dense values by name (`dense_<i>`), every one checked
+        against the export's record (`entry.json` "dense") and the variable: nothing passes unless all do."""
+        if self.dense_layout is None:
+            what = "a standalone export" if self.entry is None else "an entry exported without its dense layout"
+            raise PSFailedPrecondition(f"model {self.name!r} version {self.version} is {what}: it cannot take dense "
+                                       f"values (re-export it distributed with this version of monolith)")
+        out = {}
+        for name, value in values.items():
+            record = self.dense_layout.get(name)
+            if record is None:
+                raise PSInvalidArgument(f"dense variable {name!r} is not in model {self.name!r} version "
+                                        f"{self.version} (it has {sorted(self.dense_layout)})")
+            var = self.module.dense[record["index"]]
+            shape = tuple(record["shape"])
+            if tuple(value.shape) != shape or tuple(var.shape) != shape:
+                raise PSInvalidArgument(f"dense variable {name!r}: shape {list(value.shape)} sent, model "
+                                        f"{self.name!r} version {self.version} has {list(shape)}")
+            if not np.isfinite(value).all():
+                raise PSInvalidArgument(f"dense variable {name!r}: values contain NaN or Inf")
+            out[record["index"]] = value.astype(var.dtype.as_numpy_dtype, copy=False)
+        return out
+
+    def assign_dense(self, checked: dict[int, np.ndarray]) -> None:
+        """Swap in new variables holding `checked` (from `check_dense`): each signature's captured handles are
+        replaced as one tuple, so a Predict, which reads them once, sees every value of one call old or all new.
+        Calls are serialized by the caller."""
+        fresh = {k: tf.Variable(v, trainable=False) for k, v in checked.items()}
+        swaps = {id(self._dense_handle(k)): var for k, var in fresh.items()}
+        for flat in self._flat.values():
+            flat.replace_variables(swaps)
+        self._dense_vars.update(fresh)
+
+    def _dense_handle(self, k: int):
+        """The handle saved variable `k` is captured as now (the loaded one until a dense sync replaced it)."""
+        var = self._dense_vars.get(k)
+        return var.handle if var is not None else self.module.dense[k].handle
 
     def _check_shards(self, entry: dict[str, Any], client) -> None:
         want = entry["num_serving_shards"]
@@ -189,9 +234,27 @@ class FlatSignature:
 
     def __init__(self, fn) -> None:
         self._call = fn.inference_fn.call_flat
-        self._captures = list(fn.captured_inputs)
+        self._bound: tuple[tuple, dict[int, tf.Variable]] = (tuple(fn.captured_inputs), {})
+        """The captured tensors, and the variables (by id of their handle) that a dense sync swapped in: holding
+        them keeps those variables alive while a call uses their handles."""
         self.inputs = [p.name for p in fn.function_type.parameters.values()]
         self.outputs = sorted(fn.structured_outputs)
 
     def __call__(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return dict(zip(self.outputs, self._call(*[tensors[n] for n in self.inputs], *self._captures)))
+        captures, _owners = self._bound  # one read; `_owners` keeps swapped-in variables alive during the call
+        return dict(zip(self.outputs, self._call(*[tensors[n] for n in self.inputs], *captures)))
+
+    def replace_variables(self, swaps: dict[int, tf.Variable]) -> None:
+        """Capture other variables ({id of a captured handle: the variable to capture instead}), as one new
+        binding: a call reads it once, so it runs with every old variable or every new one."""
+        captures, owners = self._bound
+        new_captures, new_owners = [], {}
+        for c in captures:
+            var = swaps.get(id(c))
+            if var is not None:
+                c = var.handle
+                new_owners[id(c)] = var
+            elif id(c) in owners:
+                new_owners[id(c)] = owners[id(c)]
+            new_captures.append(c)
+        self._bound = (tuple(new_captures), new_owners)

@@ -5,6 +5,8 @@ shards, in shard order) the entry sub-model `<export-base>/entry/<version>` is s
 lookups go to those shards. Logs `ready: serving model NAME version V on HOST:PORT` once a version is
 loaded and the port is bound; Prometheus metrics (requests, latency and errors by status code, the
 loaded version) are served on `--metrics-port`. Stops cleanly on SIGTERM/SIGINT (in-flight calls finish).
+With `--dense-sync` the entry also takes the dense values the training PS shards push
+(`EntrySync/SyncDense`, serving/dense_sync_receiver.py).
 """
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model calls (each a batch of merged requests) run at once")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
+    parser.add_argument("--dense-sync", action="store_true",
+                        help="take the dense variables' values from the training PS shards (their "
+                             "--dense-sync-interval-s; docs/online-sync.md)")
     transport_security.add_arguments(parser)
 
 
@@ -58,8 +63,8 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
                        ps_addresses=tuple(args.ps_addresses.split(",")) if args.ps_addresses else (),
                        keep_versions=args.keep_versions, poll_s=args.poll_s, wait_for_model_s=args.wait_for_model_s,
                        max_batch_size=args.max_batch_size, merge_requests=args.merge_requests,
-                       concurrent_batches=args.concurrent_batches,
-                       ps_timeout_s=args.ps_timeout_s, server=server)
+                       concurrent_batches=args.concurrent_batches, ps_timeout_s=args.ps_timeout_s,
+                       dense_sync=args.dense_sync, server=server)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -107,11 +112,18 @@ def run(config: ServeConfig, security: transport_security.TransportSecurity | No
         log.error("serving PS shards not ready: %s", exc)
         return 1
     base = Path(config.export_base) / ENTRY if ps_client is not None else Path(config.export_base)
-    versions = ModelVersions(
-        config.model_name, base,
-        lambda v, path: Servable(config.model_name, v, path, ps_client, max_batch_size=config.max_batch_size,
-                                 merge_requests=config.merge_requests, concurrent_batches=config.concurrent_batches),
-        replay, keep=config.keep_versions)
+    receiver = None
+
+    def load(version: int, path: Path) -> Servable:
+        servable = Servable(config.model_name, version, path, ps_client, max_batch_size=config.max_batch_size,
+                            merge_requests=config.merge_requests, concurrent_batches=config.concurrent_batches)
+        return receiver.prime(servable) if receiver is not None else servable
+
+    versions = ModelVersions(config.model_name, base, load, replay, keep=config.keep_versions)
+    if config.dense_sync:
+        from serving.dense_sync_receiver import DenseSyncReceiver
+
+        receiver = DenseSyncReceiver(versions)
     try:
         deadline = time.monotonic() + config.wait_for_model_s
         while not versions.refresh():
@@ -132,8 +144,9 @@ def run(config: ServeConfig, security: transport_security.TransportSecurity | No
             log.info("ready: serving model %s version %d on %s:%d (metrics=%s)", config.model_name,
                      versions.loaded_versions[-1], server.host, port, metrics_note)
 
-        serve(PredictionServer(versions).handlers(), server, stop=stop, on_ready=ready, security=security,
-              name="serve")
+        prediction = PredictionServer(versions)
+        handlers = prediction.handlers() + (receiver.handlers(prediction) if receiver is not None else [])
+        serve(handlers, server, stop=stop, on_ready=ready, security=security, name="serve")
     except OSError as exc:
         log.error("%s", exc)
         return 1

@@ -28,6 +28,7 @@ from ps.store.shard_state import ShardState
 from services import role_logging, transport_security
 from services.export_layout import ASSETS_EXTRA, PS_SHARD_DIR
 from services.signals import stop_on_signals
+from serving.model_versions import list_versions
 from serving.sync_receiver import TrainingSync
 
 log = logging.getLogger("serving.ps")
@@ -73,6 +74,18 @@ def shard_part(export_dir: str | Path) -> Path:
         raise CheckpointError(f"{export_dir} is not a serving PS export: expected one shard-i-of-m directory under "
                               f"{ASSETS_EXTRA}/{PS_SHARD_DIR}, found {[p.name for p in parts]}")
     return parts[0]
+
+
+def newest_export(export_dir: str | Path) -> Path:
+    """`export_dir` itself when it is a `ps_<i>/<version>` export; for a `ps_<i>` directory its newest version (so
+    a long-lived deployment names the directory, and a restarted shard starts from the latest export)."""
+    path = Path(export_dir)
+    if (path / ASSETS_EXTRA).is_dir() or not path.is_dir():
+        return path
+    versions = list_versions(path)
+    if not versions:
+        raise CheckpointError(f"{path} holds no export version (integer-named directories with saved_model.pb)")
+    return path / str(versions[-1])
 
 
 def load_shard(export_dir: str | Path) -> ShardState:
@@ -122,7 +135,8 @@ def warm_up_lookups(servicer: ServingPSServicer) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig(port=0)
-    parser.add_argument("--export-dir", required=True, help="<export_base>/ps_<i>/<version> of a distributed export")
+    parser.add_argument("--export-dir", required=True, help="<export_base>/ps_<i>/<version> of a distributed export, "
+                        "or <export_base>/ps_<i> for its newest version")
     parser.add_argument("--port", type=int, required=True, help="gRPC port (0 = any free port, logged)")
     parser.add_argument("--host", default=d.host)
     parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
@@ -136,7 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    role_logging.configure("serve-ps", Path(args.export_dir).parent.name)
+    given = Path(args.export_dir)
+    role_logging.configure("serve-ps", given.name if given.name.startswith("ps_") else given.parent.name)
     from ps.kernels.threads import passive_kernel_threads
     from ps.service import rpc_metrics
     from ps.service.server import serve
@@ -150,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     stop = stop_on_signals(log)
     try:
         security = transport_security.from_args_exported(args)
+        args.export_dir = str(newest_export(args.export_dir))
         state = load_shard(args.export_dir)
         config = ServerConfig(port=args.port, shard_index=state.shard_index, num_shards=state.num_shards,
                               host=args.host, metrics_port=args.metrics_port, threads=args.threads,

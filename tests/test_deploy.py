@@ -40,7 +40,7 @@ def test_manifests_pass_strict_schema_validation():
     out = kubernetes_validate(*MANIFESTS)
     assert out.returncode == 0, out.stdout + out.stderr
     kinds = {m.group(1) for m in re.finditer(r"passed for resource (\w+)/", out.stdout)}
-    assert {"job", "service", "configmap", "persistentvolumeclaim"} <= kinds
+    assert {"job", "service", "configmap", "persistentvolumeclaim", "statefulset", "deployment"} <= kinds
 
 
 def test_strict_validation_rejects_unknown_fields_and_wrong_types(tmp_path):
@@ -185,8 +185,10 @@ def test_every_pod_mounts_the_tls_secret_its_environment_names():
     objs = _objects()
     security = objs[("ConfigMap", "monolith-security")]["data"]
     assert set(security) == set(ENV.values())
+    workloads = [name for (kind, name) in objs if kind in ("Job", "StatefulSet", "Deployment")]
+    assert {"monolith-serving-ps", "monolith-entry"} <= set(workloads)
     for (kind, name), obj in objs.items():
-        if kind != "Job":
+        if kind not in ("Job", "StatefulSet", "Deployment"):
             continue
         pod = obj["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -258,3 +260,99 @@ def test_dockerfile_copies_existing_sources_and_runs_monolith():
     assert 'ENTRYPOINT ["monolith"]' in text and 'CMD ["run"]' in text
     for name in re.findall(r'"(\w+)"\]\s*$', text, flags=re.M):
         assert name in ("monolith", "run")
+
+
+def _service_selecting(objs, workload: dict) -> list[dict]:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return [o for (kind, _n), o in objs.items() if kind == "Service"
+            and all(labels.get(k) == v for k, v in o["spec"]["selector"].items())]
+
+
+def test_serving_side_and_online_sync_are_wired_to_each_other():
+    """Serving PS StatefulSet, entry Deployment, training PS and workers agree: the serving PS pod <i> loads
+    ps_<i> of the export the chief writes and takes the training PS's row sync at the address the training PS
+    and the entry use for it; the entry serves that export with --dense-sync, and the training PS's dense sync
+    names the headless Service in front of every entry replica. Every command parses with its role's flags."""
+    from ps.__main__ import add_arguments as ps_arguments
+    from ps.__main__ import config_of as ps_config
+    from serving import serve_main, serving_ps
+
+    objs = _objects()
+    serving = objs[("ConfigMap", "monolith-serving")]["data"]
+    addresses = serving["MONOLITH_SERVING_PS_ADDRESSES"].split(",")
+
+    sts = objs[("StatefulSet", "monolith-serving-ps")]
+    assert sts["spec"]["replicas"] == len(addresses) == int(serving["MONOLITH_NUM_SERVING_SHARDS"])
+    (headless,) = _service_selecting(objs, sts)
+    assert headless["metadata"]["name"] == sts["spec"]["serviceName"] and headless["spec"]["clusterIP"] == "None"
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    for i in range(sts["spec"]["replicas"]):
+        args = _expand(container["args"], _pod_env(objs, sts, i))
+        assert args[0] == "serve-ps"
+        parser = argparse.ArgumentParser()
+        serving_ps.add_arguments(parser)
+        parsed = parser.parse_args(args[1:])
+        assert parsed.export_dir == f"{serving['MONOLITH_EXPORT_BASE']}/ps_{i}"
+        assert parsed.update_policy == "training-sync"
+        assert addresses[i] == f"{sts['metadata']['name']}-{i}.{headless['metadata']['name']}:{parsed.port}"
+        assert parsed.port == container["ports"][0]["containerPort"] == headless["spec"]["ports"][0]["port"]
+
+    entry = objs[("Deployment", "monolith-entry")]
+    container = entry["spec"]["template"]["spec"]["containers"][0]
+    args = _expand(container["args"], _pod_env(objs, entry, 0))
+    assert args[0] == "serve"
+    parser = argparse.ArgumentParser()
+    serve_main.add_arguments(parser)
+    config = serve_main.config_of(parser.parse_args(args[1:]))
+    assert config.dense_sync and list(config.ps_addresses) == addresses
+    assert config.export_base == serving["MONOLITH_EXPORT_BASE"]
+    assert config.server.port == container["ports"][0]["containerPort"]
+    services = {o["metadata"]["name"]: o for o in _service_selecting(objs, entry)}
+    assert set(services) == {"monolith-entry", "monolith-entry-sync"}
+    assert services["monolith-entry-sync"]["spec"]["clusterIP"] == "None"
+    assert serving["MONOLITH_ENTRY_SYNC_ADDRESS"] == f"monolith-entry-sync:{config.server.port}"
+
+    ps = objs[("Job", "monolith-ps")]
+    for i in range(ps["spec"]["completions"]):
+        env = _pod_env(objs, ps, i)
+        parser = argparse.ArgumentParser()
+        run_role.add_arguments(parser)
+        cmd = run_role.service_command(ClusterSpec.from_environ(env), parser.parse_args(_expand(
+            ps["spec"]["template"]["spec"]["containers"][0]["args"], env)[1:]))
+        ps_parser = argparse.ArgumentParser()
+        ps_arguments(ps_parser)
+        shard = ps_config(ps_parser.parse_args(cmd[cmd.index("ps") + 1:]))
+        assert list(shard.sync_serving_ps) == addresses and shard.sync_interval_s > 0
+        assert list(shard.sync_entry_servers) == [serving["MONOLITH_ENTRY_SYNC_ADDRESS"]]
+        assert shard.dense_sync_interval_s > 0
+
+
+def test_workers_train_from_kafka_and_export_for_the_serving_side():
+    """The worker's environment names a Kafka stream its model reads (`KafkaStreamConfig.from_environ`), and
+    the chief exports distributed for as many serving PS shards as the StatefulSet runs, where they load."""
+    from services.kafka_stream import KafkaStreamConfig
+    from worker.models.ffm import StreamingFFMModel
+    from worker.train_main import load_model_class
+
+    objs = _objects()
+    worker = objs[("Job", "monolith-worker")]
+    env = _pod_env(objs, worker, 1)
+    stream = KafkaStreamConfig.from_environ(env)
+    kafka = objs[("ConfigMap", "monolith-kafka")]["data"]
+    assert ",".join(stream.bootstrap_servers) == kafka["MONOLITH_KAFKA_BOOTSTRAP_SERVERS"]
+    assert stream.topics == (kafka["MONOLITH_KAFKA_TOPICS"],) and stream.group_id == kafka["MONOLITH_KAFKA_GROUP_ID"]
+    assert load_model_class(env["MONOLITH_MODEL"]) is StreamingFFMModel
+    parser = argparse.ArgumentParser()
+    run_role.add_arguments(parser)
+    args = _expand(worker["spec"]["template"]["spec"]["containers"][0]["args"], env)
+    cmd = run_role.train_command(ClusterSpec.from_environ(env), parser.parse_args(args[1:]))
+    assert cmd[cmd.index("--export-mode") + 1] == "distributed"
+    assert int(cmd[cmd.index("--num-serving-shards") + 1]) == objs[("StatefulSet", "monolith-serving-ps")]["spec"][
+        "replicas"]
+    assert cmd[cmd.index("--export-base") + 1] == objs[("ConfigMap", "monolith-serving")]["data"][
+        "MONOLITH_EXPORT_BASE"]
+    with pytest.raises(ValueError, match="MONOLITH_KAFKA_GROUP_ID"):
+        KafkaStreamConfig.from_environ({k: v for k, v in env.items() if k != "MONOLITH_KAFKA_GROUP_ID"})
+    with pytest.raises(ValueError, match="must look like 2.3.0"):
+        KafkaStreamConfig.from_environ({**env, "MONOLITH_KAFKA_API_VERSION": "two"})
+    assert KafkaStreamConfig.from_environ({**env, "MONOLITH_KAFKA_API_VERSION": "2.3.0"}).api_version == (2, 3, 0)

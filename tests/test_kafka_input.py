@@ -190,3 +190,25 @@ def test_local_job_resumes_from_its_checkpoint_offsets(brokers, tmp_path, monkey
     finally:
         consumer.close()
     assert committed == offsets[topic]
+
+
+def test_the_deployed_streaming_model_trains_from_the_stream_its_environment_names(brokers, tmp_path, monkeypatch):
+    """deploy/k8s runs `StreamingFFMModel` with the stream in MONOLITH_KAFKA_* (KafkaStreamConfig.from_environ):
+    two steps of 64 FFM examples from the broker, every one trained once."""
+    from worker.models.ffm import NUM_EXAMPLES, StreamingFFMModel, generate_ffm_examples, make_examples
+
+    topic = f"ffm-{uuid.uuid4().hex[:8]}"
+    for key, value in {"MONOLITH_KAFKA_BOOTSTRAP_SERVERS": brokers, "MONOLITH_KAFKA_TOPICS": topic,
+                       "MONOLITH_KAFKA_GROUP_ID": f"g-{topic}", "MONOLITH_KAFKA_API_VERSION": "2.3.0"}.items():
+        monkeypatch.setenv(key, value)
+    producer = KafkaProducer(bootstrap_servers=brokers, api_version=API)
+    for record in make_examples(generate_ffm_examples(num_examples=2 * NUM_EXAMPLES)):
+        producer.send(topic, record)
+    producer.flush(30)
+    producer.close()
+    est = Estimator(StreamingFFMModel(), RunConfig(model_dir=str(tmp_path)))
+    try:
+        stats = est.train(2)
+    finally:
+        est.close()
+    assert stats["examples"] == 2 * NUM_EXAMPLES and stats["global_step"] == 2, stats

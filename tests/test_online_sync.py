@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -397,6 +398,23 @@ def test_a_killed_serving_ps_restarts_from_its_export_and_catches_up(processes, 
         served.close()
 
 
+def test_serve_ps_takes_the_newest_version_of_a_sub_model_directory(tmp_path):
+    """A long-lived serving PS (a StatefulSet pod) names `ps_<i>`: it loads the newest complete version there."""
+    from ps.errors import CheckpointError
+    from serving.serving_ps import newest_export
+
+    base = tmp_path / "ps_0"
+    with pytest.raises(CheckpointError, match="holds no export version"):
+        base.mkdir()
+        newest_export(base)
+    for version in ("5", "12", ".tmp-13-ab12", "14"):  # 14 has no saved_model.pb yet: not a version
+        (base / version / ASSETS_EXTRA).mkdir(parents=True)
+    for version in ("5", "12", ".tmp-13-ab12"):
+        (base / version / "saved_model.pb").write_bytes(b"")
+    assert newest_export(base) == base / "12"
+    assert newest_export(base / "5") == base / "5"
+
+
 def test_monolith_run_hands_the_sync_flags_to_its_ps():
     """A scheduled PS (`monolith run` with the MLP_* environment) gets the sync flags `monolith ps` takes."""
     from launch import run_role
@@ -409,13 +427,232 @@ def test_monolith_run_hands_the_sync_flags_to_its_ps():
     parser = argparse.ArgumentParser()
     run_role.add_arguments(parser)
     args = parser.parse_args(["--sync-interval-s", "2.5", "--sync-serving-ps", "s0:8600,s1:8600,s2:8600",
-                              "--sync-float16"])
+                              "--sync-float16", "--dense-sync-interval-s", "7",
+                              "--sync-entry-servers", "e0:8500,e1:8500"])
     cmd = run_role.service_command(spec, args)
     ps_parser = argparse.ArgumentParser()
     ps_arguments(ps_parser)
     config = config_of(ps_parser.parse_args(cmd[cmd.index("ps") + 1:]))
     assert (config.sync_interval_s, config.sync_serving_ps, config.sync_float16) == (
         2.5, ("s0:8600", "s1:8600", "s2:8600"), True)
+    assert (config.dense_sync_interval_s, config.sync_entry_servers) == (7.0, ("e0:8500", "e1:8500"))
     with pytest.raises(ValueError, match="needs --sync-serving-ps"):
         config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
                                         "--sync-interval-s", "1"]))
+    with pytest.raises(ValueError, match="needs --sync-entry-servers"):
+        config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
+                                        "--dense-sync-interval-s", "1"]))
+    with pytest.raises(ValueError, match="must be host:port"):
+        config_of(ps_parser.parse_args(["--port", "1", "--shard-index", "0", "--num-shards", "1",
+                                        "--dense-sync-interval-s", "1", "--sync-entry-servers", "entry"]))
+
+
+# -- dense sync: training PS -> entry servers ---------------------------------------------------------------
+def _predict(address: str, examples: list[bytes]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(np.array(examples, dtype=object)))
+    with grpc.insecure_channel(address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    return {head: tf.make_ndarray(response.outputs[head]) for head in ("ctr", "score")}
+
+
+def test_entry_server_names_stand_for_all_their_addresses():
+    """A name (a headless Service of entry replicas) is every address it resolves to, each once; one that does
+    not resolve now is none."""
+    from ps.service.dense_sync_sender import resolve_entries
+
+    table = {"entry": [(socket.AF_INET, "10.0.0.5"), (socket.AF_INET, "10.0.0.6"), (socket.AF_INET6, "fd00::7")],
+             "10.0.0.5": [(socket.AF_INET, "10.0.0.5")]}
+
+    def resolve(host: str, port: int) -> list[tuple[int, str]]:
+        if host not in table:
+            raise socket.gaierror(f"unknown host {host}")
+        return table[host]
+
+    assert resolve_entries(["entry:8500", "10.0.0.5:8500", "gone:8500"], resolve) == [
+        "10.0.0.5:8500", "10.0.0.6:8500", "[fd00::7]:8500"]
+    assert resolve_entries(["127.0.0.1:8500"]) == ["127.0.0.1:8500"]
+
+
+def _raw_sync_dense(address: str, request: ps_pb2.SyncDenseRequest) -> ps_pb2.SyncDenseResponse:
+    from ps.service.dense_sync_sender import SYNC_DENSE_METHOD
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(SYNC_DENSE_METHOD, request_serializer=ps_pb2.SyncDenseRequest.SerializeToString,
+                                   response_deserializer=ps_pb2.SyncDenseResponse.FromString)
+        return call(request, timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dense_values_reach_the_entry_server_and_its_predictions(stack, processes, trained_on_3_shards,
+                                                                 distributed_export, tmp_path):
+    """The model of the serving fixtures: its training shards (restored in this process from the exported
+    checkpoint) take a dense SGD step; after one interval the real `monolith serve --dense-sync` predicts what
+    `Estimator.predict` on those training shards predicts (to 1e-6, through TF Serving's stub). A message
+    naming a variable the entry does not know, or with a wrong shape, is refused whole. The entry killed -9:
+    training's dense pushes go on, and the restarted entry (exported values again) catches up."""
+    from ps.service.dense_sync_sender import DenseSyncConfig, DenseSyncSender
+    from serving.serving_ps import ReadOnly, ServingPSServicer, load_shard
+    from tests.scrape import scrape
+    from tests.serving_cluster import metrics_address, start_serve
+    from tests.serving_fixtures import STEPS
+    from tests.tiny_models import ServingDNN
+    from worker.runtime.estimator import Estimator
+    from worker.runtime.run_config import RunConfig
+
+    examples = trained_on_3_shards.examples[:128]
+    trainers = [ShardState(k, 3) for k in range(3)]
+    for state in trainers:
+        state.restore(f"{trained_on_3_shards.model_dir}/ckpt-{STEPS[-1]}")
+    training = [Server([ParameterServerServicer(s).handler()]) for s in trainers]
+    serving = []
+    for i in range(2):
+        state = load_shard(distributed_export[f"ps_{i}"])
+        serving.append(Server(ServingPSServicer(state, ReadOnly(i)).handlers()))
+    stack.extend(training + serving)
+    entry_port = free_port()
+    entry_args = [str(Path(distributed_export["entry"]).parents[1]), "--port", str(entry_port), "--dense-sync",
+                  "--ps-addresses", ",".join(s.address for s in serving), "--metrics-port", "0"]
+    entry = start_serve(processes, *entry_args)
+    client = PSClient([s.address for s in training])
+    stack.append(client)
+    senders = [DenseSyncSender(t, DenseSyncConfig([f"127.0.0.1:{entry_port}"], interval_s=0.3, timeout_s=3,
+                                                  max_backoff_s=1)) for t in trainers]
+    holders = [s for s, t in zip(senders, trainers) if t.dense]
+    assert holders and sum(len(t.dense) for t in trainers) >= 4
+    address = wait_address(processes, entry)
+    exported = _predict(address, examples)
+    np.testing.assert_allclose(exported["ctr"], [p["ctr"] for p in trained_on_3_shards.reference[:128]], atol=1e-6)
+    for s in senders:
+        stack.append(s)
+        s.start()
+    estimator = Estimator(ServingDNN(), RunConfig(model_dir=str(tmp_path / "predict"),
+                                                  ps_addresses=[s.address for s in training]))
+    stack.append(estimator)
+    rng = np.random.default_rng(3)
+    shapes = {name: shape for t in trainers for name, shape, _v in t.dense_pull([])}
+
+    def dense_step() -> None:  # a real SGD step on the training shards' dense variables
+        client.dense_push({n: rng.normal(size=shape).astype(np.float32) for n, shape in shapes.items()},
+                          learning_rate=0.05)
+
+    def served_equals_training() -> bool:
+        rounds = [s.rounds for s in holders]
+        wait_for(lambda: all(s.rounds >= r + 2 for s, r in zip(holders, rounds)), timeout=30, what="two rounds")
+        reference = list(estimator.predict())[:128]
+        served = _predict(address, examples)
+        for head in ("ctr", "score"):
+            np.testing.assert_allclose(served[head], [p[head] for p in reference], rtol=0, atol=1e-6)
+        return True
+
+    dense_step()
+    assert served_equals_training()
+    assert np.abs(_predict(address, examples)["ctr"] - exported["ctr"]).max() > 1e-3  # the step mattered
+    metrics = scrape(int(metrics_address(processes, entry).split(":")[1]))
+    assert metrics.value("dense_sync_version", model="default") > 0
+    assert 0 <= metrics.value("dense_sync_lag_seconds", model="default") < 10
+
+    # bad input: refused whole, with the variable named; nothing of it applied
+    for s in senders:
+        s.close()
+    before = _predict(address, examples)
+    name = sorted(shapes)[0]
+    good = ps_pb2.SyncDenseRequest(source_shard=0, source_num_shards=3, version=int(time.time() * 1000) + 10**6)
+    good.variables.add(name=name, shape=list(shapes[name]), values=np.zeros(shapes[name], np.float32).tobytes())
+    for bad, message in ((("dense_9999", [2]), "'dense_9999' is not in model"),
+                         ((sorted(shapes)[1], [1, 1]), f"{sorted(shapes)[1]!r}: shape [1, 1] sent")):
+        request = ps_pb2.SyncDenseRequest()
+        request.CopyFrom(good)
+        request.variables.add(name=bad[0], shape=bad[1], values=np.zeros(bad[1], np.float32).tobytes())
+        with pytest.raises(grpc.RpcError) as err:
+            _raw_sync_dense(address, request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details(), \
+            err.value.details()
+    np.testing.assert_array_equal(_predict(address, examples)["ctr"], before["ctr"])
+
+    # the entry down: training goes on; restarted (exported values), it catches up from the next round
+    senders = [DenseSyncSender(t, DenseSyncConfig([f"127.0.0.1:{entry_port}"], interval_s=0.3, timeout_s=3,
+                                                  max_backoff_s=1)) for t in trainers]
+    holders = [s for s, t in zip(senders, trainers) if t.dense]
+    for s in senders:
+        stack.append(s)
+        s.start()
+    processes.stop(entry, sig=9)
+    steps = 0
+    def failures() -> list[int]:
+        return [e.failures for s in holders for e in s.entries.values()] or [0]
+
+    while steps < 5 or not all(failures()):
+        dense_step()
+        steps += 1
+    entry = start_serve(processes, *entry_args)
+    address = wait_address(processes, entry)
+    wait_for(lambda: not any(failures()), timeout=30, what="the entry to take syncs")
+    assert served_equals_training()
+
+
+@pytest.mark.slow
+def test_a_predict_sees_every_dense_value_of_a_message_old_or_all_new(stack, trained_on_3_shards, distributed_export):
+    """Readers loop Predict on the entry (in this process) while dense messages alternate two value sets: every
+    answer is the prediction of one set, never of a mix. A version not after the one held is not applied."""
+    from ps.store.shard_state import ShardState as State
+    from serving.dense_sync_receiver import DenseSyncReceiver
+    from serving.model_versions import ModelVersions
+    from serving.servable import Servable
+    from serving.serving_ps import ReadOnly, ServingPSServicer, load_shard
+    from tests.serving_fixtures import STEPS
+
+    serving = [Server(ServingPSServicer(load_shard(distributed_export[f"ps_{i}"]), ReadOnly(i)).handlers())
+               for i in range(2)]
+    stack.extend(serving)
+    client = PSClient([s.address for s in serving])
+    stack.append(client)
+    base = Path(distributed_export["entry"]).parent
+    versions = ModelVersions("default", base, lambda v, p: Servable("default", v, p, client), lambda s, p: 0)
+    assert versions.refresh()
+    receiver = DenseSyncReceiver(versions)
+    restored = State(0, 1)
+    restored.restore(f"{trained_on_3_shards.model_dir}/ckpt-{STEPS[-1]}", tables=[])
+    value_sets = [{n: v.reshape(shape) for n, shape, v in restored.dense_pull([])}]
+    value_sets.append({n: v * 1.5 + 0.1 for n, v in value_sets[0].items()})
+    version = [int(time.time() * 1000)]
+
+    def send(values: dict[str, np.ndarray]) -> ps_pb2.SyncDenseResponse:
+        version[0] += 1
+        request = ps_pb2.SyncDenseRequest(source_shard=0, source_num_shards=1, version=version[0])
+        for n, v in values.items():
+            request.variables.add(name=n, shape=list(v.shape), values=v.astype(np.float32).tobytes())
+        return receiver.sync_dense(request)
+
+    inputs = {"examples": np.array(trained_on_3_shards.examples[:64], dtype=object)}
+    expected = []
+    for values in value_sets:
+        assert send(values).applied
+        expected.append(versions.get().predict("serving_default", inputs)["ctr"])
+    assert np.abs(expected[0] - expected[1]).max() > 1e-2
+    mixed, reads, done = [], [0], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            got = versions.get().predict("serving_default", inputs)["ctr"]
+            reads[0] += 1
+            if min(np.abs(got - e).max() for e in expected) > 1e-6:
+                mixed.append(got[:3])
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for k in range(60):
+        send(value_sets[k % 2])
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert reads[0] > 0 and not mixed, mixed[:3]
+    stale = ps_pb2.SyncDenseRequest(source_shard=0, source_num_shards=1, version=version[0] - 5)
+    assert receiver.sync_dense(stale) == ps_pb2.SyncDenseResponse(applied=False, known_version=version[0],
+                                                                    model_version=versions.get().version)

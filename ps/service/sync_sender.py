@@ -12,7 +12,7 @@ message holding its part, stamped with a version that only grows. The protocol i
   tables' change marks (`keep_changes`), it is skipped with doubling backoff, and the accumulated changes
   go out when it answers again.
 
-Values only (no optimizer state), float32 or float16. Dense variables are not synced here.
+Values only (no optimizer state), float32 or float16. Dense variables go to the entry servers (dense_sync_sender.py).
 """
 from __future__ import annotations
 

@@ -215,6 +215,7 @@ class DistributedExporter(BaseExporter):
                     "tables": {t: {"dim": graph.table_dims[t], "ids": ids_key(t), "rows": rows_key(t)}
                                for t in graph.discovery.tables},
                     "serving_signatures": graph.signatures(), "inputs": sorted(graph.input_specs),
+                    "dense": graph.dense_layout(),
                     "version": version, "global_step": checkpoint.global_step}
             assets: dict[str, bytes | Path] = {ENTRY_META: json.dumps(meta, indent=1).encode()}
             assets.update(self._warmup_assets(graph, self.model_name or ENTRY))

@@ -193,6 +193,15 @@ class ServingGraph:
                                  f"has {tuple(var.shape)}")
             var.assign(value)
 
+    def dense_layout(self) -> dict[str, dict]:
+        """Where each dense value of training (`dense_<i>`, the model's trainable variables by creation order)
+        sits among the saved variables (`reuse.variables`, saved as the SavedModel's `dense` list), with its
+        shape: the entry server matches the dense sync's values to its variables by this, by name."""
+        position = {id(v): k for k, v in enumerate(self.reuse.variables)}
+        return {f"dense_{i:04d}": {"index": position[id(var)], "shape": [int(d) for d in var.shape],
+                                   "variable": var.name}
+                for i, var in enumerate(self.reuse.trainable)}
+
     def _outputs(self, out, signature: str) -> dict[str, tf.Tensor]:
         if signature == "serving_default":
             return {h: tf.identity(p) for h, p in zip(out.head_names, out.preds)}

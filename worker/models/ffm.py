@@ -5,10 +5,13 @@ Slot i's table holds a 1-dim FTRL bias (read for the first half of the slots) an
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from worker.modeling.estimator_spec import EstimatorSpec, ModeKeys
+from worker.modeling.kafka_input import KafkaStreamConfig, kafka_dataset
 from worker.modeling.native_model import MonolithModel
 from worker.modeling.segment_configs import FtrlOptimizer, RandomUniformInitializer, SgdOptimizer, ZerosInitializer
 
@@ -91,3 +94,19 @@ class TestFFMModel(MonolithModel):
         loss = tf.reduce_sum(tf.keras.losses.binary_crossentropy(label[:, None], pred[:, None]))
         return EstimatorSpec(label=label, pred=pred, head_name="ctr", loss=loss,
                              optimizer=tf.keras.optimizers.SGD(0.01), classification=True)
+
+
+class StreamingFFMModel(TestFFMModel):
+    """The FFM model trained from Kafka: each record is one serialized `tf.train.Example` as `make_examples`
+    writes them, from the stream the environment names (`KafkaStreamConfig.from_environ`; deploy/k8s sets it).
+    Evaluation and serving are the FFM model's."""
+
+    __test__ = False
+
+    def input_fn(self, mode):
+        if mode != ModeKeys.TRAIN:
+            return super().input_fn(mode)
+        features = {f"slot_{i}": tf.io.RaggedFeature(tf.int64) for i in range(NUM_SLOTS)}
+        features["label"] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+        return kafka_dataset(KafkaStreamConfig.from_environ(os.environ), features=features,
+                             batch_size=self.batch_size)
