@@ -20,9 +20,9 @@ class ServeConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """A Predict whose inputs hold more rows gets INVALID_ARGUMENT (the byte limit, RESOURCE_EXHAUSTED, is
     `server.max_message_bytes`)."""
-    merge_requests: bool = True
+    merge_requests: bool = False
     """Concurrent Predicts that queue while `concurrent_batches` batches run go out as one batch
-    (`serving.merged_predicts`)."""
+    (`serving.merged_predicts`); opt-in: benchmarks/RESULTS.md (serving_bench) shows when it pays."""
     concurrent_batches: int = 2
     ps_timeout_s: float = 5.0
     dense_sync: bool = False

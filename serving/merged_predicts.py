@@ -4,7 +4,7 @@ Requests that queue while another runs (`serving.coalescing`) are concatenated a
 the signature runs once, and each request gets its own rows of every output back. A model call's fixed
 cost (TensorFlow function call, the entry's second signature and its serving PS round trip in a
 distributed export) is then paid once per batch. Like TensorFlow Serving's batching, this assumes a
-signature treats the rows of a batch independently; `monolith serve --no-merge-requests` turns it off.
+signature treats the rows of a batch independently; it is opt-in (`monolith serve --merge-requests`).
 
 Up to `max_in_flight` batches run at once (`monolith serve --concurrent-batches`): one model call of a
 small model does not keep every core busy, so one batch at a time would trade latency for fewer calls.

@@ -4,7 +4,7 @@ A standalone export answers by itself. A distributed entry export (it carries `a
 answers in three steps: its `embedding_ids` signature gives the distinct ids of every table, the serving
 PS shards return their rows (`ps.client.PSClient`), and the requested signature runs with those rows as
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
-Concurrent requests run as one batch (`MergedPredicts`) and share their lookups' RPCs (`SharedLookups`);
+Concurrent requests can run as one batch (`MergedPredicts`, opt-in) and share their lookups' RPCs (`SharedLookups`);
 the entry's two signatures are called flat (`FlatSignature`): binding their ~30 arguments and results by
 name on every call cost as much as the dense model's own work. The dense sync
 (serving/dense_sync_receiver.py) swaps new variables into those flat calls' captures (`check_dense`,
@@ -92,7 +92,7 @@ class Servable:
     """A model version; a `ps.client.PSClient` over the serving PS shards is needed for distributed entries."""
 
     def __init__(self, name: str, version: int, path: str | Path, ps_client=None,
-                 max_batch_size: int | None = None, merge_requests: bool = True, concurrent_batches: int = 2) -> None:
+                 max_batch_size: int | None = None, merge_requests: bool = False, concurrent_batches: int = 2) -> None:
         self.name, self.version, self.path = name, int(version), Path(path)
         self.max_batch_size = max_batch_size
         self._merged = MergedPredicts(self._run, max_batch_size, metrics.MERGED.labels(name).observe,

@@ -43,11 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="larger requests get RESOURCE_EXHAUSTED")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                         help="requests with more input rows get INVALID_ARGUMENT")
-    parser.add_argument("--no-merge-requests", dest="merge_requests", action="store_false",
-                        help="run every Predict alone (by default requests that queue while --concurrent-batches "
-                        "batches run go out as one batch; turn off only for models whose rows are not independent)")
+    parser.add_argument("--merge-requests", action="store_true",
+                        help="requests that queue while --concurrent-batches model calls run go out as one batch "
+                        "(only for models whose rows are independent)")
     parser.add_argument("--concurrent-batches", type=int, default=d.concurrent_batches,
-                        help="model calls (each a batch of merged requests) run at once")
+                        help="with --merge-requests: model calls (each a batch of merged requests) run at once")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
     parser.add_argument("--dense-sync", action="store_true",
