@@ -5,7 +5,8 @@ concurrent clients on loopback (threads of this process sending the pre-serializ
   A  the floor: the same SavedModel signature called in this process (tensor in, numpy out);
   B  a gRPC echo server (its own process, same gRPC server code) returning a response of the same size;
   ours  `monolith serve` on the standalone export, and `monolith serve` + 2 `monolith serve-ps` on the
-        distributed export of the same checkpoint.
+        distributed export of the same checkpoint; both again with `--merge-requests` (concurrent
+        requests run as one batch; opt-in, so not what the targets judge).
 Targets: standalone p50 <= 1.3 x (A p50 + B p50); standalone QPS >= 0.7 x the QPS implied by that sum
 (8 clients / (A p50 + B p50)); distributed p50 <= 2 x standalone p50.
 
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         request.inputs["examples"].CopyFrom(tf.make_tensor_proto(np.array(examples, dtype=object)))
         request_bytes = request.SerializeToString()
 
-        logs = {name: work / f"{name}.log" for name in ("echo", "serve", "serve-ps0", "serve-ps1", "serve-dist")}
+        logs = {name: work / f"{name}.log" for name in ("echo", "serve", "serve-ps0", "serve-ps1", "serve-dist",
+                                                         "serve-merged", "serve-dist-merged")}
         port_file = work / "echo.port"
         loaded = tf.saved_model.load(standalone)
         fn = loaded.signatures["serving_default"]
@@ -184,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         ps_addresses = [_address(procs[2 + i], logs[f"serve-ps{i}"]) for i in range(2)]
         procs.append(_start(["-m", "launch.cli", "serve", "--export-base", str(work / "distributed"), "--port", "0",
                              "--ps-addresses", ",".join(ps_addresses)], logs["serve-dist"]))
+        procs.append(_start(["-m", "launch.cli", "serve", "--export-base", str(work / "standalone"), "--port", "0",
+                             "--merge-requests"], logs["serve-merged"]))
+        procs.append(_start(["-m", "launch.cli", "serve", "--export-base", str(work / "distributed"), "--port", "0",
+                             "--ps-addresses", ",".join(ps_addresses), "--merge-requests"], logs["serve-dist-merged"]))
         serve_address, dist_address = _address(procs[1], logs["serve"]), _address(procs[4], logs["serve-dist"])
+        merged_address = _address(procs[5], logs["serve-merged"])
+        dist_merged_address = _address(procs[6], logs["serve-dist-merged"])
         deadline = time.monotonic() + 60
         while not port_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -200,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     (procs[1].pid,)),
             "monolith serve + 2 serving PS": _measure(_grpc_call(dist_address, request_bytes), args.seconds,
                                                       tuple(p.pid for p in procs[2:5])),
+            "standalone --merge-requests": _measure(_grpc_call(merged_address, request_bytes), args.seconds,
+                                                    (procs[5].pid,)),
+            "distributed --merge-requests": _measure(_grpc_call(dist_merged_address, request_bytes), args.seconds,
+                                                     (*(p.pid for p in procs[2:4]), procs[6].pid)),
         }
     finally:
         for p in procs:
@@ -227,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"\n{'distributed CPU / standalone CPU per call (not a target)':<42} "
           f"{dist_r['cpu_ms'] / ours['cpu_ms']:6.2f}")
+    for kind, plain in (("standalone", ours), ("distributed", dist_r)):
+        merged = results[f"{kind} --merge-requests"]
+        print(f"{kind + ' --merge-requests / default, p50 (not a target)':<42} {merged['p50'] / plain['p50']:6.2f}"
+              f"   CPU per call {merged['cpu_ms'] / plain['cpu_ms']:.2f}")
     print()
     ok = True
     for label, value, target, op in checks:

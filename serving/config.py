@@ -20,6 +20,10 @@ class ServeConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """A Predict whose inputs hold more rows gets INVALID_ARGUMENT (the byte limit, RESOURCE_EXHAUSTED, is
     `server.max_message_bytes`)."""
+    merge_requests: bool = False
+    """Concurrent Predicts that queue while `concurrent_batches` batches run go out as one batch
+    (`serving.merged_predicts`); opt-in: benchmarks/RESULTS.md (serving_bench) shows when it pays."""
+    concurrent_batches: int = 2
     ps_timeout_s: float = 5.0
     dense_sync: bool = False
     """Take dense values from the training PS (`EntrySync/SyncDense`, serving/dense_sync_receiver.py)."""
@@ -38,6 +42,7 @@ class ServeConfig:
             (self.poll_s > 0, f"--poll-s must be > 0, got {self.poll_s}"),
             (self.wait_for_model_s >= 0, f"--wait-for-model-s must be >= 0, got {self.wait_for_model_s}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
+            (self.concurrent_batches >= 1, f"--concurrent-batches must be >= 1, got {self.concurrent_batches}"),
             (self.ps_timeout_s > 0, f"--ps-timeout-s must be > 0, got {self.ps_timeout_s}"),
             (not self.dense_sync or bool(self.ps_addresses),
              "--dense-sync serves the entry of a distributed export: it needs --ps-addresses"),

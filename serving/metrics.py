@@ -16,6 +16,8 @@ LATENCY = Histogram(
 )
 ROWS = Counter("monolith_serving_rows_total", "input rows (the batch dimension) of answered Predict calls",
                ["model"])
+MERGED = Histogram("monolith_serving_requests_per_call", "Predict requests answered by one model call (concurrent "
+                   "requests run as one batch)", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64))
 
 
 class VersionsCollector:

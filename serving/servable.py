@@ -4,10 +4,11 @@ A standalone export answers by itself. A distributed entry export (it carries `a
 answers in three steps: its `embedding_ids` signature gives the distinct ids of every table, the serving
 PS shards return their rows (`ps.client.PSClient`), and the requested signature runs with those rows as
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
-Concurrent requests share their lookups' RPCs (`SharedLookups`), and the entry's two signatures are called
-flat (`FlatSignature`): binding their ~30 arguments and results by name on every call cost as much as the
-dense model's own work. The dense sync (serving/dense_sync_receiver.py) swaps new variables into those flat
-calls' captures (`check_dense`, `assign_dense`), matched by the training names the export recorded.
+Concurrent requests can run as one batch (`MergedPredicts`, opt-in) and share their lookups' RPCs (`SharedLookups`);
+the entry's two signatures are called flat (`FlatSignature`): binding their ~30 arguments and results by
+name on every call cost as much as the dense model's own work. The dense sync
+(serving/dense_sync_receiver.py) swaps new variables into those flat calls' captures (`check_dense`,
+`assign_dense`), matched by the training names the export recorded.
 
 Inputs are checked against the SignatureDef (names, dtypes, shapes, at most `max_batch_size` rows) before
 anything runs, and errors the graph raises on bad data (undecodable protos, wrong sizes): all come back as
@@ -28,6 +29,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from ps.errors import PSFailedPrecondition, PSInvalidArgument, PSNotFound, PSUnavailable
 from services.export_layout import ASSETS_EXTRA, ENTRY_META
+from serving import metrics
+from serving.merged_predicts import MergedPredicts, PredictCall
 from serving.shared_lookups import SharedLookups
 from serving.tensors import dtype_name
 
@@ -89,9 +92,11 @@ class Servable:
     """A model version; a `ps.client.PSClient` over the serving PS shards is needed for distributed entries."""
 
     def __init__(self, name: str, version: int, path: str | Path, ps_client=None,
-                 max_batch_size: int | None = None) -> None:
+                 max_batch_size: int | None = None, merge_requests: bool = False, concurrent_batches: int = 2) -> None:
         self.name, self.version, self.path = name, int(version), Path(path)
         self.max_batch_size = max_batch_size
+        self._merged = MergedPredicts(self._run, max_batch_size, metrics.MERGED.labels(name).observe,
+                                      concurrent_batches) if merge_requests else None
         self.signature_defs = read_signature_defs(self.path)
         meta_path = self.path / ASSETS_EXTRA / ENTRY_META
         self.entry: dict[str, Any] | None = json.loads(meta_path.read_text()) if meta_path.is_file() else None
@@ -195,6 +200,12 @@ class Servable:
         if unknown:
             raise PSInvalidArgument(f"output_filter {unknown}: signature {signature!r} outputs {sorted(sig.outputs)}")
         check_inputs(signature, sig, inputs, self.max_batch_size)
+        if self._merged is None:
+            return self._run(signature, inputs, tuple(wanted))
+        return self._merged.predict(PredictCall(signature, inputs, tuple(wanted)))
+
+    def _run(self, signature: str, inputs: dict[str, np.ndarray], wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One call of a signature on checked inputs."""
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:

@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="larger requests get RESOURCE_EXHAUSTED")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                         help="requests with more input rows get INVALID_ARGUMENT")
+    parser.add_argument("--merge-requests", action="store_true",
+                        help="requests that queue while --concurrent-batches model calls run go out as one batch "
+                        "(only for models whose rows are independent)")
+    parser.add_argument("--concurrent-batches", type=int, default=d.concurrent_batches,
+                        help="with --merge-requests: model calls (each a batch of merged requests) run at once")
     parser.add_argument("--ps-timeout-s", type=float, default=d.ps_timeout_s, help="deadline of one serving PS lookup")
     parser.add_argument("--grace-s", type=float, default=d.server.grace_s)
     parser.add_argument("--dense-sync", action="store_true",
@@ -57,7 +62,8 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(export_base=args.export_base, model_name=args.model_name,
                        ps_addresses=tuple(args.ps_addresses.split(",")) if args.ps_addresses else (),
                        keep_versions=args.keep_versions, poll_s=args.poll_s, wait_for_model_s=args.wait_for_model_s,
-                       max_batch_size=args.max_batch_size, ps_timeout_s=args.ps_timeout_s,
+                       max_batch_size=args.max_batch_size, merge_requests=args.merge_requests,
+                       concurrent_batches=args.concurrent_batches, ps_timeout_s=args.ps_timeout_s,
                        dense_sync=args.dense_sync, server=server)
 
 
@@ -109,7 +115,8 @@ def run(config: ServeConfig, security: transport_security.TransportSecurity | No
     receiver = None
 
     def load(version: int, path: Path) -> Servable:
-        servable = Servable(config.model_name, version, path, ps_client, max_batch_size=config.max_batch_size)
+        servable = Servable(config.model_name, version, path, ps_client, max_batch_size=config.max_batch_size,
+                            merge_requests=config.merge_requests, concurrent_batches=config.concurrent_batches)
         return receiver.prime(servable) if receiver is not None else servable
 
     versions = ModelVersions(config.model_name, base, load, replay, keep=config.keep_versions)

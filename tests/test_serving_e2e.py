@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +26,9 @@ from tensorflow_serving.apis import (
 
 from protos import ps_pb2, ps_pb2_grpc
 from ps.client.client import PSClient
+from ps.errors import PSInvalidArgument
+from serving.merged_predicts import MergedPredicts, PredictCall
+from serving.servable import Servable
 from serving.shared_lookups import SharedLookups
 from tests.processes import ProcessGroup
 from tests.serving_cluster import metrics_address, start_serve, start_serve_ps, wait_address
@@ -276,7 +280,7 @@ def test_concurrent_lookups_share_rpcs_and_each_gets_its_own_rows(cluster):
     assert entered.wait(30)
     for t in threads[1:]:
         t.start()
-    while len(shared._queue) < 3:
+    while len(shared._calls._queue) < 3:
         time.sleep(0.01)
     gate.set()
     for t in threads:
@@ -289,6 +293,56 @@ def test_concurrent_lookups_share_rpcs_and_each_gets_its_own_rows(cluster):
     with pytest.raises(ValueError, match="unknown table"):
         SharedLookups(client).lookup({"no_such_table": np.zeros(1, np.int64)})
     client.close()
+
+
+def test_concurrent_predicts_run_as_one_batch_and_each_gets_its_own_rows(cluster):
+    """Predicts queued behind one in flight run together (up to the batch limit, compatible requests only);
+    each gets the rows Estimator.predict gives for its own examples; bad data fails only its request."""
+    path = max((p for p in Path(cluster.standalone_base).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    servable = Servable("default", int(path.name), path, merge_requests=False)
+    gate, entered, rows_per_call, requests_per_call = threading.Event(), threading.Event(), [], []
+
+    def held(signature, inputs, wanted):  # the real model call; the first waits until the others queued
+        rows_per_call.append(len(inputs["examples"]))
+        if len(rows_per_call) == 1:
+            entered.set()
+            gate.wait(30)
+        return servable._run(signature, inputs, wanted)
+
+    merged = MergedPredicts(held, max_rows=48, observe=requests_per_call.append, max_in_flight=1)
+    ex = np.array(cluster.examples, dtype=object)
+    spans = {"first": (0, 5), "a": (5, 25), "b": (25, 45), "c": (45, 65), "filtered": (65, 70)}
+    calls = {k: PredictCall("serving_default", {"examples": ex[i:j]}, ("ctr",) if k == "filtered" else ())
+             for k, (i, j) in spans.items()}
+    calls["bad"] = PredictCall("serving_default", {"examples": np.array([b"\xff\xff\xff\x01garbage"], object)}, ())
+    got: dict[str, object] = {}
+
+    def send(key: str) -> None:
+        try:
+            got[key] = merged.predict(calls[key])
+        except Exception as exc:  # noqa: BLE001 - checked below
+            got[key] = exc
+
+    threads = {k: threading.Thread(target=send, args=(k,)) for k in ("first", "a", "b", "c", "bad", "filtered")}
+    threads["first"].start()
+    assert entered.wait(30)
+    for n, key in enumerate(("a", "b", "c", "bad", "filtered"), 1):
+        threads[key].start()
+        while len(merged._calls._queue) < n:
+            time.sleep(0.005)
+    gate.set()
+    for t in threads.values():
+        t.join(60)
+    # alone; a+b (c would pass 48 rows); c+bad fails, so both run again alone; the filtered one apart
+    assert rows_per_call == [5, 40, 21, 20, 1, 5], rows_per_call
+    assert requests_per_call == [1, 2, 2, 1, 1, 1], requests_per_call
+    assert isinstance(got["bad"], PSInvalidArgument), got["bad"]
+    for key, (i, j) in spans.items():
+        out = got[key]
+        assert isinstance(out, dict), (key, out)
+        assert set(out) == ({"ctr"} if key == "filtered" else {"ctr", "score"})
+        for head, values in out.items():
+            np.testing.assert_allclose(values, [p[head] for p in cluster.reference[i:j]], rtol=0, atol=1e-6)
 
 
 def test_a_serving_ps_shard_down_is_unavailable_naming_it(cluster):

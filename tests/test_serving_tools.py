@@ -100,11 +100,15 @@ def test_serve_config_is_checked_where_the_flags_enter():
     parser = argparse.ArgumentParser()
     serve_main.add_arguments(parser)
     config = serve_main.config_of(parser.parse_args(["--export-base", "e", "--port", "0", "--ps-addresses",
-                                                     "h:1,h:2", "--max-batch-size", "16"]))
+                                                     "h:1,h:2", "--max-batch-size", "16", "--merge-requests",
+                                                     "--concurrent-batches", "3"]))
     assert config.ps_addresses == ("h:1", "h:2") and config.max_batch_size == 16
+    assert config.merge_requests and config.concurrent_batches == 3
+    assert not serve_main.config_of(parser.parse_args(["--export-base", "e", "--port", "0"])).merge_requests
     assert config.server.max_message_bytes == ServeConfig(export_base="e").server.max_message_bytes  # one default
     for flags, message in ((["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
                            (["--ps-addresses", "nohost"], "--ps-addresses must be host:port"),
-                           (["--keep-versions", "0"], "--keep-versions must be >= 1")):
+                           (["--keep-versions", "0"], "--keep-versions must be >= 1"),
+                           (["--concurrent-batches", "0"], "--concurrent-batches must be >= 1")):
         with pytest.raises(ValueError, match=message):
             serve_main.config_of(parser.parse_args(["--export-base", "e", "--port", "0", *flags]))
