@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ps.errors import PSNotFound, PSUnavailable
 from services.export_layout import ASSETS_EXTRA, WARMUP_FILE
+from services.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ModelVersions:
         self.failed: dict[int, Failure] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watch: Periodic | None = None
 
     # -- reading (any thread) ---------------------------------------------------------------------
     def get(self, version: int | None = None):
@@ -122,17 +123,9 @@ class ModelVersions:
         return servable
 
     def start(self, poll_s: float = 1.0) -> None:
-        def run() -> None:
-            while not self._stop.wait(poll_s):
-                try:
-                    self.refresh()
-                except Exception:  # keep watching whatever happens on disk
-                    log.exception("model %s: refresh failed", self.name)
-
-        self._thread = threading.Thread(target=run, name=f"watch-{self.name}", daemon=True)
-        self._thread.start()
+        self._watch = Periodic(f"watch-{self.name}", poll_s, self.refresh, log, self._stop).start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._watch is not None:
+            self._watch.close(timeout=10)

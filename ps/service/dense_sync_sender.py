@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from protos import ps_pb2
 from ps.service.server import grpc_options
 from ps.store.shard_state import ShardState
+from services.periodic import Periodic
 from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
@@ -111,32 +112,20 @@ class DenseSyncSender:
         """By ip:port: the entry servers the configured addresses stood for at the last round."""
         self._version = 0
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ps-dense-sync")
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._loop: Periodic | None = None
         self._shard = str(state.shard_index)
         self.rounds = 0
 
     def start(self, stop: threading.Event | None = None) -> None:
         """Sync every interval in a thread until `stop` is set or `close`."""
-        self._stop = stop = stop or threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(self.config.interval_s):
-                try:
-                    self.sync_once()
-                except Exception:  # the sync must never take the shard down
-                    log.exception("dense sync round failed")
-
-        self._thread = threading.Thread(target=loop, name="ps-dense-sync", daemon=True)
-        self._thread.start()
+        self._loop = Periodic("ps-dense-sync", self.config.interval_s, self.sync_once, log, stop).start()
         log.info("dense sync every %.3gs to the entry servers %s", self.config.interval_s,
                  list(self.config.entry_addresses))
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the loop (sets the `stop` event it was started with), wait for the round in flight."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout)
+        if self._loop is not None:
+            self._loop.close(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for entry in self.entries.values():
             entry.channel.close()

@@ -33,6 +33,7 @@ from ps.service.server import grpc_options
 from ps.sharding import id_owner
 from ps.store.shard_state import ShardState
 from ps.store.table import EmbeddingTable, TableChanges
+from services.periodic import Periodic
 from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ class SyncSender:
         self._tracked: dict[str, EmbeddingTable] = {}
         self._version = 0
         self._pool = ThreadPoolExecutor(max_workers=len(self.peers), thread_name_prefix="ps-sync")
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._loop: Periodic | None = None
         self._shard = str(state.shard_index)
         self.rounds = 0
 
@@ -121,26 +121,15 @@ class SyncSender:
     # -- the loop -------------------------------------------------------------------------------
     def start(self, stop: threading.Event | None = None) -> None:
         """Sync every interval in a thread until `stop` is set or `close`."""
-        self._stop = stop = stop or threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(self.config.interval_s):
-                try:
-                    self.sync_once()
-                except Exception:  # the sync must never take the shard down
-                    log.exception("sync round failed")
-
         self.track_new_tables()
-        self._thread = threading.Thread(target=loop, name="ps-sync", daemon=True)
-        self._thread.start()
+        self._loop = Periodic("ps-sync", self.config.interval_s, self.sync_once, log, stop).start()
         log.info("online sync every %.3gs to %d serving shards %s (%s)", self.config.interval_s, self.num_serving,
                  list(self.config.serving_addresses), "float16" if self.config.float16 else "float32")
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the loop (sets the `stop` event it was started with), wait for the round in flight."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout)
+        if self._loop is not None:
+            self._loop.close(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for ch in self._channels:
             ch.close()
