@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ps role: push changed rows to the serving PS shards this often (see `monolith ps`)")
     parser.add_argument("--sync-serving-ps", default=None, help="ps role: the serving PS shards for --sync-interval-s")
     parser.add_argument("--sync-float16", action="store_true", help="ps role: sync rows as float16")
+    parser.add_argument("--sync-max-backoff-s", type=float, default=None,
+                        help="ps role: longest wait before retrying a serving PS shard that failed")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
     transport_security.add_arguments(parser)
@@ -107,6 +109,7 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         if args.sync_interval_s is not None:
             cmd += ["--sync-interval-s", str(args.sync_interval_s), "--sync-serving-ps", args.sync_serving_ps or ""]
         cmd += ["--sync-float16"] if args.sync_float16 else []
+        cmd += ["--sync-max-backoff-s", str(args.sync_max_backoff_s)] if args.sync_max_backoff_s else []
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-serving-ps", default="",
                         help="comma-separated host:port of serving PS shards 0..M-1 (any M) for --sync-interval-s")
     parser.add_argument("--sync-float16", action="store_true", help="sync rows as float16 (half the bytes)")
+    parser.add_argument("--sync-max-backoff-s", type=float, default=d.sync_max_backoff_s,
+                        help="longest wait before retrying a serving PS shard that failed (doubles from the interval)")
     transport_security.add_arguments(parser)
 
 
@@ -55,7 +57,7 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
                         max_message_bytes=args.max_message_mb << 20, grace_s=args.grace_s,
                         sync_interval_s=args.sync_interval_s,
                         sync_serving_ps=tuple(a for a in args.sync_serving_ps.split(",") if a),
-                        sync_float16=args.sync_float16)
+                        sync_float16=args.sync_float16, sync_max_backoff_s=args.sync_max_backoff_s)
 
 
 def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
@@ -128,7 +130,8 @@ def run(config: ServerConfig, security: transport_security.TransportSecurity | N
     if config.sync_interval_s:
         from ps.service.sync_sender import SyncConfig, SyncSender
 
-        sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16),
+        sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16,
+                                                max_backoff_s=config.sync_max_backoff_s),
                             security)
         sender.start(stop)
     try:

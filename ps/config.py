@@ -305,11 +305,14 @@ class ServerConfig:
     sync_serving_ps: tuple[str, ...] = ()
     """host:port of serving PS shard j at position j."""
     sync_float16: bool = False
+    sync_max_backoff_s: float = 30.0
+    """Longest wait before retrying a serving shard that failed (the wait doubles from the interval)."""
 
     def __post_init__(self) -> None:
         _require(self.sync_interval_s >= 0, f"--sync-interval-s must be >= 0, got {self.sync_interval_s}")
         _require(not self.sync_interval_s or bool(self.sync_serving_ps),
                  "--sync-interval-s needs --sync-serving-ps (the serving PS shards' addresses)")
+        _require(self.sync_max_backoff_s > 0, f"--sync-max-backoff-s must be > 0, got {self.sync_max_backoff_s}")
         _require(0 <= self.port < 65536, f"--port must be in [0, 65535], got {self.port}")
         _require(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
                  f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")
