@@ -157,9 +157,10 @@ def run_local_cluster(
         log.info("started %s", ", ".join(f"{m.name} (pid {m.proc.pid}, port {layout[m.role][m.index][1]})"
                                         for m in members))
         if serving is not None:
-            log.info("serving: the training PS shards sync every %gs to serving PS %s; the entry will answer "
-                     "Predict on %s once the chief's first export under %s is complete", serving.sync_interval_s,
-                     ",".join(serving.serving_ps), serving.entry, serving.export_base)
+            how = f"sync every {serving.sync_interval_s:g}s" if serving.sync_interval_s else "do not sync (off)"
+            log.info("serving: the training PS shards %s to serving PS %s; the entry will answer Predict on %s once "
+                     "the chief's first export under %s is complete", how, ",".join(serving.serving_ps),
+                     serving.entry, serving.export_base)
         return _watch(members, flag, restarts, lambda m: start(m.role, m.index, m.env, m.command), start_serving)
     finally:
         flag.restore()

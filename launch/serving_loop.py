@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "and `monolith serve` (addresses logged); the chief exports after every checkpoint")
     group.add_argument("--num-serving-ps", type=int, default=None, help="serving PS shards (default: --num-ps)")
     group.add_argument("--sync-interval-s", type=float, default=DEFAULT_SYNC_INTERVAL_S,
-                       help="how often each training PS shard pushes its changed rows to the serving PS shards")
+                       help="how often each training PS shard pushes its changed rows to the serving PS shards "
+                            "(0: no online sync, the serving PS shards keep the export they loaded)")
     group.add_argument("--sync-float16", action="store_true", help="sync rows as float16")
     group.add_argument("--serve-port", type=int, default=0, help="the entry's gRPC port (0: a free one, logged)")
     group.add_argument("--export-base", default=None, help="where the chief exports (default: <model-dir>/export)")
@@ -55,6 +56,8 @@ class ServingLoop:
 
         Hook for the dense sync to the entry servers: when `monolith run` learns `--dense-sync-interval-s`,
         pass it here with `self.entry` as the entry address."""
+        if not self.sync_interval_s:
+            return []
         return ["--sync-interval-s", str(self.sync_interval_s), "--sync-serving-ps", ",".join(self.serving_ps),
                 "--sync-max-backoff-s", str(self.max_backoff_s), *(["--sync-float16"] if self.sync_float16 else [])]
 
@@ -88,8 +91,8 @@ def plan(args: argparse.Namespace, model_dir: str, host: str, taken: set[int]) -
     if args.num_ps < 1 or num < 1:
         raise ValueError(f"--serve needs PS shards and serving PS shards, got --num-ps {args.num_ps} "
                          f"--num-serving-ps {num}")
-    if not args.sync_interval_s > 0:
-        raise ValueError(f"--sync-interval-s must be > 0, got {args.sync_interval_s}")
+    if not args.sync_interval_s >= 0:
+        raise ValueError(f"--sync-interval-s must be >= 0, got {args.sync_interval_s}")
 
     def port() -> int:
         p = free_port(host)
