@@ -1,13 +1,15 @@
 """Real-time training benchmark: MovieLens-100K streamed in time order through a Kafka-protocol broker
-(librdkafka's mock cluster, all in one partition) into `monolith local --serve` (1 training PS, 1 worker, 1 serving
-PS, the entry), three launches from fresh model directories:
+(librdkafka's mock cluster, all in one partition) into `monolith local --serve` (1 training PS, 1 worker, 1
+serving PS, the entry); every launch from a fresh model directory and topic:
 
-  sync 1 s, backlog   the first --cost-ratings of the stream, kept 20,000 records ahead of training (the
-                      mock broker drops the oldest records beyond ~30,000). cost: training examples/s
-                      (global step x batch size from step 20 to 90% of those ratings) with the sync on;
-                      then freshness at 1 s for 20 s.
+  sync 1 s, backlog   the first --cost-ratings of the stream: the first 5,000 until serving is up (and, with
+                      the sync on, the serving PS has taken a sync round), then the rest, kept 20,000
+                      records ahead of training (the mock broker keeps only the newest ~30,000 records of a
+                      partition). cost: training examples/s (global step x batch size from 10 steps after
+                      that release to 90% of the ratings) with the sync on; in the first of them, then
+                      freshness at 1 s for 20 s.
   sync off, backlog   the same with `--sync-interval-s 0`: examples/s with the sync off (the serving
-                      processes run in both).
+                      processes run in both). --cost-rounds of each, alternating; medians.
   sync 10 s, paced    the stream at --rate ratings/s after a warm-up of its first --warmup fraction.
                       quality over time (prequential): just before each next --slice ratings are produced,
                       they are predicted through the serving path: (a) the entry fed by the sync every 10 s;
@@ -201,14 +203,13 @@ class FreshnessProbe(threading.Thread):
 
 
 def throughput(training: str, backlog: int, timeout: float = 600) -> float:
-    """Training examples/s from the global step: from step 20 until 90% of the backlog's steps."""
+    """Training examples/s from the global step: from 10 steps on until 90% of the backlog's steps."""
     from ps.client.client import PSClient
 
-    start_step, end_step = 20, int(0.9 * backlog / BATCH)
     t0, s0 = 0.0, 0
     deadline = time.monotonic() + timeout
     with PSClient([training]) as client:
-        client.wait_until_ready(timeout_s=timeout)
+        start_step, end_step = client.global_step() + 10, int(0.9 * backlog / BATCH)
         while time.monotonic() < deadline:
             step, now = client.global_step(), time.monotonic()
             if not t0 and step >= start_step:
@@ -224,24 +225,39 @@ class Feeder(threading.Thread):
     drains, which the mock broker's bounded partition log still holds (it drops the oldest records)."""
 
     AHEAD = 20_000
+    WARMUP = 5_000
 
     def __init__(self, producer, topic: str, stream: list[bytes], training: str) -> None:
         super().__init__(daemon=True)
         self.producer, self.topic, self.stream, self.training = producer, topic, stream, training
-        self.stop_event = threading.Event()
+        self.stop_event, self.released = threading.Event(), threading.Event()
 
     def run(self) -> None:
         from ps.client.client import PSClient
 
-        sent = min(len(self.stream), self.AHEAD)
+        sent = min(len(self.stream), self.WARMUP)
         produce(self.producer, self.topic, self.stream[:sent])
+        while not self.released.wait(0.1):
+            if self.stop_event.is_set():
+                return
         with PSClient([self.training]) as client:
-            client.wait_until_ready(timeout_s=300)
             while sent < len(self.stream) and not self.stop_event.wait(0.1):
                 upto = min(len(self.stream), client.global_step() * BATCH + self.AHEAD)
                 if upto - sent >= 2000:
                     produce(self.producer, self.topic, self.stream[sent:upto])
                     sent = upto
+
+
+def wait_synced(serving: list[str], timeout: float = 120) -> None:
+    """Until every serving PS shard has applied a sync round."""
+    from ps.client.client import PSClient
+
+    deadline = time.monotonic() + timeout
+    with PSClient(serving) as client:
+        while not all(h.get("sync_versions") for h in client.health()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the serving PS took no sync round")
+            time.sleep(0.2)
 
 
 def backlog_run(procs: Procs, brokers: str, producer, stream: list[bytes], name: str, sync_s: float,
@@ -253,9 +269,12 @@ def backlog_run(procs: Procs, brokers: str, producer, stream: list[bytes], name:
     feeder.start()
     probe = None
     try:
-        rate = throughput(cluster.training, len(stream))
+        cluster.wait_serving()
         if sync_s:
-            cluster.wait_serving()
+            wait_synced(cluster.serving)
+        feeder.released.set()
+        rate = throughput(cluster.training, len(stream))
+        if probe_s:
             probe = FreshnessProbe(cluster.training, cluster.serving, probe_s, PROBE_BASE)
             probe.start()
             time.sleep(probe_s * 100)
@@ -381,7 +400,8 @@ def plot(slices: list[dict], path: Path) -> None:
     ax.plot(x, [s["a"] for s in slices], label="(a) online sync every 10 s")
     xb = [s["end"] for s in slices if "b" in s]
     ax.plot(xb, [s["b"] for s in slices if "b" in s], label="(b) sync stopped at 50%")
-    ax.axvline(x=xb[0] if xb else 0, color="grey", linestyle=":")
+    if xb:
+        ax.axvline(x=next(s["start"] for s in slices if "b" in s), color="grey", linestyle=":")
     ax.set_xlabel("ratings streamed (time order)")
     ax.set_ylabel("AUC of served predictions, before training")
     ax.set_title("MovieLens-100K prequential AUC through monolith serve")
@@ -396,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=int, default=2500, help="ratings per prequential slice")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the stream trained before serving")
     parser.add_argument("--ckpt-s", type=float, default=15.0, help="checkpoint (and export) interval")
-    parser.add_argument("--cost-ratings", type=int, default=60_000, help="ratings trained by each cost launch")
+    parser.add_argument("--cost-ratings", type=int, default=50_000, help="ratings trained by each cost launch")
+    parser.add_argument("--cost-rounds", type=int, default=3, help="launches with the sync on, and off (medians)")
     parser.add_argument("--plot", default=str(REPO / "benchmarks" / "online_quality.png"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -412,9 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         brokers = start_broker(procs)
         producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "queue.buffering.max.messages": 200000})
-        print(f"cost: the first {len(stream)} ratings, kept ahead of training, sync every 1 s vs off ...", flush=True)
-        on, fresh1 = backlog_run(procs, brokers, producer, stream, "sync1s", 1.0, args.ckpt_s, 0.2)
-        off, _ = backlog_run(procs, brokers, producer, stream, "syncoff", 0.0, args.ckpt_s, 0.2)
+        print(f"cost: the first {len(stream)} ratings, kept ahead of training, sync every 1 s vs off, "
+              f"{args.cost_rounds} rounds interleaved ...", flush=True)
+        ons, offs, fresh1 = [], [], []
+        for r in range(args.cost_rounds):
+            on, delays = backlog_run(procs, brokers, producer, stream, f"sync1s-{r}", 1.0, args.ckpt_s,
+                                     0.2 if r == 0 else 0.0)
+            off, _ = backlog_run(procs, brokers, producer, stream, f"syncoff-{r}", 0.0, args.ckpt_s, 0.0)
+            ons.append(on)
+            offs.append(off)
+            fresh1 += delays
+            print(f"  round {r}: examples/s sync on {on:.0f}, off {off:.0f}", flush=True)
+        on, off = float(np.median(ons)), float(np.median(offs))
         print("quality: paced stream, sync every 10 s, (b) frozen at 50% ...", flush=True)
         slices, fresh10 = quality_run(procs, brokers, producer, data, args)
     except BaseException:
@@ -427,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{'slice (ratings)':<18} {'(a) AUC':>8} {'(b) AUC':>8}")
     for s in slices:
-        print(f"{s['start']:>7}-{s['end']:<10} {s['a']:8.4f} {s.get('b', float('nan')):8.4f}")
+        b = f"{s['b']:8.4f}" if "b" in s else f"{'-':>8}"
+        print(f"{s['start']:>7}-{s['end']:<10} {s['a']:8.4f} {b}")
     second = [s for s in slices if "b" in s]
     a2, b2 = float(np.mean([s["a"] for s in second])), float(np.mean([s["b"] for s in second]))
     wins = sum(s["a"] > s["b"] for s in second)
@@ -437,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, delays in (("1 s", fresh1), ("10 s", fresh10)):
         p50, p99 = percentiles(delays)
         print(f"{label:<14} {len(delays):7d} {p50:7.2f} {p99:7.2f}")
-    print(f"\ntraining examples/s: sync on (1 s) {on:.0f}, off {off:.0f}")
+    print(f"\ntraining examples/s (median of {len(ons)} launches each): sync on (1 s) {on:.0f}, off {off:.0f}")
     print(f"second half: mean slice AUC (a) {a2:.4f}, (b) {b2:.4f}; (a) above (b) in {wins} of {len(second)} slices")
     checks = [("freshness p99, sync 1 s (s)", percentiles(fresh1)[1], 2.0, "<="),
               ("freshness p99, sync 10 s (s)", percentiles(fresh10)[1], 11.0, "<="),
