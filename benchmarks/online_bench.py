@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = Procs(work)
     try:
         brokers = start_broker(procs)
-        producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "queue.buffering.max.messages": 200000})
+        producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "queue.buffering.max.messages": 200000,
+                             "log_level": 2})  # not the disconnects when the broker stops at the end
         print(f"cost: the first {len(stream)} ratings, kept ahead of training, sync every 1 s vs off, "
               f"{args.cost_rounds} rounds interleaved ...", flush=True)
         ons, offs, fresh1 = [], [], []

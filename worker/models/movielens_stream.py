@@ -18,8 +18,7 @@ import os
 
 import tensorflow as tf
 
-from services.kafka_stream import KafkaStreamConfig
-from worker.modeling.kafka_input import kafka_dataset
+from worker.modeling.kafka_input import KafkaStreamConfig, kafka_dataset  # models stay above services
 from worker.models.movielens import MovieRankingModel
 from worker.models.movielens_data import FEATURES, SINGLE_FEATURES, MovieLens
 
