@@ -25,8 +25,8 @@ AUC: a closed form in numpy (Mann-Whitney rank sum, ties averaged), independent 
 Targets: freshness p99 <= interval + 1 s; (a) AUC above (b) on the second half; examples/s with the sync on
 >= 0.9 x off. Writes a PNG of the per-slice AUC (--plot, default benchmarks/online_quality.png).
 
-Run: `python benchmarks/online_bench.py` (about 6 min). The machine may be shared: the ratios are measured
-in the same run.
+Run: `python benchmarks/online_bench.py` (about 10 min on 2 shared cores; `--cost-rounds 1`: about 5). The
+machine may be shared: the ratios are measured in the same run.
 """
 from __future__ import annotations
 
