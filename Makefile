@@ -59,11 +59,14 @@ demo: setup
 bench: bench-deps
 	$(BIN)/python benchmarks/write_results.py
 
-# The peers only benchmarks use: tf_keras (Keras 2) for TF's ParameterServerStrategy (benchmarks/pss_peer.py).
-# --no-deps: its requirement on `tensorflow` would pull the GPU wheel beside tensorflow-cpu. Never in `setup`.
+# What only benchmarks use, never in `setup`: tf_keras (Keras 2) for TF's ParameterServerStrategy
+# (benchmarks/pss_peer.py; --no-deps: its requirement on `tensorflow` would pull the GPU wheel beside
+# tensorflow-cpu), and matplotlib for online_bench's plot (the lock keeps numpy where it is).
 TF_KERAS = tf_keras==$(shell $(BIN)/python -c "import importlib.metadata as m; print(m.version('tensorflow-cpu'))" 2>/dev/null)
+MATPLOTLIB = matplotlib==3.11.2
 bench-deps: setup
 	$(BIN)/python -c "import tf_keras" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "$(TF_KERAS)"
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock "$(MATPLOTLIB)"
 
 # ruff (style, imports, complexity, simplifications) and mypy (everything but the numba kernels).
 lint: setup

@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ps role: push the dense variables to the entry servers this often (see `monolith ps`)")
     parser.add_argument("--sync-entry-servers", default=None,
                         help="ps role: the entry servers for --dense-sync-interval-s")
+    parser.add_argument("--sync-max-backoff-s", type=float, default=None,
+                        help="ps role: longest wait before retrying a serving PS shard that failed")
     parser.add_argument("--extra-dsworkers", type=int, default=0,
                         help="worker role: also run this many tf.data data workers on the worker's host")
     transport_security.add_arguments(parser)
@@ -114,6 +116,7 @@ def service_command(spec: ClusterSpec, args: argparse.Namespace) -> list[str]:
         if args.dense_sync_interval_s is not None:
             cmd += ["--dense-sync-interval-s", str(args.dense_sync_interval_s),
                     "--sync-entry-servers", args.sync_entry_servers or ""]
+        cmd += ["--sync-max-backoff-s", str(args.sync_max_backoff_s)] if args.sync_max_backoff_s else []
         return cmd + (["--metrics-port", str(args.metrics_port)] if args.metrics_port is not None else [])
     if spec.task_type == "dispatcher":
         return monolith_command("dispatcher", "--port", port)

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-entry-servers", default="",
                         help="comma-separated host:port of the entry servers (`monolith serve --dense-sync`) for "
                              "--dense-sync-interval-s")
+    parser.add_argument("--sync-max-backoff-s", type=float, default=d.sync_max_backoff_s,
+                        help="longest wait before retrying a serving PS shard or entry server that failed "
+                             "(doubles from the interval)")
     transport_security.add_arguments(parser)
 
 
@@ -62,7 +65,8 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
                         sync_interval_s=args.sync_interval_s,
                         sync_serving_ps=tuple(a for a in args.sync_serving_ps.split(",") if a),
                         sync_float16=args.sync_float16, dense_sync_interval_s=args.dense_sync_interval_s,
-                        sync_entry_servers=tuple(a for a in args.sync_entry_servers.split(",") if a))
+                        sync_entry_servers=tuple(a for a in args.sync_entry_servers.split(",") if a),
+                        sync_max_backoff_s=args.sync_max_backoff_s)
 
 
 def _restore_at_start(state, checkpoint_dir: str, config: ServerConfig) -> bool:
@@ -135,15 +139,16 @@ def run(config: ServerConfig, security: transport_security.TransportSecurity | N
     if config.sync_interval_s:
         from ps.service.sync_sender import SyncConfig, SyncSender
 
-        sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16),
+        sender = SyncSender(state, SyncConfig(config.sync_serving_ps, config.sync_interval_s, config.sync_float16,
+                                                max_backoff_s=config.sync_max_backoff_s),
                             security)
         sender.start(stop)
     dense_sender = None
     if config.dense_sync_interval_s:
         from ps.service.dense_sync_sender import DenseSyncConfig, DenseSyncSender
 
-        dense_sender = DenseSyncSender(state, DenseSyncConfig(config.sync_entry_servers, config.dense_sync_interval_s),
-                                       security)
+        dense_sender = DenseSyncSender(state, DenseSyncConfig(config.sync_entry_servers, config.dense_sync_interval_s,
+                                                              max_backoff_s=config.sync_max_backoff_s), security)
         dense_sender.start(stop)
     try:
         serve([servicer.handler()], config, stop=stop, on_ready=ready, security=security)

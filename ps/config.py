@@ -309,6 +309,9 @@ class ServerConfig:
     """The dense variables to the entry servers every this many seconds (0: off; ps/service/dense_sync_sender.py)."""
     sync_entry_servers: tuple[str, ...] = ()
     """host:port of every entry server (`monolith serve --dense-sync`)."""
+    sync_max_backoff_s: float = 30.0
+    """Longest wait before retrying a serving shard or entry server that failed (the wait doubles from the
+    interval)."""
 
     def __post_init__(self) -> None:
         _require(self.dense_sync_interval_s >= 0,
@@ -320,6 +323,7 @@ class ServerConfig:
         _require(self.sync_interval_s >= 0, f"--sync-interval-s must be >= 0, got {self.sync_interval_s}")
         _require(not self.sync_interval_s or bool(self.sync_serving_ps),
                  "--sync-interval-s needs --sync-serving-ps (the serving PS shards' addresses)")
+        _require(self.sync_max_backoff_s > 0, f"--sync-max-backoff-s must be > 0, got {self.sync_max_backoff_s}")
         _require(0 <= self.port < 65536, f"--port must be in [0, 65535], got {self.port}")
         _require(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
                  f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")

@@ -84,6 +84,9 @@ class DenseSyncReceiver:
             if request.version <= known:
                 return ps_pb2.SyncDenseResponse(applied=False, known_version=known, model_version=servable.version)
             servable.assign_dense(servable.check_dense(values))
+            if held is None:
+                log.info("dense sync: first values of training shard %d applied to model %s version %d (%d "
+                         "variables)", source, servable.name, servable.version, len(values))
             self.applied[source] = AppliedSync(request.version, request.snapshot_time, time.time())
             self._last[source] = values
         return ps_pb2.SyncDenseResponse(applied=True, known_version=request.version, model_version=servable.version)

@@ -1,5 +1,5 @@
-"""`monolith local`: a failing worker stops the whole cluster, named, with a non-zero exit; Ctrl-C too;
-nothing is left running either way."""
+"""`monolith local`: a failing worker stops the whole cluster, named, with a non-zero exit; Ctrl-C too
+(tests/test_local_serve.py, with the serving processes of `--serve`); nothing is left running either way."""
 from __future__ import annotations
 
 import os
@@ -53,17 +53,6 @@ def test_killing_a_worker_stops_the_cluster_and_names_it(processes, tmp_path):
     assert local.wait(90) != 0
     log = processes.log_of(local)
     assert re.search(r"worker:1 failed \(exit code 137\): stopping the cluster", log), log
-    leftovers = [p for p in pids_in(log) if alive(p)]
-    assert not leftovers, f"orphans left behind: {leftovers}"
-
-
-def test_ctrl_c_stops_everything(processes, tmp_path):
-    local = start_local(processes, tmp_path, num_workers=1, steps=1_000_000)
-    wait_for(lambda: "started training" in processes.log_of(local), 120, what="training start")
-    os.kill(local.pid, signal.SIGINT)
-    assert local.wait(90) == 128 + signal.SIGINT
-    log = processes.log_of(local)
-    assert "interrupted (signal 2): stopping the cluster" in log
     leftovers = [p for p in pids_in(log) if alive(p)]
     assert not leftovers, f"orphans left behind: {leftovers}"
 
