@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default=str(REPO / "benchmarks" / "online_quality.png"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # SIGTERM unwinds like Ctrl-C, so the `finally` below stops the broker and the launches it started
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     from confluent_kafka import Producer
 
     from worker.models.movielens_data import load_movielens
