@@ -33,7 +33,7 @@ from protos import ps_pb2
 from ps.errors import PSInvalidArgument
 from serving.model_versions import ModelVersions
 from serving.servable import Servable
-from serving.sync_receiver import AppliedSync
+from serving.sync_receiver import AppliedSync, SyncProgress
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def decode_dense(request: ps_pb2.SyncDenseRequest) -> dict[str, np.ndarray]:
     return out
 
 
-class DenseSyncReceiver:
+class DenseSyncReceiver(SyncProgress):
     """Applies dense sync messages to the newest loaded version of one model."""
 
     def __init__(self, versions: ModelVersions) -> None:
@@ -102,14 +102,6 @@ class DenseSyncReceiver:
                     log.warning("model %s version %d keeps its exported dense values of training shard %d: %s",
                                 servable.name, servable.version, source, exc)
         return servable
-
-    @property
-    def version(self) -> int:
-        return max((a.version for a in self.applied.values()), default=0)
-
-    @property
-    def stalest_time(self) -> float:
-        return min((a.snapshot_time for a in self.applied.values()), default=0.0)
 
     def handlers(self, server) -> list[grpc.GenericRpcHandler]:
         """The `EntrySync` service, answered through the `PredictionServer`'s error handling and metrics."""

@@ -48,7 +48,23 @@ class AppliedSync:
     applied_at: float
 
 
-class SyncReceiver:
+class SyncProgress:
+    """What a receiver of a sync has applied, per training shard (`applied`), summed up."""
+
+    applied: dict[int, AppliedSync]
+
+    @property
+    def version(self) -> int:
+        """The newest version applied from any training shard (0: none)."""
+        return max((a.version for a in self.applied.values()), default=0)
+
+    @property
+    def stalest_time(self) -> float:
+        """When the stalest training shard's last applied message was taken (0: none applied)."""
+        return min((a.snapshot_time for a in self.applied.values()), default=0.0)
+
+
+class SyncReceiver(SyncProgress):
     """Applies sync messages to one serving shard and answers what it holds."""
 
     def __init__(self, state: ShardState) -> None:
@@ -109,15 +125,6 @@ class SyncReceiver:
         return out
 
     # -- what it holds ----------------------------------------------------------------------------
-    @property
-    def version(self) -> int:
-        return max((a.version for a in self.applied.values()), default=0)
-
-    @property
-    def stalest_time(self) -> float:
-        """When the stalest training shard's last applied batch was taken (0: none applied)."""
-        return min((a.snapshot_time for a in self.applied.values()), default=0.0)
-
     def add_to_health(self, response: ps_pb2.HealthResponse) -> ps_pb2.HealthResponse:
         response.sync_version = self.version
         response.sync_time = self.stalest_time
