@@ -71,11 +71,7 @@ class DenseSyncReceiver(SyncProgress):
         _RECEIVERS.add(self)
 
     def sync_dense(self, request: ps_pb2.SyncDenseRequest) -> ps_pb2.SyncDenseResponse:
-        source = request.source_shard
-        if not 0 <= source < request.source_num_shards:
-            raise PSInvalidArgument(f"SyncDense: source_shard {source} is not in [0, {request.source_num_shards})")
-        if request.version <= 0:
-            raise PSInvalidArgument(f"SyncDense: version must be > 0, got {request.version}")
+        source = self.check_header("SyncDense", request)
         values = decode_dense(request)
         with self._order:
             servable: Servable = self.versions.get()

@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
 from protos import ps_pb2
-from ps.errors import ReadOnlyShard
+from ps.errors import PSInvalidArgument, ReadOnlyShard
 from ps.service.servicer import ParameterServerServicer
 from ps.store.rwlock import RWLock
 from ps.store.shard_state import ShardState
@@ -52,6 +52,16 @@ class SyncProgress:
     """What a receiver of a sync has applied, per training shard (`applied`), summed up."""
 
     applied: dict[int, AppliedSync]
+
+    @staticmethod
+    def check_header(method: str, request: Any) -> int:
+        """The sending training shard of a sync message, after checking its source and version."""
+        source = request.source_shard
+        if not 0 <= source < request.source_num_shards:
+            raise PSInvalidArgument(f"{method}: source_shard {source} is not in [0, {request.source_num_shards})")
+        if request.version <= 0:
+            raise PSInvalidArgument(f"{method}: version must be > 0, got {request.version}")
+        return source
 
     @property
     def version(self) -> int:
@@ -76,11 +86,7 @@ class SyncReceiver(SyncProgress):
         _RECEIVERS.add(self)
 
     def sync_rows(self, request: ps_pb2.SyncRowsRequest) -> ps_pb2.SyncRowsResponse:
-        source = request.source_shard
-        if not 0 <= source < request.source_num_shards:
-            raise ValueError(f"SyncRows: source_shard {source} is not in [0, {request.source_num_shards})")
-        if request.version <= 0:
-            raise ValueError(f"SyncRows: version must be > 0, got {request.version}")
+        source = self.check_header("SyncRows", request)
         with self._order:
             held = self.applied.get(source)
             known = held.version if held else 0
