@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -33,13 +34,13 @@ class PredictCall:
     inputs: dict[str, np.ndarray]
     wanted: tuple[str, ...]
 
-    @property
+    @cached_property  # asked several times per merged batch; the inputs never change
     def rows(self) -> int | None:
         """The batch size all inputs share, or None (a scalar input, or inputs of different sizes)."""
         sizes = {v.shape[0] if v.ndim else None for v in self.inputs.values()}
         return sizes.pop() if len(sizes) == 1 else None
 
-    @property
+    @cached_property
     def kind(self) -> tuple:
         return (self.signature, self.wanted,
                 tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in self.inputs.items())))

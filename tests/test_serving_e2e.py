@@ -298,7 +298,7 @@ def test_concurrent_lookups_share_rpcs_and_each_gets_its_own_rows(cluster):
 def test_concurrent_predicts_run_as_one_batch_and_each_gets_its_own_rows(cluster):
     """Predicts queued behind one in flight run together (up to the batch limit, compatible requests only);
     each gets the rows Estimator.predict gives for its own examples; bad data fails only its request."""
-    path = max((p for p in Path(cluster.standalone_base).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    path = Path(cluster.standalone(STEPS[-1]))  # the reference's step (a no-op when an earlier test made it)
     servable = Servable("default", int(path.name), path, merge_requests=False)
     gate, entered, rows_per_call, requests_per_call = threading.Event(), threading.Event(), [], []
 
