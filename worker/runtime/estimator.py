@@ -468,6 +468,8 @@ class Estimator:
         if run.steps_run % cfg.log_step_count_steps == 0 or run.bar is not None and run.steps_run % 10 == 0:
             self._report(run, compiled)
         times.add("hooks", t)
+        if run.first_step is None:  # steady-state rates start once the first step's updates have all landed
+            run.step = pusher.drain()
         times.steps += 1
         t = now()
         times.total += t - started
