@@ -5,6 +5,7 @@ from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
 from ps.wire.fast_messages import (
+    APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     decode_lookup_response,
@@ -54,6 +55,19 @@ def test_update_encoding_parses_with_protobuf(global_step):
         assert t.table == name and t.ids == ids.astype("<i8").tobytes() and t.values == values.tobytes()
         assert list(t.learning_rates) == pytest.approx(lrs or [])
     assert data == msg.SerializeToString()
+
+
+def test_a_step_push_with_dense_gradients_and_a_claim_round_trips_through_protobuf():
+    dense = [("tower/w", RNG.normal(size=(3, 2)).astype(np.float32)), ("b", np.zeros(0, np.float32))]
+    data = encode_updates(_updates(), {APPLY_GLOBAL_STEP: 9, APPLY_CLAIM_LIMIT: 2**62}, dense)
+    msg = ps_pb2.ApplyGradientsRequest.FromString(data)
+    assert (msg.global_step, msg.claim_limit) == (9, 2**62)
+    assert [(d.name, d.values) for d in msg.dense] == [(n, g.tobytes()) for n, g in dense]
+    assert data == msg.SerializeToString()
+    view = decode_updates(data, "ApplyGradientsRequest")
+    assert [(n, bytes(v)) for n, v in view.dense] == [(n, g.tobytes()) for n, g in dense]
+    assert view.scalars[APPLY_CLAIM_LIMIT] == 2**62 and len(view.tables) == 2
+    assert decode_updates(data, "UpdateRequest").dense == []  # not a field of Assign's request
 
 
 def test_update_decoding_reads_protobuf_output_and_skips_unknown_fields():

@@ -37,6 +37,7 @@ from ps.persist.coordinator import CheckpointCoordinator
 from ps.sharding import dense_owner
 from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
+    APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
@@ -292,6 +293,12 @@ class PSClient:
         """Validate {table: (ids, values)} and encode one request per shard (nothing is sent here).
 
         `scalars` are the request's int64 fields by number (see ps.wire.fast_messages.encode_updates)."""
+        return {s: encode_updates(items, scalars)
+                for s, items in self._update_items(method, updates, dedupe, learning_rates).items()}
+
+    def _update_items(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool,
+                      learning_rates: Mapping[str, Any] | None = None) -> dict[int, list]:
+        """Validated {table: (ids, values)} as `encode_updates` items per shard."""
         per_shard: dict[int, list] = {}
         sizes: dict[int, int] = {}
         learning_rates = learning_rates or {}
@@ -324,7 +331,7 @@ class PSClient:
                     sizes[s] = sizes.get(s, 0) + shard_ids.nbytes + vals.nbytes
                     self._check_size(f"{method} request", s, sizes[s])
                     per_shard.setdefault(s, []).append((table, shard_ids, vals, lrs))
-        return {s: encode_updates(items, scalars) for s, items in per_shard.items()}
+        return per_shard
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
                         learning_rates: Any = None, update_time: int = 0) -> None:
@@ -344,6 +351,39 @@ class PSClient:
                                  learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
+
+    def push_step(self, grads_by_table: Mapping[str, tuple[Any, Any]], dense_grads: Mapping[str, Any],
+                  global_step: int, claim_limit: int, learning_rates: Mapping[str, Any] | None = None,
+                  dedupe: bool = True) -> tuple[int, bool]:
+        """A training step's updates as one ApplyGradients per shard, the step claimed on the way: add 1 to
+        the global step unless that would pass `claim_limit` and, only if it did, apply the rows and dense
+        gradients. (global step after the claim, whether the step was claimed and applied.)
+
+        Shard 0 claims and applies its part in one call; the other shards' parts go out (in parallel) once
+        the claim is granted, so a refused step changes nothing anywhere. Everything is validated before
+        anything is sent."""
+        if int(claim_limit) <= 0:
+            raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
+        items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
+        dense: dict[int, list] = {}
+        for name, grad in dense_grads.items():
+            g = np.ascontiguousarray(grad, dtype=np.float32)
+            shape = self._dense_shapes.get(name)
+            if shape is not None and g.shape != shape:
+                raise ValueError(f"push_step {name!r}: gradient shape {g.shape}, variable shape {shape}")
+            if g.size and not all_finite(g.reshape(1, -1)):
+                raise ValueError(f"push_step {name!r}: gradient contains NaN/Inf")
+            dense.setdefault(dense_owner(name, self.num_shards), []).append((name, g))
+        scalars = {APPLY_GLOBAL_STEP: int(global_step)}
+        first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
+        reply = self._call_with_retries(0, "ApplyGradients", first)
+        if not reply.claimed:
+            return int(reply.global_step), False
+        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
+                for s in range(1, self.num_shards) if s in items or s in dense}
+        if rest:
+            self._call_shards("ApplyGradients", rest)
+        return int(reply.global_step), True
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
         requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})

@@ -66,6 +66,12 @@ class ParameterBackend(Protocol):
         """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
         ...
 
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+        """A training step's updates: claim the step (as `claim_global_step(limit)`) and, only if that was
+        granted, apply its row gradients and dense gradients (None: none leave the graph). Returns the claim."""
+        ...
+
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         """A coordinated checkpoint; `stream_offsets` go into its manifest (a job training from a stream)."""
         ...
@@ -156,6 +162,15 @@ class LocalBackend:
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.shard.increment_global_step(1, limit)
+
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+        claimed, granted = self.claim_global_step(limit)
+        if granted:
+            self.apply_gradients(updates, global_step, learning_rates)
+            if dense_grads is not None:
+                self.push_dense(dense_grads, global_step)
+        return claimed, granted
 
     # checkpoints: the coordinated layout, written by the in-process shard
     def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
@@ -261,6 +276,14 @@ class RemoteBackend:
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.client.claim_global_step(limit)
+
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+        """One ApplyGradients per shard carrying its rows and dense gradients, the claim riding on shard 0's."""
+        dense = {}
+        if dense_grads is not None and self._dense is not None:
+            dense = dict(zip(self._dense.names, dense_grads))
+        return self.client.push_step(updates, dense, global_step, limit, learning_rates=learning_rates, dedupe=False)
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         return self.client.save(model_dir, step, stream_offsets)

@@ -148,8 +148,7 @@ class Estimator:
             if config.ps_addresses is not None else LocalBackend(config.keep_checkpoint_max))
         self._refused = [0, 0]
         self._jobs = 0
-        # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
+        # the dense pull runs beside the lookup of the same step (both are round trips)
         self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
         self.model.ctx.feature_factory.backend = self.backend  # for the model API (ctx.apply_embedding_gradients)
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
@@ -563,36 +562,30 @@ class Estimator:
         table segment's learning rate at `step` comes from its feature slot (the slice's learning-rate
         function, or its optimizer's rate)."""
         t = now()
-        claimed, granted = self.backend.claim_global_step(max_steps)
+        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
+        updates = compiled.prep.table_gradients(batch, grads)
+        lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
+        dense = self._dense_gradients(out["dense_grads"]) if "dense_grads" in out else None
+        # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused
+        claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps)
+        times.add("gradient_push", t)
         if not granted:
             self._refused[0] += 1
             self._refused[1] += batch.batch_size
             return claimed
-        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
-        updates = compiled.prep.table_gradients(batch, grads)
-        lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
-        dense = None
-        if "dense_grads" in out:
-            dense = self._side.submit(self._push_dense, out["dense_grads"], step, times)
-        self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
-        times.add("gradient_push", t)
-        if dense is not None:
-            dense.result()
         if self._stream is not None and batch.stream_seq is not None:
             self._stream.applied_batch(batch.stream_seq)
         return claimed
 
-    def _push_dense(self, packed: tf.Tensor, step: int, times: StepTimes) -> None:
-        """Send the step's dense gradients (packed by the traced step) to the PS."""
-        t = now()
+    def _dense_gradients(self, packed: tf.Tensor) -> list[np.ndarray]:
+        """The step's dense gradients per variable (views of the one tensor the traced step packed)."""
         flat = packed.numpy()
         grads, offset = [], 0
         for var in self._dense.variables if self._dense is not None else ():
             size = int(np.prod(var.shape))
             grads.append(flat[offset:offset + size].reshape(var.shape))
             offset += size
-        self.backend.push_dense(grads, step)
-        times.add("dense_push", t)
+        return grads
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -735,6 +728,5 @@ class Estimator:
             self._step_times.close()
         if self._stream is not None:
             self._stream.close()
-        self._side.shutdown(wait=True)
         self._pull.shutdown(wait=True)
         self.backend.close()
