@@ -22,8 +22,12 @@ def test_lookup_response_encoding_parses_with_protobuf():
     rows16 = RNG.normal(size=(5, 3)).astype(np.float16)
     empty = np.zeros((0, 4), np.float32)
     data = encode_lookup_response([("user", rows32, ps_pb2.FLOAT32, 16), ("ü/item", rows16, ps_pb2.FLOAT16, 3),
-                                   ("e", empty, ps_pb2.FLOAT32, 4)])
+                                   ("e", empty, ps_pb2.FLOAT32, 4)],
+                                  [("tower/w", (3, 300), rows32.reshape(-1)[:900].reshape(3, 300)),
+                                   ("s", (), rows32[0, :1])])
     msg = ps_pb2.LookupResponse.FromString(data)
+    assert [(d.name, tuple(d.shape)) for d in msg.dense] == [("tower/w", (3, 300)), ("s", ())]
+    assert msg.dense[0].values == rows32.reshape(-1)[:900].tobytes()
     assert [(t.table, t.dtype, t.dim) for t in msg.tables] == [("user", 0, 16), ("ü/item", 1, 3), ("e", 0, 4)]
     assert msg.tables[0].values == rows32.tobytes() and msg.tables[1].values == rows16.tobytes()
     assert msg.tables[2].values == b""
@@ -35,9 +39,12 @@ def test_lookup_response_decoding_reads_protobuf_output():
     msg = ps_pb2.LookupResponse()
     msg.tables.add(table="a", values=rows.tobytes(), dtype=ps_pb2.FLOAT32, dim=8)
     msg.tables.add(table="b", values=b"", dtype=ps_pb2.FLOAT16, dim=2)
+    msg.dense.add(name="w", shape=[7, 10], values=rows.reshape(-1)[:70].tobytes())
     got = decode_lookup_response(msg.SerializeToString())
-    assert [(t.table, t.dtype, t.dim) for t in got] == [("a", 0, 8), ("b", 1, 2)]
-    np.testing.assert_array_equal(np.frombuffer(got[0].values, np.float32).reshape(70, 8), rows)
+    assert [(t.table, t.dtype, t.dim) for t in got.tables] == [("a", 0, 8), ("b", 1, 2)]
+    np.testing.assert_array_equal(np.frombuffer(got.tables[0].values, np.float32).reshape(70, 8), rows)
+    assert [(d.name, d.shape) for d in got.dense] == [("w", (7, 10))]
+    np.testing.assert_array_equal(np.frombuffer(got.dense[0].values, np.float32), rows.reshape(-1)[:70])
 
 
 def _updates():

@@ -253,6 +253,15 @@ class PSClient:
 
         `dedupe=False`: the caller's ids are already distinct (the worker deduplicated them), so they are
         routed as they are instead of being deduplicated a second time."""
+        return self.lookup_step(ids_by_table, (), dedupe)[0]
+
+    def lookup_step(self, ids_by_table: Mapping[str, Any], dense_names: Iterable[str],
+                    dedupe: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A training step's reads: `lookup_many`'s rows and the current values of the dense variables
+        `dense_names` (read-only arrays), still one RPC per shard."""
+        dense_by_shard: dict[int, list[str]] = {}
+        for name in dense_names:
+            dense_by_shard.setdefault(dense_owner(name, self.num_shards), []).append(name)
         dtype = ps_pb2.FLOAT16 if self.config.float16_lookup else ps_pb2.FLOAT32
         wire = F16 if self.config.float16_lookup else F32
         plans: dict[str, tuple[TableMeta, Routed]] = {}
@@ -268,11 +277,17 @@ class PSClient:
                 if ids.size:
                     req.tables.add(table=table, ids=ids.tobytes())
                     reply_bytes += ids.size * meta.dim * wire.itemsize
-            if req.tables:
+            if s in dense_by_shard:
+                req.dense.extend(dense_by_shard[s])
+            if req.tables or req.dense:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
         responses = self._call_shards("Lookup", requests) if requests else {}
-        replies = {s: {item.table: item for item in resp} for s, resp in responses.items()}
+        return self._rows_of(plans, responses, wire), self._dense_of(responses, dense_by_shard)
+
+    def _rows_of(self, plans: Mapping[str, tuple[TableMeta, Routed]], responses: Mapping[int, Any],
+                 wire: np.dtype) -> dict[str, np.ndarray]:
+        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
         out = {}
         for table, (meta, routed) in plans.items():
             parts = []
@@ -287,6 +302,19 @@ class PSClient:
                                                      f"Lookup reply from shard {s} for {table!r}", wire)))
             out[table] = routed.assemble(parts, meta.dim)
         return out
+
+    def _dense_of(self, responses: Mapping[int, Any], wanted: Mapping[int, list[str]]) -> dict[str, np.ndarray]:
+        dense = {}
+        for s, resp in responses.items():
+            for v in resp.dense:
+                dense[v.name] = rows_from_bytes(v.values, 1, math.prod(v.shape),
+                                                f"Lookup reply from shard {s} for dense {v.name!r}").reshape(v.shape)
+        for s, names in wanted.items():
+            missing = [n for n in names if n not in dense]
+            if missing:
+                raise PSError(f"PS shard {s} ({self.addresses[s]}) returned no values for dense variables {missing}",
+                              s, self.addresses[s])
+        return dense
 
     def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, scalars: dict[int, int],
                  learning_rates: Mapping[str, Any] | None = None) -> dict[int, bytes]:

@@ -181,9 +181,10 @@ class ParameterServerServicer:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
         work = self._owned_ids("Lookup", request.tables)
         np_dtype = _NP_DTYPES[request.dtype]
+        dense = self.state.dense_pull(list(request.dense)) if request.dense else []
         rows = [(name, table.lookup(ids, dtype=np_dtype), int(request.dtype), table.dim) for name, table, ids in work]
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
-        return encode_lookup_response(rows)  # a serialized LookupResponse; the rows are copied once
+        return encode_lookup_response(rows, dense)  # a serialized LookupResponse; the rows are copied once
 
     def _checked_updates(self, method: str, request: UpdatesView) -> list[tuple[str, CheckedUpdate]]:
         """Decode every table's update and run the table's own checks on it (the only checks its values get:

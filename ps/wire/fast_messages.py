@@ -100,8 +100,11 @@ def _size(chunks: list) -> int:
 
 
 # -- LookupResponse: repeated TableRows tables = 1 {table = 1; values = 2; dtype = 3; dim = 4} ---------
-def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]]) -> bytes:
-    """[(table, rows, dtype enum, dim)] -> serialized LookupResponse, rows copied once."""
+#    repeated DenseValue dense = 2 {name = 1; repeated int64 shape = 2 (packed); values = 3}
+def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]],
+                           dense: Sequence[tuple[str, Sequence[int], np.ndarray]] = ()) -> bytes:
+    """[(table, rows, dtype enum, dim)] (+ [(dense variable, shape, float32 values)]) -> serialized
+    LookupResponse, rows copied once."""
     chunks: list = []
     for name, rows, dtype, dim in tables:
         sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, _raw(rows))]
@@ -110,7 +113,24 @@ def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]]) -> by
         if dim:
             sub += [_tag(4, _VARINT), _varint(dim)]
         chunks += _len_field(1, sub, _size(sub))
+    for name, shape, values in dense:
+        sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, b"".join(_varint(int(d)) for d in shape)),
+               *_bytes_field(3, _raw(values, np.dtype("<f4")))]
+        chunks += _len_field(2, sub, _size(sub))
     return b"".join(chunks)
+
+
+@dataclass
+class DenseValueView:
+    name: str = ""
+    shape: tuple[int, ...] = ()
+    values: memoryview = field(default_factory=lambda: memoryview(b""))
+
+
+@dataclass
+class LookupView:
+    tables: list[TableRowsView]
+    dense: list[DenseValueView]
 
 
 @dataclass
@@ -121,24 +141,47 @@ class TableRowsView:
     dim: int = 0
 
 
-def decode_lookup_response(data: bytes) -> list[TableRowsView]:
+def decode_lookup_response(data: bytes) -> LookupView:
     buf = memoryview(data)
-    out = []
+    out = LookupView([], [])
     for number, wire_type, value in _fields(buf, 0, len(buf)):
-        if number != 1 or wire_type != _LEN:
-            continue
-        item = TableRowsView()
-        for n, wt, v in _fields(value, 0, len(value)):
-            if n == 1 and wt == _LEN:
-                item.table = bytes(v).decode("utf-8")
-            elif n == 2 and wt == _LEN:
-                item.values = v
-            elif n == 3 and wt == _VARINT:
-                item.dtype = v
-            elif n == 4 and wt == _VARINT:
-                item.dim = _signed64(v)
-        out.append(item)
+        if number == 1 and wire_type == _LEN:
+            out.tables.append(_table_rows(value))
+        elif number == 2 and wire_type == _LEN:
+            out.dense.append(_dense_value(value))
     return out
+
+
+def _table_rows(value: memoryview) -> TableRowsView:
+    item = TableRowsView()
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            item.table = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:
+            item.values = v
+        elif n == 3 and wt == _VARINT:
+            item.dtype = v
+        elif n == 4 and wt == _VARINT:
+            item.dim = _signed64(v)
+    return item
+
+
+def _dense_value(value: memoryview) -> DenseValueView:
+    item = DenseValueView()
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            item.name = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:  # packed
+            shape, pos = [], 0
+            while pos < len(v):
+                d, pos = _read_varint(v, pos, len(v))
+                shape.append(_signed64(d))
+            item.shape += tuple(shape)
+        elif n == 2 and wt == _VARINT:  # unpacked, as a parser must also accept
+            item.shape += (_signed64(v),)
+        elif n == 3 and wt == _LEN:
+            item.values = v
+    return item
 
 
 # -- ApplyGradientsRequest / UpdateRequest: repeated TableUpdate tables = 1 -------------------------

@@ -45,6 +45,10 @@ class ParameterBackend(Protocol):
         """Rows of distinct ids per table (absent ids read as zeros)."""
         ...
 
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """A step's reads: `lookup(ids)` and `pull_dense()` together."""
+        ...
+
     def apply_gradients(self, updates: SparseUpdates, global_step: int,
                         learning_rates: Mapping[str, list[float]]) -> None:
         """One optimizer step per id with each table segment's learning rate."""
@@ -125,6 +129,9 @@ class LocalBackend:
 
     def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: self.shard.table(name).lookup(v) for name, v in ids.items()}
+
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        return self.lookup(ids), None
 
     def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
                         learning_rates: Mapping[str, list[float]] | None = None) -> None:
@@ -243,6 +250,14 @@ class RemoteBackend:
 
     def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.client.lookup_many(ids, dedupe=False) if ids else {}  # the worker deduplicated them
+
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The rows and the dense values in one Lookup per shard."""
+        names = self._dense.names if self._dense is not None and self._dense.variables else []
+        if not ids and not names:
+            return {}, None
+        rows, dense = self.client.lookup_step(ids, names, dedupe=False)  # the worker deduplicated the ids
+        return rows, dense if names else None
 
     def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
                         learning_rates: Mapping[str, list[float]] | None = None) -> None:

@@ -1,9 +1,10 @@
 """The worker loop: train / evaluate / predict a `MonolithModel`, locally or against PS shards.
 
-One step: read a batch -> dedupe each table's ids once -> look rows up through the `ParameterBackend` (on
-a prefetch thread, bounded by `staleness`) -> one traced `tf.function` (fixed input signature) computing
-loss, dense gradients and row gradients -> claim a global step -> dense gradients to the in-graph
-optimizer (local) or the PS, row gradients with each segment's learning rate through the backend.
+One step: read a batch -> dedupe each table's ids once -> look rows (and, with PS shards, the dense values)
+up through the `ParameterBackend` (on a prefetch thread, bounded by `staleness`) -> one traced
+`tf.function` (fixed input signature) computing loss, dense gradients and row gradients -> claim a global
+step and, only if granted, apply the row gradients with each segment's learning rate and the dense
+gradients (the in-graph optimizer locally; with PS shards one call per shard carries both).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +148,6 @@ class Estimator:
             if config.ps_addresses is not None else LocalBackend(config.keep_checkpoint_max))
         self._refused = [0, 0]
         self._jobs = 0
-        # the dense pull runs beside the lookup of the same step (both are round trips)
-        self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
         self.model.ctx.feature_factory.backend = self.backend  # for the model API (ctx.apply_embedding_gradients)
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
@@ -360,18 +358,11 @@ class Estimator:
             times.add("dedupe", t)
             return batch
 
-        def pull() -> dict[str, np.ndarray] | None:
-            t = now()
-            values = backend.pull_dense()
-            times.add("dense_pull", t)
-            return values
-
         def lookup(batch: PreparedBatch) -> PreparedBatch:
-            dense = self._pull.submit(pull) if self.config.distributed else None
             t = now()
-            compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
+            rows, batch.dense = backend.lookup_step(batch.table_ids)  # remote: rows and dense values, one call
+            compiled.prep.assemble(batch, rows)
             times.add("lookup", t)
-            batch.dense = dense.result() if dense is not None else None
             return batch
 
         return Prefetcher(read, lookup, staleness)
@@ -728,5 +719,4 @@ class Estimator:
             self._step_times.close()
         if self._stream is not None:
             self._stream.close()
-        self._pull.shutdown(wait=True)
         self.backend.close()
