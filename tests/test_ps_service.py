@@ -240,10 +240,19 @@ def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_grante
     with pytest.raises(ValueError, match="NaN"):
         client.push_step({}, {names[0]: np.array([np.nan, 0, 0])}, start, claim_limit=start + 5)
     assert client.global_step() == start + 1
-    np.testing.assert_allclose(client.lookup("step_rows", ids), 1.0 - 0.05 * grads, rtol=1e-6)  # ones, sgd 0.05
+    # a sole claimer (a job's only worker) sends every shard's part at once
+    assert client.push_step({"step_rows": (ids, grads)}, dense, global_step=start + 1, claim_limit=start + 2,
+                            sole_claimer=True) == (start + 2, True)
+    with pytest.raises(PSError, match="sole claimer"):
+        client.push_step({}, dense, global_step=start + 2, claim_limit=start + 2, sole_claimer=True)
+    rows, values = client.lookup_step({"step_rows": ids}, names)  # a step's reads: one Lookup per shard
+    np.testing.assert_allclose(rows["step_rows"], 1.0 - 2 * 0.05 * grads, rtol=1e-6)  # ones initializer, sgd 0.05
+    np.testing.assert_allclose(client.lookup("step_rows", ids), rows["step_rows"])
     pulled = client.dense_pull(names)
-    for n in names:
-        np.testing.assert_allclose(pulled[n], init[n] - 0.5 * dense[n], rtol=1e-6)
+    for i, n in enumerate(names):  # two granted steps, and the dense part of the refused sole claim on shard 1
+        steps = 3 if dense_owner(n, 2) == 1 else 2
+        np.testing.assert_allclose(values[n], init[n] - steps * 0.5 * dense[n], rtol=1e-6)
+        np.testing.assert_allclose(pulled[n], values[n])
 
 
 def test_global_step_is_shared_and_atomic(cluster):

@@ -382,14 +382,16 @@ class PSClient:
 
     def push_step(self, grads_by_table: Mapping[str, tuple[Any, Any]], dense_grads: Mapping[str, Any],
                   global_step: int, claim_limit: int, learning_rates: Mapping[str, Any] | None = None,
-                  dedupe: bool = True) -> tuple[int, bool]:
+                  dedupe: bool = True, sole_claimer: bool = False) -> tuple[int, bool]:
         """A training step's updates as one ApplyGradients per shard, the step claimed on the way: add 1 to
         the global step unless that would pass `claim_limit` and, only if it did, apply the rows and dense
         gradients. (global step after the claim, whether the step was claimed and applied.)
 
         Shard 0 claims and applies its part in one call; the other shards' parts go out (in parallel) once
-        the claim is granted, so a refused step changes nothing anywhere. Everything is validated before
-        anything is sent."""
+        the claim is granted, so a refused step changes nothing anywhere. `sole_claimer`: the caller is the
+        only one claiming steps and never claims past `claim_limit` (a job's only worker), so the claim
+        cannot be refused and every shard's part goes out at once; should shard 0 refuse it all the same,
+        `PSError` says so. Everything is validated before anything is sent."""
         if int(claim_limit) <= 0:
             raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
         items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
@@ -404,11 +406,18 @@ class PSClient:
             dense.setdefault(dense_owner(name, self.num_shards), []).append((name, g))
         scalars = {APPLY_GLOBAL_STEP: int(global_step)}
         first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
+        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
+                for s in range(1, self.num_shards) if s in items or s in dense}
+        if sole_claimer and rest:
+            reply = self._call_shards("ApplyGradients", {0: first, **rest})[0]
+            if not reply.claimed:
+                raise PSError(f"shard 0 refused the claim of a step at global step {reply.global_step} (limit "
+                              f"{claim_limit}) from a sole claimer: something else advanced the global step, and "
+                              f"shards {sorted(rest)} applied that step's updates", 0, self.addresses[0])
+            return int(reply.global_step), True
         reply = self._call_with_retries(0, "ApplyGradients", first)
         if not reply.claimed:
             return int(reply.global_step), False
-        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
-                for s in range(1, self.num_shards) if s in items or s in dense}
         if rest:
             self._call_shards("ApplyGradients", rest)
         return int(reply.global_step), True

@@ -71,9 +71,12 @@ class ParameterBackend(Protocol):
         ...
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
-                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
         """A training step's updates: claim the step (as `claim_global_step(limit)`) and, only if that was
-        granted, apply its row gradients and dense gradients (None: none leave the graph). Returns the claim."""
+        granted, apply its row gradients and dense gradients (None: none leave the graph). Returns the claim.
+        `sole_claimer`: the caller is the job's only worker and never claims past `limit` (the claim cannot
+        be refused, so every shard's part may go out at once)."""
         ...
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
@@ -171,7 +174,8 @@ class LocalBackend:
         return self.shard.increment_global_step(1, limit)
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
-                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
         claimed, granted = self.claim_global_step(limit)
         if granted:
             self.apply_gradients(updates, global_step, learning_rates)
@@ -293,12 +297,14 @@ class RemoteBackend:
         return self.client.claim_global_step(limit)
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
-                  learning_rates: Mapping[str, list[float]], limit: int) -> tuple[int, bool]:
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
         """One ApplyGradients per shard carrying its rows and dense gradients, the claim riding on shard 0's."""
         dense = {}
         if dense_grads is not None and self._dense is not None:
             dense = dict(zip(self._dense.names, dense_grads))
-        return self.client.push_step(updates, dense, global_step, limit, learning_rates=learning_rates, dedupe=False)
+        return self.client.push_step(updates, dense, global_step, limit, learning_rates=learning_rates, dedupe=False,
+                                     sole_claimer=sole_claimer)
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         return self.client.save(model_dir, step, stream_offsets)

@@ -557,8 +557,10 @@ class Estimator:
         updates = compiled.prep.table_gradients(batch, grads)
         lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
         dense = self._dense_gradients(out["dense_grads"]) if "dense_grads" in out else None
-        # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused
-        claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps)
+        # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused. A
+        # job's only worker never claims past max_steps (its loop stops there), so nothing else can refuse it.
+        claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps,
+                                                  sole_claimer=self.config.num_workers == 1)
         times.add("gradient_push", t)
         if not granted:
             self._refused[0] += 1
