@@ -6,15 +6,14 @@ import time
 import numpy as np
 
 from ps.store.table import EmbeddingTable
-from ps.wire.tensors import F32, IDS, ids_from_bytes, rows_from_bytes
 
 
 def _as_received(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The arrays as a shard decodes them from a request: read-only views of its bytes. numba compiles
     a kernel separately for read-only arrays, so warming only writable ones leaves every RPC's first
     call to compile (seconds, inside the first training steps)."""
-    return (ids_from_bytes(ids.astype(IDS).tobytes(), "warm-up"),
-            rows_from_bytes(values.astype(F32).tobytes(), ids.size, values.shape[1], "warm-up"))
+    return (np.frombuffer(ids.astype(np.int64).tobytes(), np.int64),
+            np.frombuffer(values.astype(np.float32).tobytes(), np.float32).reshape(values.shape))
 
 
 def warm_up_kernels() -> float:
