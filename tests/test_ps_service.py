@@ -249,7 +249,7 @@ def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_grante
     np.testing.assert_allclose(rows["step_rows"], 1.0 - 2 * 0.05 * grads, rtol=1e-6)  # ones initializer, sgd 0.05
     np.testing.assert_allclose(client.lookup("step_rows", ids), rows["step_rows"])
     pulled = client.dense_pull(names)
-    for i, n in enumerate(names):  # two granted steps, and the dense part of the refused sole claim on shard 1
+    for n in names:  # two granted steps, and the dense part of the refused sole claim on shard 1
         steps = 3 if dense_owner(n, 2) == 1 else 2
         np.testing.assert_allclose(values[n], init[n] - steps * 0.5 * dense[n], rtol=1e-6)
         np.testing.assert_allclose(pulled[n], values[n])
