@@ -5,6 +5,7 @@ from google.protobuf.message import DecodeError
 
 from protos import ps_pb2
 from ps.wire.fast_messages import (
+    APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     decode_lookup_response,
@@ -21,8 +22,12 @@ def test_lookup_response_encoding_parses_with_protobuf():
     rows16 = RNG.normal(size=(5, 3)).astype(np.float16)
     empty = np.zeros((0, 4), np.float32)
     data = encode_lookup_response([("user", rows32, ps_pb2.FLOAT32, 16), ("ü/item", rows16, ps_pb2.FLOAT16, 3),
-                                   ("e", empty, ps_pb2.FLOAT32, 4)])
+                                   ("e", empty, ps_pb2.FLOAT32, 4)],
+                                  [("tower/w", (3, 300), rows32.reshape(-1)[:900].reshape(3, 300)),
+                                   ("s", (), rows32[0, :1])])
     msg = ps_pb2.LookupResponse.FromString(data)
+    assert [(d.name, tuple(d.shape)) for d in msg.dense] == [("tower/w", (3, 300)), ("s", ())]
+    assert msg.dense[0].values == rows32.reshape(-1)[:900].tobytes()
     assert [(t.table, t.dtype, t.dim) for t in msg.tables] == [("user", 0, 16), ("ü/item", 1, 3), ("e", 0, 4)]
     assert msg.tables[0].values == rows32.tobytes() and msg.tables[1].values == rows16.tobytes()
     assert msg.tables[2].values == b""
@@ -34,9 +39,12 @@ def test_lookup_response_decoding_reads_protobuf_output():
     msg = ps_pb2.LookupResponse()
     msg.tables.add(table="a", values=rows.tobytes(), dtype=ps_pb2.FLOAT32, dim=8)
     msg.tables.add(table="b", values=b"", dtype=ps_pb2.FLOAT16, dim=2)
+    msg.dense.add(name="w", shape=[7, 10], values=rows.reshape(-1)[:70].tobytes())
     got = decode_lookup_response(msg.SerializeToString())
-    assert [(t.table, t.dtype, t.dim) for t in got] == [("a", 0, 8), ("b", 1, 2)]
-    np.testing.assert_array_equal(np.frombuffer(got[0].values, np.float32).reshape(70, 8), rows)
+    assert [(t.table, t.dtype, t.dim) for t in got.tables] == [("a", 0, 8), ("b", 1, 2)]
+    np.testing.assert_array_equal(np.frombuffer(got.tables[0].values, np.float32).reshape(70, 8), rows)
+    assert [(d.name, d.shape) for d in got.dense] == [("w", (7, 10))]
+    np.testing.assert_array_equal(np.frombuffer(got.dense[0].values, np.float32), rows.reshape(-1)[:70])
 
 
 def _updates():
@@ -54,6 +62,19 @@ def test_update_encoding_parses_with_protobuf(global_step):
         assert t.table == name and t.ids == ids.astype("<i8").tobytes() and t.values == values.tobytes()
         assert list(t.learning_rates) == pytest.approx(lrs or [])
     assert data == msg.SerializeToString()
+
+
+def test_a_step_push_with_dense_gradients_and_a_claim_round_trips_through_protobuf():
+    dense = [("tower/w", RNG.normal(size=(3, 2)).astype(np.float32)), ("b", np.zeros(0, np.float32))]
+    data = encode_updates(_updates(), {APPLY_GLOBAL_STEP: 9, APPLY_CLAIM_LIMIT: 2**62}, dense)
+    msg = ps_pb2.ApplyGradientsRequest.FromString(data)
+    assert (msg.global_step, msg.claim_limit) == (9, 2**62)
+    assert [(d.name, d.values) for d in msg.dense] == [(n, g.tobytes()) for n, g in dense]
+    assert data == msg.SerializeToString()
+    view = decode_updates(data, "ApplyGradientsRequest")
+    assert [(n, bytes(v)) for n, v in view.dense] == [(n, g.tobytes()) for n, g in dense]
+    assert view.scalars[APPLY_CLAIM_LIMIT] == 2**62 and len(view.tables) == 2
+    assert decode_updates(data, "UpdateRequest").dense == []  # not a field of Assign's request
 
 
 def test_update_decoding_reads_protobuf_output_and_skips_unknown_fields():

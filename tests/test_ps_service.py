@@ -10,6 +10,7 @@ import pytest
 from protos import ps_pb2
 from ps.client import PSClient
 from ps.errors import PSAlreadyExists, PSError, PSNotFound
+from ps.sharding import dense_owner
 from ps.store.table import EmbeddingTable
 from tests.ps_cluster import start_shard, wait_ready
 
@@ -211,6 +212,47 @@ def test_dense_push_pull_matches_numpy(cluster):
         client.dense_push({"tower/w": np.ones((4, 3))})
     with pytest.raises(PSNotFound, match="unknown dense variable 'nope'"):
         client.dense_pull(["nope"])
+
+
+def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_granted(cluster):
+    """A training step's push is one ApplyGradients per shard with its rows and dense gradients, the claim
+    riding on shard 0's; a refused claim, or a bad part, changes nothing anywhere."""
+    client = cluster["client"]
+    client.create_tables({"step_rows": ITEM})
+    names = [f"step/v{i}" for i in range(4)]
+    assert {dense_owner(n, 2) for n in names} == {0, 1}
+    init = {n: np.full(3, i, np.float32) for i, n in enumerate(names)}
+    client.create_dense({n: {"shape": [3], "optimizer": {"type": "sgd", "learning_rate": 0.5},
+                             "initial_value": init[n]} for n in names})
+    rng = np.random.default_rng(5)
+    ids = np.arange(-6, 6, dtype=np.int64)  # rows on both shards
+    grads = rng.normal(size=(ids.size, 4)).astype(np.float32)
+    dense = {n: rng.normal(size=3).astype(np.float32) for n in names}
+    start = client.global_step()
+    assert client.push_step({"step_rows": (ids, grads)}, dense, global_step=start, claim_limit=start + 1) \
+        == (start + 1, True)
+    refused = client.push_step({"step_rows": (ids, 2 * grads)}, dense, global_step=start + 1, claim_limit=start + 1)
+    assert refused == (start + 1, False)
+    bad = ps_pb2.ApplyGradientsRequest(claim_limit=start + 5)
+    bad.dense.add(name=names[0], values=b"12345")
+    assert rpc_error(cluster["shards"][0].address, "ApplyGradients",
+                     bad.SerializeToString()).code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ValueError, match="NaN"):
+        client.push_step({}, {names[0]: np.array([np.nan, 0, 0])}, start, claim_limit=start + 5)
+    assert client.global_step() == start + 1
+    # a sole claimer (a job's only worker) sends every shard's part at once
+    assert client.push_step({"step_rows": (ids, grads)}, dense, global_step=start + 1, claim_limit=start + 2,
+                            sole_claimer=True) == (start + 2, True)
+    with pytest.raises(PSError, match="sole claimer"):
+        client.push_step({}, dense, global_step=start + 2, claim_limit=start + 2, sole_claimer=True)
+    rows, values = client.lookup_step({"step_rows": ids}, names)  # a step's reads: one Lookup per shard
+    np.testing.assert_allclose(rows["step_rows"], 1.0 - 2 * 0.05 * grads, rtol=1e-6)  # ones initializer, sgd 0.05
+    np.testing.assert_allclose(client.lookup("step_rows", ids), rows["step_rows"])
+    pulled = client.dense_pull(names)
+    for n in names:  # two granted steps, and the dense part of the refused sole claim on shard 1
+        steps = 3 if dense_owner(n, 2) == 1 else 2
+        np.testing.assert_allclose(values[n], init[n] - steps * 0.5 * dense[n], rtol=1e-6)
+        np.testing.assert_allclose(pulled[n], values[n])
 
 
 def test_global_step_is_shared_and_atomic(cluster):

@@ -37,6 +37,7 @@ from ps.persist.coordinator import CheckpointCoordinator
 from ps.sharding import dense_owner
 from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
+    APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
@@ -252,6 +253,15 @@ class PSClient:
 
         `dedupe=False`: the caller's ids are already distinct (the worker deduplicated them), so they are
         routed as they are instead of being deduplicated a second time."""
+        return self.lookup_step(ids_by_table, (), dedupe)[0]
+
+    def lookup_step(self, ids_by_table: Mapping[str, Any], dense_names: Iterable[str],
+                    dedupe: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A training step's reads: `lookup_many`'s rows and the current values of the dense variables
+        `dense_names` (read-only arrays), still one RPC per shard."""
+        dense_by_shard: dict[int, list[str]] = {}
+        for name in dense_names:
+            dense_by_shard.setdefault(dense_owner(name, self.num_shards), []).append(name)
         dtype = ps_pb2.FLOAT16 if self.config.float16_lookup else ps_pb2.FLOAT32
         wire = F16 if self.config.float16_lookup else F32
         plans: dict[str, tuple[TableMeta, Routed]] = {}
@@ -267,11 +277,17 @@ class PSClient:
                 if ids.size:
                     req.tables.add(table=table, ids=ids.tobytes())
                     reply_bytes += ids.size * meta.dim * wire.itemsize
-            if req.tables:
+            if s in dense_by_shard:
+                req.dense.extend(dense_by_shard[s])
+            if req.tables or req.dense:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
         responses = self._call_shards("Lookup", requests) if requests else {}
-        replies = {s: {item.table: item for item in resp} for s, resp in responses.items()}
+        return self._rows_of(plans, responses, wire), self._dense_of(responses, dense_by_shard)
+
+    def _rows_of(self, plans: Mapping[str, tuple[TableMeta, Routed]], responses: Mapping[int, Any],
+                 wire: np.dtype) -> dict[str, np.ndarray]:
+        replies = {s: {item.table: item for item in resp.tables} for s, resp in responses.items()}
         out = {}
         for table, (meta, routed) in plans.items():
             parts = []
@@ -287,11 +303,30 @@ class PSClient:
             out[table] = routed.assemble(parts, meta.dim)
         return out
 
+    def _dense_of(self, responses: Mapping[int, Any], wanted: Mapping[int, list[str]]) -> dict[str, np.ndarray]:
+        dense = {}
+        for s, resp in responses.items():
+            for v in resp.dense:
+                dense[v.name] = rows_from_bytes(v.values, 1, math.prod(v.shape),
+                                                f"Lookup reply from shard {s} for dense {v.name!r}").reshape(v.shape)
+        for s, names in wanted.items():
+            missing = [n for n in names if n not in dense]
+            if missing:
+                raise PSError(f"PS shard {s} ({self.addresses[s]}) returned no values for dense variables {missing}",
+                              s, self.addresses[s])
+        return dense
+
     def _updates(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool, scalars: dict[int, int],
                  learning_rates: Mapping[str, Any] | None = None) -> dict[int, bytes]:
         """Validate {table: (ids, values)} and encode one request per shard (nothing is sent here).
 
         `scalars` are the request's int64 fields by number (see ps.wire.fast_messages.encode_updates)."""
+        return {s: encode_updates(items, scalars)
+                for s, items in self._update_items(method, updates, dedupe, learning_rates).items()}
+
+    def _update_items(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool,
+                      learning_rates: Mapping[str, Any] | None = None) -> dict[int, list]:
+        """Validated {table: (ids, values)} as `encode_updates` items per shard."""
         per_shard: dict[int, list] = {}
         sizes: dict[int, int] = {}
         learning_rates = learning_rates or {}
@@ -324,7 +359,7 @@ class PSClient:
                     sizes[s] = sizes.get(s, 0) + shard_ids.nbytes + vals.nbytes
                     self._check_size(f"{method} request", s, sizes[s])
                     per_shard.setdefault(s, []).append((table, shard_ids, vals, lrs))
-        return {s: encode_updates(items, scalars) for s, items in per_shard.items()}
+        return per_shard
 
     def apply_gradients(self, table: str, ids: Any, grads: Any, global_step: int = 0,
                         learning_rates: Any = None, update_time: int = 0) -> None:
@@ -344,6 +379,48 @@ class PSClient:
                                  learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
+
+    def push_step(self, grads_by_table: Mapping[str, tuple[Any, Any]], dense_grads: Mapping[str, Any],
+                  global_step: int, claim_limit: int, learning_rates: Mapping[str, Any] | None = None,
+                  dedupe: bool = True, sole_claimer: bool = False) -> tuple[int, bool]:
+        """A training step's updates as one ApplyGradients per shard, the step claimed on the way: add 1 to
+        the global step unless that would pass `claim_limit` and, only if it did, apply the rows and dense
+        gradients. (global step after the claim, whether the step was claimed and applied.)
+
+        Shard 0 claims and applies its part in one call; the other shards' parts go out (in parallel) once
+        the claim is granted, so a refused step changes nothing anywhere. `sole_claimer`: the caller is the
+        only one claiming steps and never claims past `claim_limit` (a job's only worker), so the claim
+        cannot be refused and every shard's part goes out at once; should shard 0 refuse it all the same,
+        `PSError` says so. Everything is validated before anything is sent."""
+        if int(claim_limit) <= 0:
+            raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
+        items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
+        dense: dict[int, list] = {}
+        for name, grad in dense_grads.items():
+            g = np.ascontiguousarray(grad, dtype=np.float32)
+            shape = self._dense_shapes.get(name)
+            if shape is not None and g.shape != shape:
+                raise ValueError(f"push_step {name!r}: gradient shape {g.shape}, variable shape {shape}")
+            if g.size and not all_finite(g.reshape(1, -1)):
+                raise ValueError(f"push_step {name!r}: gradient contains NaN/Inf")
+            dense.setdefault(dense_owner(name, self.num_shards), []).append((name, g))
+        scalars = {APPLY_GLOBAL_STEP: int(global_step)}
+        first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
+        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
+                for s in range(1, self.num_shards) if s in items or s in dense}
+        if sole_claimer and rest:
+            reply = self._call_shards("ApplyGradients", {0: first, **rest})[0]
+            if not reply.claimed:
+                raise PSError(f"shard 0 refused the claim of a step at global step {reply.global_step} (limit "
+                              f"{claim_limit}) from a sole claimer: something else advanced the global step, and "
+                              f"shards {sorted(rest)} applied that step's updates", 0, self.addresses[0])
+            return int(reply.global_step), True
+        reply = self._call_with_retries(0, "ApplyGradients", first)
+        if not reply.claimed:
+            return int(reply.global_step), False
+        if rest:
+            self._call_shards("ApplyGradients", rest)
+        return int(reply.global_step), True
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
         requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})

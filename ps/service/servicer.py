@@ -27,6 +27,7 @@ from ps.store.shard_state import ShardState
 from ps.store.table import CheckedUpdate, EmbeddingTable
 from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
+    APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
@@ -66,6 +67,18 @@ def _info(name: str, table, created: bool = False) -> ps_pb2.TableInfo:
         config=table_config_to_proto(name, TableConfig.from_dict(table.config)),
         created=created, rows=int(table.size), memory_bytes=int(table.memory_bytes),
     )
+
+
+def _dense_grads(method: str, items) -> dict[str, np.ndarray]:
+    """{name: float32 gradient} from (name, bytes) pairs: whole float32s, each name once."""
+    grads: dict[str, np.ndarray] = {}
+    for name, values in items:
+        if len(values) % 4:
+            raise ValueError(f"{method} {name!r}: {len(values)} bytes is not a whole number of float32")
+        if name in grads:
+            raise ValueError(f"{method}: dense variable {name!r} appears twice")
+        grads[name] = np.frombuffer(values, dtype=F32)
+    return grads
 
 
 def _rss_bytes() -> int:
@@ -168,9 +181,10 @@ class ParameterServerServicer:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
         work = self._owned_ids("Lookup", request.tables)
         np_dtype = _NP_DTYPES[request.dtype]
+        dense = self.state.dense_pull(list(request.dense)) if request.dense else []
         rows = [(name, table.lookup(ids, dtype=np_dtype), int(request.dtype), table.dim) for name, table, ids in work]
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
-        return encode_lookup_response(rows)  # a serialized LookupResponse; the rows are copied once
+        return encode_lookup_response(rows, dense)  # a serialized LookupResponse; the rows are copied once
 
     def _checked_updates(self, method: str, request: UpdatesView) -> list[tuple[str, CheckedUpdate]]:
         """Decode every table's update and run the table's own checks on it (the only checks its values get:
@@ -198,10 +212,22 @@ class ParameterServerServicer:
         return work
 
     def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
+        """A step's rows (and dense gradients) for this shard; with a claim_limit, claim the step first and
+        apply nothing if it is refused. Every part is checked before the claim."""
         work = self._checked_updates("ApplyGradients", request)
-        for _name, checked in work:
+        dense = self.state.check_dense(_dense_grads("ApplyGradients", request.dense)) if request.dense else []
+        limit = request.scalars.get(APPLY_CLAIM_LIMIT, 0)
+        out = ps_pb2.UpdateResponse()
+        if limit > 0:
+            out.global_step, out.claimed = self.state.increment_global_step(1, limit)
+            if not out.claimed:
+                return out
+        for name, checked in work:
             checked.table.apply_checked(checked)
-        return ps_pb2.UpdateResponse(rows={name: c.ids.size for name, c in work})
+            out.rows[name] = checked.ids.size
+        if dense:
+            self.state.apply_dense(dense, request.scalars.get(APPLY_GLOBAL_STEP, 0), None)
+        return out
 
     def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._checked_updates("Assign", request)
@@ -267,13 +293,7 @@ class ParameterServerServicer:
         return out
 
     def dense_push(self, request: ps_pb2.DensePushRequest) -> ps_pb2.DensePushResponse:
-        grads = {}
-        for g in request.grads:
-            if len(g.values) % 4:
-                raise ValueError(f"DensePush {g.name!r}: {len(g.values)} bytes is not a whole number of float32")
-            if g.name in grads:
-                raise ValueError(f"DensePush: {g.name!r} appears twice")
-            grads[g.name] = np.frombuffer(g.values, dtype=F32)
+        grads = _dense_grads("DensePush", [(g.name, g.values) for g in request.grads])
         lr = request.learning_rate if request.HasField("learning_rate") else None
         self.state.dense_push(grads, request.global_step, lr)
         return ps_pb2.DensePushResponse()

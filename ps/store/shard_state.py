@@ -179,6 +179,10 @@ class ShardState:
         return out
 
     def dense_push(self, grads: dict[str, np.ndarray], global_step: int, learning_rate: float | None) -> None:
+        self.apply_dense(self.check_dense(grads), global_step, learning_rate)
+
+    def check_dense(self, grads: dict[str, np.ndarray]) -> list[tuple[DenseVariable, np.ndarray]]:
+        """Each gradient's variable and shape-checked, finite gradient row; raises before anything is applied."""
         checked = []
         for name, grad in grads.items():
             var = self.dense_var(name)
@@ -188,6 +192,10 @@ class ShardState:
             if not np.isfinite(grad).all():
                 raise ValueError(f"dense variable {name!r}: gradient contains NaN or Inf")
             checked.append((var, grad.reshape(1, -1)))
+        return checked
+
+    def apply_dense(self, checked: list[tuple[DenseVariable, np.ndarray]], global_step: int,
+                    learning_rate: float | None) -> None:
         lrs = None if learning_rate is None else [float(learning_rate)]
         for var, grad in checked:
             var.table.apply_gradients(_DENSE_ID, grad, global_step=global_step, learning_rates=lrs)

@@ -11,6 +11,7 @@ skipped as protobuf does, and anything malformed raises ValueError.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,8 +100,11 @@ def _size(chunks: list) -> int:
 
 
 # -- LookupResponse: repeated TableRows tables = 1 {table = 1; values = 2; dtype = 3; dim = 4} ---------
-def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]]) -> bytes:
-    """[(table, rows, dtype enum, dim)] -> serialized LookupResponse, rows copied once."""
+#    repeated DenseValue dense = 2 {name = 1; repeated int64 shape = 2 (packed); values = 3}
+def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]],
+                           dense: Sequence[tuple[str, Sequence[int], np.ndarray]] = ()) -> bytes:
+    """[(table, rows, dtype enum, dim)] (+ [(dense variable, shape, float32 values)]) -> serialized
+    LookupResponse, rows copied once."""
     chunks: list = []
     for name, rows, dtype, dim in tables:
         sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, _raw(rows))]
@@ -109,7 +113,24 @@ def encode_lookup_response(tables: list[tuple[str, np.ndarray, int, int]]) -> by
         if dim:
             sub += [_tag(4, _VARINT), _varint(dim)]
         chunks += _len_field(1, sub, _size(sub))
+    for name, shape, values in dense:
+        sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, b"".join(_varint(int(d)) for d in shape)),
+               *_bytes_field(3, _raw(values, np.dtype("<f4")))]
+        chunks += _len_field(2, sub, _size(sub))
     return b"".join(chunks)
+
+
+@dataclass
+class DenseValueView:
+    name: str = ""
+    shape: tuple[int, ...] = ()
+    values: memoryview = field(default_factory=lambda: memoryview(b""))
+
+
+@dataclass
+class LookupView:
+    tables: list[TableRowsView]
+    dense: list[DenseValueView]
 
 
 @dataclass
@@ -120,29 +141,53 @@ class TableRowsView:
     dim: int = 0
 
 
-def decode_lookup_response(data: bytes) -> list[TableRowsView]:
+def decode_lookup_response(data: bytes) -> LookupView:
     buf = memoryview(data)
-    out = []
+    out = LookupView([], [])
     for number, wire_type, value in _fields(buf, 0, len(buf)):
-        if number != 1 or wire_type != _LEN:
-            continue
-        item = TableRowsView()
-        for n, wt, v in _fields(value, 0, len(value)):
-            if n == 1 and wt == _LEN:
-                item.table = bytes(v).decode("utf-8")
-            elif n == 2 and wt == _LEN:
-                item.values = v
-            elif n == 3 and wt == _VARINT:
-                item.dtype = v
-            elif n == 4 and wt == _VARINT:
-                item.dim = _signed64(v)
-        out.append(item)
+        if number == 1 and wire_type == _LEN:
+            out.tables.append(_table_rows(value))
+        elif number == 2 and wire_type == _LEN:
+            out.dense.append(_dense_value(value))
     return out
+
+
+def _table_rows(value: memoryview) -> TableRowsView:
+    item = TableRowsView()
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            item.table = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:
+            item.values = v
+        elif n == 3 and wt == _VARINT:
+            item.dtype = v
+        elif n == 4 and wt == _VARINT:
+            item.dim = _signed64(v)
+    return item
+
+
+def _dense_value(value: memoryview) -> DenseValueView:
+    item = DenseValueView()
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            item.name = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:  # packed
+            shape, pos = [], 0
+            while pos < len(v):
+                d, pos = _read_varint(v, pos, len(v))
+                shape.append(_signed64(d))
+            item.shape += tuple(shape)
+        elif n == 2 and wt == _VARINT:  # unpacked, as a parser must also accept
+            item.shape += (_signed64(v),)
+        elif n == 3 and wt == _LEN:
+            item.values = v
+    return item
 
 
 # -- ApplyGradientsRequest / UpdateRequest: repeated TableUpdate tables = 1 -------------------------
 #    TableUpdate {table = 1; ids = 2; values = 3; repeated float learning_rates = 4 (packed)}
-#    ApplyGradientsRequest {global_step = 2; update_time = 3}; UpdateRequest {update_time = 2}
+#    ApplyGradientsRequest {global_step = 2; update_time = 3; repeated DenseGrad dense = 4 {name = 1;
+#    values = 2}; claim_limit = 5}; UpdateRequest {update_time = 2}
 @dataclass
 class TableUpdateView:
     table: str = ""
@@ -155,17 +200,21 @@ class TableUpdateView:
 APPLY_GLOBAL_STEP = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["global_step"].number
 APPLY_UPDATE_TIME = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["update_time"].number
 UPDATE_UPDATE_TIME = ps_pb2.UpdateRequest.DESCRIPTOR.fields_by_name["update_time"].number
+APPLY_CLAIM_LIMIT = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["claim_limit"].number
+_APPLY_DENSE = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["dense"].number
 
 
 @dataclass
 class UpdatesView:
     tables: list[TableUpdateView]
     scalars: dict[int, int]  # field number -> int64 value
+    dense: list[tuple[str, memoryview]] = field(default_factory=list)  # ApplyGradients: (name, float32 bytes)
 
 
 def encode_updates(tables: list[tuple[str, np.ndarray, np.ndarray, list[float] | None]],
-                   scalars: dict[int, int]) -> bytes:
-    """[(table, int64 ids, float32 values, learning rates)] + {field: int64} -> serialized request."""
+                   scalars: dict[int, int], dense: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
+    """[(table, int64 ids, float32 values, learning rates)] + {field: int64} (+ an ApplyGradientsRequest's
+    [(dense variable, float32 gradient)]) -> serialized request."""
     chunks: list = []
     for name, ids, values, lrs in tables:
         sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, _raw(ids, np.dtype("<i8"))),
@@ -173,10 +222,49 @@ def encode_updates(tables: list[tuple[str, np.ndarray, np.ndarray, list[float] |
         if lrs:
             sub += _bytes_field(4, struct.pack(f"<{len(lrs)}f", *lrs))
         chunks += _len_field(1, sub, _size(sub))
-    for number, value in sorted(scalars.items()):
+    for number, value in sorted(scalars.items()):  # in field order, as protobuf writes them
+        if dense and number > _APPLY_DENSE:
+            chunks += _dense_fields(dense)
+            dense = ()
         if value:
             chunks += [_tag(number, _VARINT), _varint(int(value))]
-    return b"".join(chunks)
+    return b"".join(chunks + _dense_fields(dense))
+
+
+def _dense_fields(dense: Sequence[tuple[str, np.ndarray]]) -> list:
+    chunks: list = []
+    for name, grad in dense:
+        sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, _raw(grad, np.dtype("<f4")))]
+        chunks += _len_field(_APPLY_DENSE, sub, _size(sub))
+    return chunks
+
+
+def _table_update(value: memoryview) -> TableUpdateView:
+    item = TableUpdateView()
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            item.table = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:
+            item.ids = v
+        elif n == 3 and wt == _LEN:
+            item.values = v
+        elif n == 4 and wt == _LEN:
+            if v.nbytes % 4:
+                raise ValueError("packed learning_rates not a whole number of floats")
+            item.learning_rates += list(struct.unpack(f"<{v.nbytes // 4}f", v))
+        elif n == 4 and wt == _I32:
+            item.learning_rates.append(struct.unpack("<f", v)[0])
+    return item
+
+
+def _dense_grad(value: memoryview) -> tuple[str, memoryview]:
+    name, values = "", memoryview(b"")
+    for n, wt, v in _fields(value, 0, len(value)):
+        if n == 1 and wt == _LEN:
+            name = bytes(v).decode("utf-8")
+        elif n == 2 and wt == _LEN:
+            values = v
+    return name, values
 
 
 def decode_updates(data: bytes, what: str) -> UpdatesView:
@@ -186,21 +274,9 @@ def decode_updates(data: bytes, what: str) -> UpdatesView:
     try:
         for number, wire_type, value in _fields(buf, 0, len(buf)):
             if number == 1 and wire_type == _LEN:
-                item = TableUpdateView()
-                for n, wt, v in _fields(value, 0, len(value)):
-                    if n == 1 and wt == _LEN:
-                        item.table = bytes(v).decode("utf-8")
-                    elif n == 2 and wt == _LEN:
-                        item.ids = v
-                    elif n == 3 and wt == _LEN:
-                        item.values = v
-                    elif n == 4 and wt == _LEN:
-                        if v.nbytes % 4:
-                            raise ValueError("packed learning_rates not a whole number of floats")
-                        item.learning_rates += list(struct.unpack(f"<{v.nbytes // 4}f", v))
-                    elif n == 4 and wt == _I32:
-                        item.learning_rates.append(struct.unpack("<f", v)[0])
-                view.tables.append(item)
+                view.tables.append(_table_update(value))
+            elif number == _APPLY_DENSE and wire_type == _LEN and what == "ApplyGradientsRequest":
+                view.dense.append(_dense_grad(value))
             elif wire_type == _VARINT:
                 view.scalars[number] = _signed64(value)
     except (ValueError, UnicodeDecodeError) as exc:

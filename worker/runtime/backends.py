@@ -45,6 +45,10 @@ class ParameterBackend(Protocol):
         """Rows of distinct ids per table (absent ids read as zeros)."""
         ...
 
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """A step's reads: `lookup(ids)` and `pull_dense()` together."""
+        ...
+
     def apply_gradients(self, updates: SparseUpdates, global_step: int,
                         learning_rates: Mapping[str, list[float]]) -> None:
         """One optimizer step per id with each table segment's learning rate."""
@@ -64,6 +68,15 @@ class ParameterBackend(Protocol):
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
+        ...
+
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
+        """A training step's updates: claim the step (as `claim_global_step(limit)`) and, only if that was
+        granted, apply its row gradients and dense gradients (None: none leave the graph). Returns the claim.
+        `sole_claimer`: the caller is the job's only worker and never claims past `limit` (the claim cannot
+        be refused, so every shard's part may go out at once)."""
         ...
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
@@ -120,6 +133,9 @@ class LocalBackend:
     def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: self.shard.table(name).lookup(v) for name, v in ids.items()}
 
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        return self.lookup(ids), None
+
     def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
                         learning_rates: Mapping[str, list[float]] | None = None) -> None:
         for name, (ids, grads) in updates.items():
@@ -156,6 +172,16 @@ class LocalBackend:
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.shard.increment_global_step(1, limit)
+
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
+        claimed, granted = self.claim_global_step(limit)
+        if granted:
+            self.apply_gradients(updates, global_step, learning_rates)
+            if dense_grads is not None:
+                self.push_dense(dense_grads, global_step)
+        return claimed, granted
 
     # checkpoints: the coordinated layout, written by the in-process shard
     def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
@@ -229,6 +255,14 @@ class RemoteBackend:
     def lookup(self, ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.client.lookup_many(ids, dedupe=False) if ids else {}  # the worker deduplicated them
 
+    def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The rows and the dense values in one Lookup per shard."""
+        names = self._dense.names if self._dense is not None and self._dense.variables else []
+        if not ids and not names:
+            return {}, None
+        rows, dense = self.client.lookup_step(ids, names, dedupe=False)  # the worker deduplicated the ids
+        return rows, dense if names else None
+
     def apply_gradients(self, updates: SparseUpdates, global_step: int = 0,
                         learning_rates: Mapping[str, list[float]] | None = None) -> None:
         if updates:
@@ -261,6 +295,16 @@ class RemoteBackend:
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         return self.client.claim_global_step(limit)
+
+    def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
+                  learning_rates: Mapping[str, list[float]], limit: int,
+                  sole_claimer: bool = False) -> tuple[int, bool]:
+        """One ApplyGradients per shard carrying its rows and dense gradients, the claim riding on shard 0's."""
+        dense = {}
+        if dense_grads is not None and self._dense is not None:
+            dense = dict(zip(self._dense.names, dense_grads))
+        return self.client.push_step(updates, dense, global_step, limit, learning_rates=learning_rates, dedupe=False,
+                                     sole_claimer=sole_claimer)
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         return self.client.save(model_dir, step, stream_offsets)

@@ -38,18 +38,27 @@ class DenseVariables:
     def __init__(self, variables: list[tf.Variable]) -> None:
         self.variables = variables
         self.names = [f"dense_{i:04d}" for i in range(len(variables))]
-
-    @tf.function
-    def _assign(self, values):
-        for var, value in zip(self.variables, values):
-            var.assign(value)
+        self._assign_fn: Any = None
 
     def assign(self, values: dict[str, np.ndarray]) -> None:
+        """Every variable's value at once (with PS shards, every step): one call of a traced function with a
+        fixed signature, which skips the per-call argument binding of a polymorphic one."""
         missing = [n for n in self.names if n not in values]
         if missing:
             raise ValueError(f"dense values lack {missing}")
-        if self.variables:
-            self._assign([tf.convert_to_tensor(values[n]) for n in self.names])
+        if not self.variables:
+            return
+        if self._assign_fn is None:
+            variables = self.variables
+
+            def assign_all(*new):
+                for var, value in zip(variables, new):
+                    var.assign(value)
+
+            signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
+            traced = tf.function(assign_all, input_signature=signature, autograph=False)
+            self._assign_fn = traced.get_concrete_function()
+        self._assign_fn(*[values[n] for n in self.names])
 
 
 def keras_optimizer_config(optimizer: Any) -> dict[str, Any]:

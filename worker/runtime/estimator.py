@@ -1,9 +1,10 @@
 """The worker loop: train / evaluate / predict a `MonolithModel`, locally or against PS shards.
 
-One step: read a batch -> dedupe each table's ids once -> look rows up through the `ParameterBackend` (on
-a prefetch thread, bounded by `staleness`) -> one traced `tf.function` (fixed input signature) computing
-loss, dense gradients and row gradients -> claim a global step -> dense gradients to the in-graph
-optimizer (local) or the PS, row gradients with each segment's learning rate through the backend.
+One step: read a batch -> dedupe each table's ids once -> look rows (and, with PS shards, the dense values)
+up through the `ParameterBackend` (on a prefetch thread, bounded by `staleness`) -> one traced
+`tf.function` (fixed input signature) computing loss, dense gradients and row gradients -> claim a global
+step and, only if granted, apply the row gradients with each segment's learning rate and the dense
+gradients (the in-graph optimizer locally; with PS shards one call per shard carries both).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,9 +148,6 @@ class Estimator:
             if config.ps_addresses is not None else LocalBackend(config.keep_checkpoint_max))
         self._refused = [0, 0]
         self._jobs = 0
-        # dense push / pull run beside the sparse push / lookup of the same step (both are round trips)
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="dense-push")
-        self._pull = ThreadPoolExecutor(1, thread_name_prefix="dense-pull")
         self.model.ctx.feature_factory.backend = self.backend  # for the model API (ctx.apply_embedding_gradients)
         self.task_ctx = NativeTaskContext(num_ps=len(config.ps_addresses or []), ps_index=0,
                                           num_workers=config.num_workers, worker_index=config.worker_index,
@@ -361,18 +358,11 @@ class Estimator:
             times.add("dedupe", t)
             return batch
 
-        def pull() -> dict[str, np.ndarray] | None:
-            t = now()
-            values = backend.pull_dense()
-            times.add("dense_pull", t)
-            return values
-
         def lookup(batch: PreparedBatch) -> PreparedBatch:
-            dense = self._pull.submit(pull) if self.config.distributed else None
             t = now()
-            compiled.prep.assemble(batch, backend.lookup(batch.table_ids))
+            rows, batch.dense = backend.lookup_step(batch.table_ids)  # remote: rows and dense values, one call
+            compiled.prep.assemble(batch, rows)
             times.add("lookup", t)
-            batch.dense = dense.result() if dense is not None else None
             return batch
 
         return Prefetcher(read, lookup, staleness)
@@ -468,6 +458,8 @@ class Estimator:
         if run.steps_run % cfg.log_step_count_steps == 0 or run.bar is not None and run.steps_run % 10 == 0:
             self._report(run, compiled)
         times.add("hooks", t)
+        if run.first_step is None:  # steady-state rates start once the first step's updates have all landed
+            run.step = pusher.drain()
         times.steps += 1
         t = now()
         times.total += t - started
@@ -561,36 +553,32 @@ class Estimator:
         table segment's learning rate at `step` comes from its feature slot (the slice's learning-rate
         function, or its optimizer's rate)."""
         t = now()
-        claimed, granted = self.backend.claim_global_step(max_steps)
+        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
+        updates = compiled.prep.table_gradients(batch, grads)
+        lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
+        dense = self._dense_gradients(out["dense_grads"]) if "dense_grads" in out else None
+        # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused. A
+        # job's only worker never claims past max_steps (its loop stops there), so nothing else can refuse it.
+        claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps,
+                                                  sole_claimer=self.config.num_workers == 1)
+        times.add("gradient_push", t)
         if not granted:
             self._refused[0] += 1
             self._refused[1] += batch.batch_size
             return claimed
-        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
-        updates = compiled.prep.table_gradients(batch, grads)
-        lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
-        dense = None
-        if "dense_grads" in out:
-            dense = self._side.submit(self._push_dense, out["dense_grads"], step, times)
-        self.backend.apply_gradients(updates, global_step=step, learning_rates=lrs)
-        times.add("gradient_push", t)
-        if dense is not None:
-            dense.result()
         if self._stream is not None and batch.stream_seq is not None:
             self._stream.applied_batch(batch.stream_seq)
         return claimed
 
-    def _push_dense(self, packed: tf.Tensor, step: int, times: StepTimes) -> None:
-        """Send the step's dense gradients (packed by the traced step) to the PS."""
-        t = now()
+    def _dense_gradients(self, packed: tf.Tensor) -> list[np.ndarray]:
+        """The step's dense gradients per variable (views of the one tensor the traced step packed)."""
         flat = packed.numpy()
         grads, offset = [], 0
         for var in self._dense.variables if self._dense is not None else ():
             size = int(np.prod(var.shape))
             grads.append(flat[offset:offset + size].reshape(var.shape))
             offset += size
-        self.backend.push_dense(grads, step)
-        times.add("dense_push", t)
+        return grads
 
     def _save_due(self, step: int, last_step: int, last_time: float) -> bool:
         cfg = self.config
@@ -733,6 +721,4 @@ class Estimator:
             self._step_times.close()
         if self._stream is not None:
             self._stream.close()
-        self._side.shutdown(wait=True)
-        self._pull.shutdown(wait=True)
         self.backend.close()

@@ -15,13 +15,13 @@ import os
 import time
 from typing import Any
 
-PHASES = ("input", "dedupe", "lookup", "dense_pull", "lookup_wait", "compute", "gradient_push", "dense_push",
-          "push_wait", "hooks")
-"""input: reading the next batch; dedupe: one id list per table; lookup / dense_pull: the rows and dense
-values of a step (PS round trips when remote); lookup_wait: the training thread waiting for them; compute:
-forward and backward (the traced step, and its outputs read back); gradient_push / dense_push: sending a
-step's sparse / dense gradients (and claiming its global step); push_wait: the training thread waiting for
-pushes in flight (the staleness bound); hooks: hooks, fetches and progress reports."""
+PHASES = ("input", "dedupe", "lookup", "lookup_wait", "compute", "gradient_push", "push_wait", "hooks")
+"""input: reading the next batch; dedupe: one id list per table; lookup: the rows (and, when remote, the
+dense values) of a step, one round trip per shard; lookup_wait: the training thread waiting for them;
+compute: forward and backward (the traced step, and its outputs read back); gradient_push: claiming the
+step and sending its row (and, when remote, dense) gradients, one round trip per shard (locally the dense
+optimizer runs in the traced step); push_wait: the training thread waiting for pushes in flight (the
+staleness bound); hooks: hooks, fetches and progress reports."""
 
 now = time.perf_counter
 
