@@ -61,24 +61,63 @@ def flat_input(dataset: tf.data.Dataset, extra_key: str | None = None) -> tf.dat
     return dataset.map(flatten)
 
 
-def flat_reader(iterator: Any) -> Any:
-    """`next(iterator)` for an iterator over `flat_input`: the iterator's op called directly (a list of
-    tensors), without rebuilding the element's structure in Python (a third of a small step's reading).
-    Falls back to `next` where the iterator does not expose its op's inputs."""
+def flat_reader(dataset: tf.data.Dataset, extra_key: str | None = None) -> Any:
+    """A function returning `dataset`'s next batch as the list of tensors `flat_input` would yield, and
+    raising StopIteration at its end.
+
+    The iterator's op is called directly and each ragged feature decoded by one op, without building
+    RaggedTensors and the element's dict in Python (which cost more than a small model's step). Reading the
+    dataset as it is, rather than through `flat_input`'s map, leaves the input's own last stage (a prefetch,
+    usually) last: a map behind an autotuned prefetch slowed a ragged input several times over."""
+    spec = dataset.element_spec
+    names = sorted(spec)
+    direct = all(isinstance(spec[k], tf.TensorSpec) or (
+        isinstance(spec[k], tf.RaggedTensorSpec) and spec[k].ragged_rank >= 1
+        and spec[k].flat_values_spec is None) for k in names)
+    if not direct:
+        dataset = flat_input(dataset, extra_key)
+    iterator = iter(dataset)
     try:
         args = dict(iterator=iterator._iterator_resource, output_types=iterator._flat_output_types,
                     output_shapes=iterator._flat_output_shapes)
-    except AttributeError:
-        return lambda: next(iterator)
+    except AttributeError:  # not an eager iterator of this TensorFlow: its own next()
+        if not direct:
+            return lambda: list(next(iterator))
+        return lambda: _flat_element(next(iterator), extra_key)
     get_next = tf.raw_ops.IteratorGetNext
+    if not direct:
+        return lambda: _get_next(get_next, args)
+    decode = tf.raw_ops.RaggedTensorFromVariant
+    plan = [(k, spec[k]) for k in names]
 
-    def read():
-        try:
-            return get_next(**args)
-        except tf.errors.OutOfRangeError:
-            raise StopIteration from None
+    def read() -> list:
+        components = _get_next(get_next, args)
+        out, extra = [], []
+        for (name, s), t in zip(plan, components):
+            if name == extra_key:
+                extra.append(t)
+            elif isinstance(s, tf.RaggedTensorSpec):
+                splits, values = decode(encoded_ragged=t, input_ragged_rank=-1, output_ragged_rank=s.ragged_rank,
+                                        Tvalues=s.dtype, Tsplits=s.row_splits_dtype)
+                out += [values, *splits]
+            else:
+                out.append(t)
+        return out + extra
 
     return read
+
+
+def _get_next(get_next: Any, args: dict) -> list:
+    try:
+        return get_next(**args)
+    except tf.errors.OutOfRangeError:
+        raise StopIteration from None
+
+
+def _flat_element(features: dict, extra_key: str | None) -> list:
+    features = dict(features)
+    extra = [features.pop(extra_key)] if extra_key is not None and extra_key in features else []
+    return [*tf.nest.flatten(features, expand_composites=True), *extra]
 
 
 @dataclass

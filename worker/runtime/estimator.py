@@ -30,7 +30,7 @@ from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation
 from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
 from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
-from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, flat_input, flat_reader, unpack_step_inputs
+from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, flat_reader, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
@@ -357,7 +357,7 @@ class Estimator:
     def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int,
                     times: StepTimes | None = None) -> Prefetcher:
         stream = stream_source.STREAM_BATCH_KEY in dataset.element_spec
-        next_batch = flat_reader(iter(flat_input(dataset, stream_source.STREAM_BATCH_KEY)))
+        next_batch = flat_reader(dataset, stream_source.STREAM_BATCH_KEY)
         backend = self.backend
         times = times or StepTimes()
 
