@@ -5,9 +5,9 @@ once (`ps.kernels.routing.unique_inverse`, first-occurrence order), and the dist
 parameter backend as they are (the PS client does not dedupe them again). Each feature's block of rows
 is the table's rows it uses, with an index per id into that block.
 
-A batch arrives flat (`flat_input`): the components of its features (each ragged feature's values and
-row splits) as plain tensors, flattened by a map inside the input pipeline, so reading a batch builds no
-composite tensors in Python, and the traced step takes the same components.
+A batch arrives flat (`flat_reader`): the components of its features (each ragged feature's values and
+row splits) as plain tensors, so reading a batch builds no composite tensors in Python, and the traced
+step takes the same components.
 
 A traced step takes every feature's rows as one packed float32 buffer, its layout and one packed index
 (`step_inputs`), and returns one packed gradient (`unpack_gradients`): a few tensors per step instead of
