@@ -220,6 +220,29 @@ def test_combiners_mean_and_first_n_and_shared_tables():
         m.create_embedding_feature_column("y2", shared_name="x_table", occurrence_threshold=3)
 
 
+@pytest.mark.parametrize("name", ["reduce_sum", "reduce_mean"])
+def test_pooling_combiners_gather_and_pool_as_tensorflow_does_forward_and_backward(name):
+    """`combine_rows` (one fused op) against tf.gather + segment sum over TF's own segment ids, empty rows
+    included; the gradient reaching the distinct rows too."""
+    from worker.modeling.combiners import from_name
+
+    rng = np.random.default_rng(0)
+    rows = tf.constant(rng.normal(size=(5, 3)).astype(np.float32))
+    index = tf.constant([4, 0, 0, 2, 1, 4, 3], tf.int32)
+    splits = tf.constant([0, 3, 3, 4, 7, 7], tf.int64)
+    weights = tf.constant(rng.normal(size=(5, 3)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(rows)
+        got = from_name(name).combine_rows(rows, index, splits, 3)
+        want = tf.math.unsorted_segment_sum(tf.gather(rows, index), tf.ragged.row_splits_to_segment_ids(splits), 5)
+        if name == "reduce_mean":
+            want = tf.math.divide_no_nan(want, tf.cast(splits[1:] - splits[:-1], tf.float32)[:, None])
+        got_loss, want_loss = tf.reduce_sum(got * weights), tf.reduce_sum(want * weights)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(got_loss, rows)).numpy(),
+                               tf.convert_to_tensor(tape.gradient(want_loss, rows)).numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_fused_layout_rejects_group_pool_and_delegates():
     class Layouts:
         def create_feature_slot(self, config):

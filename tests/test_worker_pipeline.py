@@ -37,6 +37,25 @@ def test_lookup_never_runs_more_than_staleness_steps_ahead_of_pushes(staleness):
         assert max(seen_gap) == staleness  # and the overlap is actually used
 
 
+def test_a_lookup_on_get_runs_on_the_consumers_thread_after_every_earlier_push_while_reads_run_ahead():
+    """Local mode: the in-process lookup runs in `get`, so it always sees every earlier step's push."""
+    source, reads, lookups = iter(range(6)), [], []
+
+    def read():
+        reads.append(threading.current_thread())
+        return next(source)
+
+    pf = Prefetcher(read, lambda i: (lookups.append(threading.current_thread()), i)[1], 0, lookup_on_get=True)
+    assert pf.get() == 0
+    deadline = time.monotonic() + 5
+    while len(reads) < 3 and time.monotonic() < deadline:  # reading runs ahead with no push done
+        time.sleep(0.001)
+    got = [0, *iter(pf.get, None)]
+    pf.close()
+    assert got == list(range(6)) and len(reads) >= 3
+    assert set(lookups) == {threading.current_thread()} and threading.current_thread() not in reads
+
+
 def test_prefetch_errors_reach_the_consumer():
     def read():
         raise OSError("disk gone")

@@ -162,8 +162,8 @@ class FeatureColumn:
                              f"{sorted(inputs.rows)}")
         inputs.used.add(self.feature_name)
         rows = tf.ensure_shape(inputs.rows[self.feature_name][:, fs.start:fs.end], [None, fs.dim])
-        per_id = tf.gather(rows, inputs.index[self.feature_name])
-        return self.combiner.combine(per_id, inputs.row_splits[self.feature_name], fs.dim)
+        return self.combiner.combine_rows(rows, inputs.index[self.feature_name], inputs.row_splits[self.feature_name],
+                                          fs.dim)
 
     def get_bias(self) -> tf.Tensor:
         if self.slot.bias_slice is None:

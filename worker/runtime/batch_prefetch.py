@@ -8,6 +8,10 @@ The thread owns the input: it drops its reference to `read` (and so to the tf.da
 when it ends, and `close` does not wait for it. Tearing a tf.data iterator down can block for up to a
 minute (docs/input-pipeline-shutdown.md), and a read can block on a slow input; neither may hold up the
 training loop, evaluation or the end of the process.
+
+`lookup_on_get`: the lookup runs in `get`, on the consumer's thread, right before the batch is used. For
+an in-process store, whose lookup costs less than waking another thread: the consumer has pushed every
+earlier step's gradients by then (staleness 0 whatever the bound), and only reading runs ahead.
 """
 from __future__ import annotations
 
@@ -24,10 +28,12 @@ class NoBatchYet(Exception):
 
 
 class Prefetcher:
-    def __init__(self, read: Callable[[], Any], lookup: Callable[[Any], Any], staleness: int) -> None:
+    def __init__(self, read: Callable[[], Any], lookup: Callable[[Any], Any], staleness: int,
+                 lookup_on_get: bool = False) -> None:
         if not isinstance(staleness, int) or staleness < 0:
             raise ValueError(f"staleness must be an int >= 0, got {staleness!r}")
         self._read, self._lookup, self.staleness = read, lookup, staleness
+        self._get_lookup = lookup if lookup_on_get else None
         self._queue: queue.Queue = queue.Queue(maxsize=staleness + 1)
         self._cond = threading.Condition()
         self._completed = 0
@@ -49,6 +55,9 @@ class Prefetcher:
                     item = self._read()
                 except StopIteration:
                     break
+                if self._get_lookup is not None:
+                    self._put(item)
+                    continue
                 with self._cond:
                     self._cond.wait_for(lambda step=i: self._stop or self._completed >= step - self.staleness)  # type: ignore[misc]
                 if self._stop:
@@ -79,7 +88,7 @@ class Prefetcher:
             return None
         if isinstance(item, BaseException):
             raise item
-        return item
+        return item if self._get_lookup is None else self._get_lookup(item)
 
     def done(self) -> None:
         """The current step's gradients are pushed: lets the next lookup proceed."""

@@ -5,6 +5,10 @@ once (`ps.kernels.routing.unique_inverse`, first-occurrence order), and the dist
 parameter backend as they are (the PS client does not dedupe them again). Each feature's block of rows
 is the table's rows it uses, with an index per id into that block.
 
+A batch arrives flat (`flat_reader`): the components of its features (each ragged feature's values and
+row splits) as plain tensors, so reading a batch builds no composite tensors in Python, and the traced
+step takes the same components.
+
 A traced step takes every feature's rows as one packed float32 buffer, its layout and one packed index
 (`step_inputs`), and returns one packed gradient (`unpack_gradients`): a few tensors per step instead of
 two per feature, since each conversion between numpy and TensorFlow has a fixed cost.
@@ -25,9 +29,100 @@ import tensorflow as tf
 from ps.kernels.routing import unique_inverse
 
 
+def flat_positions(spec: dict) -> dict[str, int]:
+    """Where each feature's first component sits in `tf.nest.flatten(features, expand_composites=True)`
+    (dict keys sorted; a ragged feature's values come before its row splits)."""
+    out, i = {}, 0
+    for name in sorted(spec):
+        out[name] = i
+        i += len(tf.nest.flatten(spec[name], expand_composites=True))
+    return out
+
+
+def _flat_layout(spec: dict) -> tuple[dict[str, int], tuple[int, int]]:
+    """`flat_positions`, and where the batch size is read: (component, what to subtract from its length)
+    (the first feature's: a ragged one's row splits are one longer than the batch)."""
+    positions = flat_positions(spec)
+    first = min(spec)
+    ragged = isinstance(spec[first], (tf.RaggedTensorSpec, tf.RaggedTensor))
+    return positions, (positions[first] + 1, 1) if ragged else (positions[first], 0)
+
+
+def flat_input(dataset: tf.data.Dataset, extra_key: str | None = None) -> tf.data.Dataset:
+    """`dataset`'s feature dicts as tuples of their components (`flat_positions`), `extra_key`'s value (when
+    present) moved to the end: iterating it makes plain tensors only."""
+    has_extra = extra_key is not None and extra_key in dataset.element_spec
+
+    def flatten(features):
+        features = dict(features)
+        extra = [features.pop(extra_key)] if has_extra else []
+        return (*tf.nest.flatten(features, expand_composites=True), *extra)
+
+    return dataset.map(flatten)
+
+
+def flat_reader(dataset: tf.data.Dataset, extra_key: str | None = None) -> Any:
+    """A function returning `dataset`'s next batch as the list of tensors `flat_input` would yield, and
+    raising StopIteration at its end.
+
+    The iterator's op is called directly and each ragged feature decoded by one op, without building
+    RaggedTensors and the element's dict in Python (which cost more than a small model's step). Reading the
+    dataset as it is, rather than through `flat_input`'s map, leaves the input's own last stage (a prefetch,
+    usually) last: a map behind an autotuned prefetch slowed a ragged input several times over."""
+    spec = dataset.element_spec
+    names = sorted(spec)
+    direct = all(isinstance(spec[k], tf.TensorSpec) or (
+        isinstance(spec[k], tf.RaggedTensorSpec) and spec[k].ragged_rank >= 1
+        and spec[k].flat_values_spec is None) for k in names)
+    if not direct:
+        dataset = flat_input(dataset, extra_key)
+    iterator = iter(dataset)
+    try:
+        args = dict(iterator=iterator._iterator_resource, output_types=iterator._flat_output_types,
+                    output_shapes=iterator._flat_output_shapes)
+    except AttributeError:  # not an eager iterator of this TensorFlow: its own next()
+        if not direct:
+            return lambda: list(next(iterator))
+        return lambda: _flat_element(next(iterator), extra_key)
+    get_next = tf.raw_ops.IteratorGetNext
+    if not direct:
+        return lambda: _get_next(get_next, args)
+    decode = tf.raw_ops.RaggedTensorFromVariant
+    plan = [(k, spec[k]) for k in names]
+
+    def read() -> list:
+        components = _get_next(get_next, args)
+        out, extra = [], []
+        for (name, s), t in zip(plan, components):
+            if name == extra_key:
+                extra.append(t)
+            elif isinstance(s, tf.RaggedTensorSpec):
+                splits, values = decode(encoded_ragged=t, input_ragged_rank=-1, output_ragged_rank=s.ragged_rank,
+                                        Tvalues=s.dtype, Tsplits=s.row_splits_dtype)
+                out += [values, *splits]
+            else:
+                out.append(t)
+        return out + extra
+
+    return read
+
+
+def _get_next(get_next: Any, args: dict) -> list:
+    try:
+        return get_next(**args)
+    except tf.errors.OutOfRangeError:
+        raise StopIteration from None
+
+
+def _flat_element(features: dict, extra_key: str | None) -> list:
+    features = dict(features)
+    extra = [features.pop(extra_key)] if extra_key is not None and extra_key in features else []
+    return [*tf.nest.flatten(features, expand_composites=True), *extra]
+
+
 @dataclass
 class PreparedBatch:
-    features: dict[str, Any]
+    features: Any  # the flat components (`flat_input`), or a dict of features
     batch_size: int
     table_ids: dict[str, np.ndarray] = field(default_factory=dict)  # table -> distinct ids
     index: dict[str, np.ndarray] = field(default_factory=dict)      # feature -> int32 row of each id in its block
@@ -40,19 +135,26 @@ class PreparedBatch:
 
 class BatchPreparer:
     def __init__(self, sparse_features: list[str], feature_tables: dict[str, str],
-                 counting_tables: frozenset[str] = frozenset()) -> None:
+                 counting_tables: frozenset[str] = frozenset(), spec: dict | None = None) -> None:
         self.sparse_features = sparse_features
+        self.spec = spec  # the features' element spec, for flat batches
+        self._flat: tuple[dict[str, int], tuple[int, int]] | None = None
         self.feature_tables = feature_tables
         self.counting_tables = counting_tables
         self.table_features: dict[str, list[str]] = {}
         for feature, table in sorted(feature_tables.items()):
             self.table_features.setdefault(table, []).append(feature)
 
-    def dedupe(self, features: dict[str, Any]) -> PreparedBatch:
-        some = next(iter(features.values()))
-        batch = PreparedBatch(features, int(some.shape[0]) if some.shape.rank else 0)
+    def dedupe(self, features: Any) -> PreparedBatch:
+        """`features`: a batch's flat components (`flat_input` of `spec`), or its dict of features."""
+        if isinstance(features, dict):
+            flat, positions, sizer = tf.nest.flatten(features, expand_composites=True), *_flat_layout(features)
+        else:
+            flat, (positions, sizer) = features, self._layout()
+        sized = flat[sizer[0]]
+        batch = PreparedBatch(features, int(sized.shape[0]) - sizer[1] if sized.shape.rank else 0)
         for table, members in self.table_features.items():
-            values = [features[f].values.numpy() for f in members]
+            values = [flat[positions[f]].numpy() for f in members]
             ids, inverse = unique_inverse(values[0] if len(values) == 1 else np.concatenate(values))
             batch.table_ids[table] = ids
             if len(members) == 1:
@@ -60,13 +162,26 @@ class BatchPreparer:
                 continue
             offset = 0
             for f, v in zip(members, values):
-                positions = inverse[offset:offset + v.size]
+                where = inverse[offset:offset + v.size]
                 offset += v.size
                 used = np.zeros(ids.size, bool)
-                used[positions] = True
+                used[where] = True
                 batch.blocks[f] = np.flatnonzero(used)
-                batch.index[f] = (np.cumsum(used) - 1)[positions].astype(np.int32)
+                batch.index[f] = (np.cumsum(used) - 1)[where].astype(np.int32)
         return batch
+
+    def _layout(self) -> tuple[dict[str, int], tuple[int, int]]:
+        if self._flat is None:
+            if self.spec is None:
+                raise ValueError("a flat batch needs the BatchPreparer's feature spec")
+            self._flat = _flat_layout(self.spec)
+        return self._flat
+
+    def features(self, batch: PreparedBatch) -> dict[str, Any]:
+        """The batch's features as a dict (flat batches packed again)."""
+        if isinstance(batch.features, dict):
+            return batch.features
+        return tf.nest.pack_sequence_as(self.spec, list(batch.features), expand_composites=True)
 
     def assemble(self, batch: PreparedBatch, table_rows: dict[str, np.ndarray]) -> PreparedBatch:
         for table, members in self.table_features.items():

@@ -30,7 +30,7 @@ from worker.modeling.task_context import NativeTaskContext, with_ctx
 from worker.runtime import evaluation
 from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBackend
 from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
-from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, unpack_step_inputs
+from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, flat_reader, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
@@ -128,6 +128,15 @@ def _step_outputs(out, mode: str) -> dict[str, Any]:
     if mode != ModeKeys.PREDICT:
         result["loss"] = tf.cast(out.loss, tf.float32)
     return result
+
+
+def _call_flat(fn: Any, tensors: list) -> Any:
+    """`fn(*tensors)` for a concrete function of a flat signature, without binding the arguments to its
+    signature again on every call (that binding cost more than a small model's step on the CPU)."""
+    call = getattr(fn, "_call_flat", None)
+    if call is None or getattr(fn, "captured_inputs", None) is None:
+        return fn(*tensors)
+    return call(tensors, fn.captured_inputs)
 
 
 class Estimator:
@@ -264,7 +273,7 @@ class Estimator:
         feature_tables = {f: fc_dict[f].slot.name for f in meta["used"]}
         slots = {t: self.model.ctx.feature_factory.slots[t] for t in feature_tables.values()}
         counting = frozenset(t for t, slot in slots.items() if slot.config.occurrence_threshold > 0)
-        compiled = _Compiled(mode, concrete, BatchPreparer(sparse, feature_tables, counting), out.head_names,
+        compiled = _Compiled(mode, concrete, BatchPreparer(sparse, feature_tables, counting, spec), out.head_names,
                              out.classification, out.optimizer, slots)
         self._attach_dense(compiled)
         if mode == ModeKeys.TRAIN:
@@ -344,16 +353,17 @@ class Estimator:
     # --- running -----------------------------------------------------------------------------------
     def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int,
                     times: StepTimes | None = None) -> Prefetcher:
-        iterator = iter(dataset)
+        stream = stream_source.STREAM_BATCH_KEY in dataset.element_spec
+        next_batch = flat_reader(dataset, stream_source.STREAM_BATCH_KEY)
         backend = self.backend
         times = times or StepTimes()
 
         def read() -> PreparedBatch:
             t = now()
-            features = next(iterator)
-            seq = features.pop(stream_source.STREAM_BATCH_KEY, None)
+            flat = next_batch()
+            seq = flat[-1] if stream else None
             t = times.add("input", t)
-            batch = compiled.prep.dedupe(features)
+            batch = compiled.prep.dedupe(flat[:-1] if stream else flat)
             batch.stream_seq = None if seq is None else int(seq)
             times.add("dedupe", t)
             return batch
@@ -365,13 +375,16 @@ class Estimator:
             times.add("lookup", t)
             return batch
 
-        return Prefetcher(read, lookup, staleness)
+        return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed)
 
     def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
         if batch.dense is not None and self._dense is not None:
             self._dense.assign(batch.dense)
         rows, batch.layout, index = compiled.prep.step_inputs(batch)
-        return compiled.fn(*tf.nest.flatten(batch.features, expand_composites=True), rows, batch.layout, index)
+        flat = batch.features
+        if isinstance(flat, dict):
+            flat = tf.nest.flatten(flat, expand_composites=True)
+        return _call_flat(compiled.fn, [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))])
 
     def train(self, max_steps: int | None) -> dict[str, Any]:
         """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
@@ -701,7 +714,7 @@ class Estimator:
                 prefetcher.done()
                 heads = {h: out["fetches"][h].numpy() for h in compiled.heads}
                 if writer is not None:
-                    writer.write(batch.features, heads)
+                    writer.write(compiled.prep.features(batch), heads)
                 for i in range(batch.batch_size):
                     yield {h: v[i] for h, v in heads.items()}
         finally:
