@@ -303,12 +303,20 @@ class PSClient:
             out[table] = routed.assemble(parts, meta.dim)
         return out
 
+    def _dense_values(self, values: Iterable[Any], where: str) -> dict[str, np.ndarray]:
+        """{name: array} of DenseValue messages (read-only views); remembers each variable's shape, which
+        gradient pushes are checked against."""
+        out = {}
+        for v in values:
+            shape = tuple(v.shape)
+            out[v.name] = rows_from_bytes(v.values, 1, math.prod(shape), f"{where} {v.name!r}").reshape(shape)
+            self._dense_shapes[v.name] = shape
+        return out
+
     def _dense_of(self, responses: Mapping[int, Any], wanted: Mapping[int, list[str]]) -> dict[str, np.ndarray]:
         dense = {}
         for s, resp in responses.items():
-            for v in resp.dense:
-                dense[v.name] = rows_from_bytes(v.values, 1, math.prod(v.shape),
-                                                f"Lookup reply from shard {s} for dense {v.name!r}").reshape(v.shape)
+            dense.update(self._dense_values(resp.dense, f"Lookup reply from shard {s} for dense"))
         for s, names in wanted.items():
             missing = [n for n in names if n not in dense]
             if missing:
@@ -395,15 +403,7 @@ class PSClient:
         if int(claim_limit) <= 0:
             raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
         items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
-        dense: dict[int, list] = {}
-        for name, grad in dense_grads.items():
-            g = np.ascontiguousarray(grad, dtype=np.float32)
-            shape = self._dense_shapes.get(name)
-            if shape is not None and g.shape != shape:
-                raise ValueError(f"push_step {name!r}: gradient shape {g.shape}, variable shape {shape}")
-            if g.size and not all_finite(g.reshape(1, -1)):
-                raise ValueError(f"push_step {name!r}: gradient contains NaN/Inf")
-            dense.setdefault(dense_owner(name, self.num_shards), []).append((name, g))
+        dense = self._dense_grads("push_step", dense_grads)
         scalars = {APPLY_GLOBAL_STEP: int(global_step)}
         first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
         rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
@@ -503,10 +503,7 @@ class PSClient:
                 requests.setdefault(dense_owner(name, self.num_shards), ps_pb2.DensePullRequest()).names.append(name)
         out = {}
         for resp in self._call_shards("DensePull", requests).values():
-            for v in resp.values:
-                shape = tuple(v.shape)
-                out[v.name] = rows_from_bytes(v.values, 1, math.prod(shape), f"DensePull {v.name!r}").reshape(shape)
-                self._dense_shapes[v.name] = shape
+            out.update(self._dense_values(resp.values, "DensePull"))
         return out
 
     def dense_push(self, grads: Mapping[str, Any], global_step: int = 0, learning_rate: float | None = None) -> None:
@@ -514,20 +511,27 @@ class PSClient:
         if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate >= 0):
             raise ValueError(f"dense_push: learning_rate must be a finite non-negative float, got {learning_rate}")
         per_shard: dict[int, ps_pb2.DensePushRequest] = {}
-        for name, grad in grads.items():
-            g = np.asarray(grad, dtype=np.float32)
-            shape = self._dense_shapes.get(name)
-            if shape is not None and g.shape != shape:
-                raise ValueError(f"dense_push {name!r}: gradient shape {g.shape}, variable shape {shape}")
-            if not np.isfinite(g).all():
-                raise ValueError(f"dense_push {name!r}: gradient contains NaN/Inf")
-            req = per_shard.setdefault(dense_owner(name, self.num_shards),
-                                       ps_pb2.DensePushRequest(global_step=int(global_step)))
+        for s, grads_of_shard in self._dense_grads("dense_push", grads).items():
+            req = per_shard[s] = ps_pb2.DensePushRequest(global_step=int(global_step))
             if learning_rate is not None:
                 req.learning_rate = float(learning_rate)
-            req.grads.add(name=name, values=g.tobytes())
+            for name, g in grads_of_shard:
+                req.grads.add(name=name, values=g.tobytes())
         if per_shard:
             self._call_shards("DensePush", per_shard)
+
+    def _dense_grads(self, method: str, grads: Mapping[str, Any]) -> dict[int, list[tuple[str, np.ndarray]]]:
+        """Checked float32 dense gradients (the variable's shape when known, finite) by owning shard."""
+        out: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for name, grad in grads.items():
+            g = np.ascontiguousarray(grad, dtype=np.float32)
+            shape = self._dense_shapes.get(name)
+            if shape is not None and g.shape != shape:
+                raise ValueError(f"{method} {name!r}: gradient shape {g.shape}, variable shape {shape}")
+            if g.size and not all_finite(g.reshape(1, -1)):
+                raise ValueError(f"{method} {name!r}: gradient contains NaN/Inf")
+            out.setdefault(dense_owner(name, self.num_shards), []).append((name, g))
+        return out
 
     # -- global step and barriers (shard 0) ------------------------------------------------------
     def increment_global_step(self, n: int = 1) -> int:
