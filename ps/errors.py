@@ -52,6 +52,11 @@ class WrongShard(PSFailedPrecondition):
     """The ids or the variable belong to another shard: client and shard disagree on the shard count."""
 
 
+class IncompatibleShard(PSFailedPrecondition):
+    """The shard speaks an older PS protocol than this client needs (ps/wire/protocol_version.py): it would
+    silently ignore fields the client relies on. Upgrade the shards before the workers."""
+
+
 class ReadOnlyShard(PSFailedPrecondition):
     """An update sent to a shard that serves exported rows read-only (a serving PS shard refuses every update
     its update policy does not let through)."""

@@ -9,9 +9,10 @@ import pytest
 
 from protos import ps_pb2
 from ps.client import PSClient
-from ps.errors import PSAlreadyExists, PSError, PSNotFound
+from ps.errors import IncompatibleShard, PSAlreadyExists, PSError, PSNotFound
 from ps.sharding import dense_owner
 from ps.store.table import EmbeddingTable
+from ps.wire.protocol_version import MIN_SHARD_VERSION, PROTOCOL_VERSION
 from tests.ps_cluster import start_shard, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,30 @@ def test_health_reports_each_shard(cluster):
     assert [(h["shard_index"], h["num_shards"], h["serving"]) for h in health] == [(0, 2, True), (1, 2, True)]
     assert {h["server_model"] for h in health} == {"sync"}
     assert all(h["pid"] == s.proc.pid for h, s in zip(health, cluster["shards"]))
+    assert {h["protocol_version"] for h in health} == {PROTOCOL_VERSION}
+
+
+def test_a_shard_older_than_the_protocol_is_refused_before_any_call():
+    """FAKE old shard: a Health-only gRPC server answering as a shard from before protocol versions would
+    (protocol_version unset). A real one would take an old checkout; what matters is the field it lacks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def health(_request, _context):
+        return ps_pb2.HealthResponse(shard_index=0, num_shards=1, serving=True)
+
+    handler = grpc.method_handlers_generic_handler("monolith.ps.ParameterServer", {
+        "Health": grpc.unary_unary_rpc_method_handler(
+            health, request_deserializer=ps_pb2.HealthRequest.FromString,
+            response_serializer=ps_pb2.HealthResponse.SerializeToString)})
+    server = grpc.server(ThreadPoolExecutor(max_workers=1), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        wanted = f"protocol version 0, older than the {MIN_SHARD_VERSION} this client needs"
+        with PSClient([f"127.0.0.1:{port}"]) as client, pytest.raises(IncompatibleShard, match=wanted):
+            client.wait_until_ready(10)
+    finally:
+        server.stop(0)
 
 
 def test_create_tables_is_idempotent_and_refuses_a_conflict(cluster):

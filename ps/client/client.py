@@ -29,7 +29,7 @@ import numpy as np
 from protos import ps_pb2, ps_pb2_grpc
 from ps.client.routing import Routed, route, sum_duplicates
 from ps.config import ClientConfig, OptimizerConfig, TableConfig
-from ps.errors import BarrierTimeout, PSError, PSUnavailable, error_for
+from ps.errors import BarrierTimeout, IncompatibleShard, PSError, PSUnavailable, error_for
 from ps.kernels.hash_index import all_finite
 from ps.kernels.threads import passive_kernel_threads
 from ps.persist.checkpoint import StreamOffsets
@@ -44,6 +44,7 @@ from ps.wire.fast_messages import (
     decode_lookup_response,
     encode_updates,
 )
+from ps.wire.protocol_version import MIN_SHARD_VERSION
 from ps.wire.tensors import F16, F32, IDS, rows_from_bytes
 from services.malloc_tuning import tune_malloc
 from services.transport_security import TransportSecurity
@@ -144,7 +145,8 @@ class PSClient:
         self.close()
 
     def wait_until_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until every shard answers Health and reports the shard index/count this client expects."""
+        """Block until every shard answers Health and reports the shard index/count this client expects and
+        a protocol version it can work with (`IncompatibleShard` otherwise)."""
         deadline = time.monotonic() + timeout_s
         for shard, stub in enumerate(self._stubs):
             while True:
@@ -162,6 +164,11 @@ class PSClient:
             if (h.shard_index, h.num_shards) != (shard, self.num_shards):
                 raise PSError(f"{self.addresses[shard]} is shard {h.shard_index} of {h.num_shards}, but this client "
                               f"expects shard {shard} of {self.num_shards}", shard, self.addresses[shard])
+            if h.protocol_version < MIN_SHARD_VERSION:
+                raise IncompatibleShard(
+                    f"PS shard {shard} ({self.addresses[shard]}) speaks PS protocol version {h.protocol_version}, "
+                    f"older than the {MIN_SHARD_VERSION} this client needs (0: from before versioning): upgrade the "
+                    f"PS processes before the workers", shard, self.addresses[shard])
 
     # -- RPC plumbing ----------------------------------------------------------------------------
     def _error(self, shard: int, method: str, exc: grpc.RpcError, attempts: int = 1) -> PSError:
@@ -623,7 +630,8 @@ class PSClient:
                 entry.update(shard_index=h.shard_index, num_shards=h.num_shards, serving=h.serving, pid=h.pid,
                              uptime_s=h.uptime_s, server_model=h.server_model, num_tables=h.num_tables,
                              num_dense=h.num_dense, restored_from=h.restored_from, global_step=h.global_step,
-                             sync_version=h.sync_version, sync_time=h.sync_time, sync_versions=dict(h.sync_versions))
+                             sync_version=h.sync_version, sync_time=h.sync_time, sync_versions=dict(h.sync_versions),
+                             protocol_version=h.protocol_version)
             except grpc.RpcError as exc:
                 entry.update(serving=False, error=f"{exc.code().name}: {exc.details()}")
             out.append(entry)

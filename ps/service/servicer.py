@@ -35,6 +35,7 @@ from ps.wire.fast_messages import (
     decode_updates,
     encode_lookup_response,
 )
+from ps.wire.protocol_version import PROTOCOL_VERSION
 from ps.wire.tensors import F32, ids_from_bytes, rows_from_bytes
 
 log = logging.getLogger(__name__)
@@ -327,5 +328,6 @@ class ParameterServerServicer:
             shard_index=s.shard_index, num_shards=s.num_shards, serving=True, pid=os.getpid(),
             uptime_s=time.time() - s.started, server_model=self.server_model, num_tables=len(s.tables),
             num_dense=len(s.dense), restored_from=s.restored_from, global_step=s.global_step,
+            protocol_version=PROTOCOL_VERSION,
         )
 
