@@ -280,6 +280,30 @@ def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_grante
         np.testing.assert_allclose(pulled[n], values[n])
 
 
+def test_a_retried_apply_gradients_is_applied_and_claimed_once(cluster):
+    """The same request (client id and number) twice, as a client retrying after UNAVAILABLE would send it: the
+    second copy gets the first's reply and changes nothing; a new number, or no id at all, applies again."""
+    client, shard0 = cluster["client"], cluster["shards"][0].address
+    client.create_tables({"retried": ITEM})
+    ids = np.array([2, 4, -8], np.int64)  # all on shard 0 (floor modulo 2)
+    grads = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    start = client.global_step()
+
+    def request(number: int, client_id: int = 77) -> bytes:
+        r = ps_pb2.ApplyGradientsRequest(claim_limit=start + 10, client_id=client_id, request_number=number)
+        r.tables.add(table="retried", ids=ids.astype("<i8").tobytes(), values=grads.astype("<f4").tobytes())
+        return r.SerializeToString()
+
+    first, again = (ps_pb2.UpdateResponse.FromString(raw_call(shard0, "ApplyGradients", request(1))) for _ in "ab")
+    assert first == again and (first.global_step, first.claimed) == (start + 1, True)
+    assert client.global_step() == start + 1
+    np.testing.assert_allclose(client.lookup("retried", ids), 1.0 - 0.05 * grads, rtol=1e-6)  # ones, sgd 0.05
+    raw_call(shard0, "ApplyGradients", request(2))
+    raw_call(shard0, "ApplyGradients", request(2, client_id=0))  # no id: nothing to recognise a retry by
+    assert client.global_step() == start + 3
+    np.testing.assert_allclose(client.lookup("retried", ids), 1.0 - 3 * 0.05 * grads, rtol=1e-6)
+
+
 def test_global_step_is_shared_and_atomic(cluster):
     client = cluster["client"]
     start = client.global_step()

@@ -14,6 +14,7 @@ shards see the same filesystem (local disk or a shared mount), as the original's
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import random
@@ -38,7 +39,9 @@ from ps.sharding import dense_owner
 from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_CLAIM_LIMIT,
+    APPLY_CLIENT_ID,
     APPLY_GLOBAL_STEP,
+    APPLY_REQUEST_NUMBER,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
     decode_lookup_response,
@@ -118,6 +121,9 @@ class PSClient:
         self._stubs = [self._stub(c) for c in self._channels]
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}
+        # names every ApplyGradients, so a shard applies a retried one once (ps/service/replied_requests.py)
+        self._client_id = random.getrandbits(62) + 1
+        self._request_numbers = itertools.count(1)
 
     @staticmethod
     def _stub(channel: grpc.Channel) -> ps_pb2_grpc.ParameterServerStub:
@@ -339,6 +345,10 @@ class PSClient:
         return {s: encode_updates(items, scalars)
                 for s, items in self._update_items(method, updates, dedupe, learning_rates).items()}
 
+    def _numbered(self, scalars: dict[int, int]) -> dict[int, int]:
+        """An ApplyGradients' scalars plus this client's id and a new request number (a retry resends them)."""
+        return {**scalars, APPLY_CLIENT_ID: self._client_id, APPLY_REQUEST_NUMBER: next(self._request_numbers)}
+
     def _update_items(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool,
                       learning_rates: Mapping[str, Any] | None = None) -> dict[int, list]:
         """Validated {table: (ids, values)} as `encode_updates` items per shard."""
@@ -390,7 +400,8 @@ class PSClient:
         (the caller summed its duplicates already, or sends every occurrence on purpose; the PS sums
         whatever repeats it receives)."""
         requests = self._updates("ApplyGradients", grads_by_table, dedupe,
-                                 {APPLY_GLOBAL_STEP: int(global_step), APPLY_UPDATE_TIME: int(update_time)},
+                                 self._numbered({APPLY_GLOBAL_STEP: int(global_step),
+                                                 APPLY_UPDATE_TIME: int(update_time)}),
                                  learning_rates)
         if requests:
             self._call_shards("ApplyGradients", requests)
@@ -411,7 +422,7 @@ class PSClient:
             raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
         items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
         dense = self._dense_grads("push_step", dense_grads)
-        scalars = {APPLY_GLOBAL_STEP: int(global_step)}
+        scalars = self._numbered({APPLY_GLOBAL_STEP: int(global_step)})
         first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
         rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
                 for s in range(1, self.num_shards) if s in items or s in dense}

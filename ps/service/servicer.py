@@ -23,12 +23,15 @@ from protos import ps_pb2
 from ps.config import TableConfig
 from ps.errors import CheckpointError, status_of
 from ps.service import rpc_metrics as metrics
+from ps.service.replied_requests import RepliedRequests
 from ps.store.shard_state import ShardState
 from ps.store.table import CheckedUpdate, EmbeddingTable
 from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_CLAIM_LIMIT,
+    APPLY_CLIENT_ID,
     APPLY_GLOBAL_STEP,
+    APPLY_REQUEST_NUMBER,
     APPLY_UPDATE_TIME,
     UPDATE_UPDATE_TIME,
     UpdatesView,
@@ -101,6 +104,7 @@ class ParameterServerServicer:
         self.errors: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
         self._shard = str(state.shard_index)
+        self._replied: RepliedRequests[ps_pb2.UpdateResponse] = RepliedRequests()
 
     # -- plumbing -------------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -214,7 +218,12 @@ class ParameterServerServicer:
 
     def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         """A step's rows (and dense gradients) for this shard; with a claim_limit, claim the step first and
-        apply nothing if it is refused. Every part is checked before the claim."""
+        apply nothing if it is refused. Every part is checked before the claim. A retry of a request already
+        applied gets its reply and applies nothing (replied_requests.py)."""
+        return self._replied.once(request.scalars.get(APPLY_CLIENT_ID, 0), request.scalars.get(APPLY_REQUEST_NUMBER, 0),
+                                  lambda: self._apply_gradients(request))
+
+    def _apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._checked_updates("ApplyGradients", request)
         dense = self.state.check_dense(_dense_grads("ApplyGradients", request.dense)) if request.dense else []
         limit = request.scalars.get(APPLY_CLAIM_LIMIT, 0)

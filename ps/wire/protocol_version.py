@@ -10,10 +10,12 @@ History (bump `PROTOCOL_VERSION` with every field a client depends on, and raise
 when the client starts to depend on it):
 - 1: one round trip per shard per step: `LookupRequest.dense`, `ApplyGradientsRequest.dense` and
   `claim_limit`, `UpdateResponse.global_step`/`claimed`.
+- 2: `ApplyGradientsRequest.client_id`/`request_number`: a retried update is applied once. A client does
+  not need it (a version-1 shard applies a retry again, as before), so the minimum stays 1.
 """
 from __future__ import annotations
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """The version this code speaks as a shard."""
 MIN_SHARD_VERSION = 1
 """The oldest shard version this code works with as a client."""
