@@ -8,6 +8,8 @@ from ps.wire.fast_messages import (
     APPLY_CLAIM_LIMIT,
     APPLY_GLOBAL_STEP,
     APPLY_UPDATE_TIME,
+    CLIENT_ID,
+    REQUEST_NUMBER,
     decode_lookup_response,
     decode_updates,
     encode_lookup_response,
@@ -75,6 +77,15 @@ def test_a_step_push_with_dense_gradients_and_a_claim_round_trips_through_protob
     assert [(n, bytes(v)) for n, v in view.dense] == [(n, g.tobytes()) for n, g in dense]
     assert view.scalars[APPLY_CLAIM_LIMIT] == 2**62 and len(view.tables) == 2
     assert decode_updates(data, "UpdateRequest").dense == []  # not a field of Assign's request
+
+
+@pytest.mark.parametrize("message", [ps_pb2.ApplyGradientsRequest, ps_pb2.UpdateRequest])
+def test_retry_ids_round_trip_through_protobuf_in_both_update_messages(message):
+    data = encode_updates(_updates(), {CLIENT_ID: 2**62 + 5, REQUEST_NUMBER: 123456789})
+    msg = message.FromString(data)
+    assert (msg.client_id, msg.request_number) == (2**62 + 5, 123456789)
+    view = decode_updates(msg.SerializeToString(), message.__name__)
+    assert (view.scalars[CLIENT_ID], view.scalars[REQUEST_NUMBER]) == (2**62 + 5, 123456789)
 
 
 def test_update_decoding_reads_protobuf_output_and_skips_unknown_fields():

@@ -302,6 +302,22 @@ def test_a_retried_apply_gradients_is_applied_and_claimed_once(cluster):
     raw_call(shard0, "ApplyGradients", request(2, client_id=0))  # no id: nothing to recognise a retry by
     assert client.global_step() == start + 3
     np.testing.assert_allclose(client.lookup("retried", ids), 1.0 - 3 * 0.05 * grads, rtol=1e-6)
+    # the other non-idempotent updates: AssignAdd, GlobalStep increments, DensePush
+    add = ps_pb2.UpdateRequest(client_id=77, request_number=3)
+    add.tables.add(table="retried", ids=ids.astype("<i8").tobytes(), values=grads.astype("<f4").tobytes())
+    step = ps_pb2.GlobalStepRequest(increment=5, client_id=77, request_number=4)
+    client.create_dense({"retried/w": {"shape": [4], "optimizer": {"type": "sgd", "learning_rate": 0.5},
+                                       "initial_value": np.zeros(4, np.float32)}})
+    owner = cluster["shards"][dense_owner("retried/w", 2)].address
+    push = ps_pb2.DensePushRequest(client_id=77, request_number=5)
+    push.grads.add(name="retried/w", values=grads[0].astype("<f4").tobytes())
+    for _copy in range(2):
+        raw_call(shard0, "AssignAdd", add.SerializeToString())
+        raw_call(shard0, "GlobalStep", step.SerializeToString())
+        raw_call(owner, "DensePush", push.SerializeToString())
+    np.testing.assert_allclose(client.lookup("retried", ids), 1.0 - 3 * 0.05 * grads + grads, rtol=1e-6)
+    assert client.global_step() == start + 8
+    np.testing.assert_allclose(client.dense_pull(["retried/w"])["retried/w"], -0.5 * grads[0], rtol=1e-6)
 
 
 def test_global_step_is_shared_and_atomic(cluster):

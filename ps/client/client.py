@@ -39,10 +39,10 @@ from ps.sharding import dense_owner
 from ps.wire.config_codec import optimizer_to_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_CLAIM_LIMIT,
-    APPLY_CLIENT_ID,
     APPLY_GLOBAL_STEP,
-    APPLY_REQUEST_NUMBER,
     APPLY_UPDATE_TIME,
+    CLIENT_ID,
+    REQUEST_NUMBER,
     UPDATE_UPDATE_TIME,
     decode_lookup_response,
     encode_updates,
@@ -121,7 +121,7 @@ class PSClient:
         self._stubs = [self._stub(c) for c in self._channels]
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}
-        # names every ApplyGradients, so a shard applies a retried one once (ps/service/replied_requests.py)
+        # names every non-idempotent update, so a shard applies a retried one once (see _numbered)
         self._client_id = random.getrandbits(62) + 1
         self._request_numbers = itertools.count(1)
 
@@ -345,9 +345,15 @@ class PSClient:
         return {s: encode_updates(items, scalars)
                 for s, items in self._update_items(method, updates, dedupe, learning_rates).items()}
 
-    def _numbered(self, scalars: dict[int, int]) -> dict[int, int]:
-        """An ApplyGradients' scalars plus this client's id and a new request number (a retry resends them)."""
-        return {**scalars, APPLY_CLIENT_ID: self._client_id, APPLY_REQUEST_NUMBER: next(self._request_numbers)}
+    def _numbered(self, request):
+        """A non-idempotent update's request (a proto, or an encoded one's scalars) with this client's id and a
+        new request number: a retry resends them, and a shard that applied the request already answers it with
+        the first reply (ps/service/replied_requests.py)."""
+        number = next(self._request_numbers)
+        if isinstance(request, dict):
+            return {**request, CLIENT_ID: self._client_id, REQUEST_NUMBER: number}
+        request.client_id, request.request_number = self._client_id, number
+        return request
 
     def _update_items(self, method: str, updates: Mapping[str, tuple[Any, Any]], dedupe: bool,
                       learning_rates: Mapping[str, Any] | None = None) -> dict[int, list]:
@@ -441,7 +447,9 @@ class PSClient:
         return int(reply.global_step), True
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
-        requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})
+        scalars = {UPDATE_UPDATE_TIME: int(update_time)}
+        requests = self._updates(method, {table: (ids, values)}, False,
+                                 self._numbered(scalars) if method == "AssignAdd" else scalars)
         if requests:
             self._call_shards(method, requests)
 
@@ -530,7 +538,7 @@ class PSClient:
             raise ValueError(f"dense_push: learning_rate must be a finite non-negative float, got {learning_rate}")
         per_shard: dict[int, ps_pb2.DensePushRequest] = {}
         for s, grads_of_shard in self._dense_grads("dense_push", grads).items():
-            req = per_shard[s] = ps_pb2.DensePushRequest(global_step=int(global_step))
+            req = per_shard[s] = self._numbered(ps_pb2.DensePushRequest(global_step=int(global_step)))
             if learning_rate is not None:
                 req.learning_rate = float(learning_rate)
             for name, g in grads_of_shard:
@@ -555,14 +563,18 @@ class PSClient:
     def increment_global_step(self, n: int = 1) -> int:
         if int(n) < 0:
             raise ValueError(f"increment_global_step: n must be >= 0, got {n}")
-        return int(self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=int(n))).global_step)
+        request = ps_pb2.GlobalStepRequest(increment=int(n))
+        if n:
+            request = self._numbered(request)
+        return int(self._call_with_retries(0, "GlobalStep", request).global_step)
 
     def global_step(self) -> int:
         return self.increment_global_step(0)
 
     def claim_global_step(self, limit: int) -> tuple[int, bool]:
         """Add 1 to the global step unless that would pass `limit`: (global step, whether it was added)."""
-        reply = self._call_with_retries(0, "GlobalStep", ps_pb2.GlobalStepRequest(increment=1, limit=int(limit)))
+        request = self._numbered(ps_pb2.GlobalStepRequest(increment=1, limit=int(limit)))
+        reply = self._call_with_retries(0, "GlobalStep", request)
         return int(reply.global_step), bool(reply.applied)
 
     def barrier(self, name: str, participant: str | None, expected: int, note: bytes = b"") -> list[str]:

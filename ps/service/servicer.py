@@ -29,10 +29,10 @@ from ps.store.table import CheckedUpdate, EmbeddingTable
 from ps.wire.config_codec import optimizer_from_proto, table_config_from_proto, table_config_to_proto
 from ps.wire.fast_messages import (
     APPLY_CLAIM_LIMIT,
-    APPLY_CLIENT_ID,
     APPLY_GLOBAL_STEP,
-    APPLY_REQUEST_NUMBER,
     APPLY_UPDATE_TIME,
+    CLIENT_ID,
+    REQUEST_NUMBER,
     UPDATE_UPDATE_TIME,
     UpdatesView,
     decode_updates,
@@ -104,7 +104,7 @@ class ParameterServerServicer:
         self.errors: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
         self._shard = str(state.shard_index)
-        self._replied: RepliedRequests[ps_pb2.UpdateResponse] = RepliedRequests()
+        self._replied: RepliedRequests = RepliedRequests()  # replies of non-idempotent updates
 
     # -- plumbing -------------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -220,8 +220,15 @@ class ParameterServerServicer:
         """A step's rows (and dense gradients) for this shard; with a claim_limit, claim the step first and
         apply nothing if it is refused. Every part is checked before the claim. A retry of a request already
         applied gets its reply and applies nothing (replied_requests.py)."""
-        return self._replied.once(request.scalars.get(APPLY_CLIENT_ID, 0), request.scalars.get(APPLY_REQUEST_NUMBER, 0),
-                                  lambda: self._apply_gradients(request))
+        return self._once(request, lambda: self._apply_gradients(request))
+
+    def _once(self, request: UpdatesView | ps_pb2.DensePushRequest | ps_pb2.GlobalStepRequest, run: Callable):
+        """`run()` unless this request (its client id and number) was applied already: then its reply."""
+        if isinstance(request, UpdatesView):
+            client, number = request.scalars.get(CLIENT_ID, 0), request.scalars.get(REQUEST_NUMBER, 0)
+        else:
+            client, number = request.client_id, request.request_number
+        return self._replied.once(client, number, run)
 
     def _apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._checked_updates("ApplyGradients", request)
@@ -246,6 +253,9 @@ class ParameterServerServicer:
         return ps_pb2.UpdateResponse(rows={name: c.ids.size for name, c in work})
 
     def assign_add(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
+        return self._once(request, lambda: self._assign_add(request))
+
+    def _assign_add(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._checked_updates("AssignAdd", request)
         for _name, checked in work:
             checked.table.write_checked(checked, add=True)
@@ -303,12 +313,20 @@ class ParameterServerServicer:
         return out
 
     def dense_push(self, request: ps_pb2.DensePushRequest) -> ps_pb2.DensePushResponse:
+        return self._once(request, lambda: self._dense_push(request))
+
+    def _dense_push(self, request: ps_pb2.DensePushRequest) -> ps_pb2.DensePushResponse:
         grads = _dense_grads("DensePush", [(g.name, g.values) for g in request.grads])
         lr = request.learning_rate if request.HasField("learning_rate") else None
         self.state.dense_push(grads, request.global_step, lr)
         return ps_pb2.DensePushResponse()
 
     def global_step(self, request: ps_pb2.GlobalStepRequest) -> ps_pb2.GlobalStepResponse:
+        if not request.increment:  # a read
+            return self._global_step(request)
+        return self._once(request, lambda: self._global_step(request))
+
+    def _global_step(self, request: ps_pb2.GlobalStepRequest) -> ps_pb2.GlobalStepResponse:
         limit = request.limit if request.HasField("limit") else None
         step, applied = self.state.increment_global_step(request.increment, limit)
         return ps_pb2.GlobalStepResponse(global_step=step, applied=applied)

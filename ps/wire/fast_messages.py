@@ -201,8 +201,9 @@ APPLY_GLOBAL_STEP = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["glob
 APPLY_UPDATE_TIME = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["update_time"].number
 UPDATE_UPDATE_TIME = ps_pb2.UpdateRequest.DESCRIPTOR.fields_by_name["update_time"].number
 APPLY_CLAIM_LIMIT = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["claim_limit"].number
-APPLY_CLIENT_ID = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["client_id"].number
-APPLY_REQUEST_NUMBER = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["request_number"].number
+CLIENT_ID = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["client_id"].number
+REQUEST_NUMBER = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["request_number"].number
+"""Retry safety fields (ps/service/replied_requests.py), numbered alike in ApplyGradientsRequest and UpdateRequest."""
 _APPLY_DENSE = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["dense"].number
 
 

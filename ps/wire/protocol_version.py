@@ -10,7 +10,8 @@ History (bump `PROTOCOL_VERSION` with every field a client depends on, and raise
 when the client starts to depend on it):
 - 1: one round trip per shard per step: `LookupRequest.dense`, `ApplyGradientsRequest.dense` and
   `claim_limit`, `UpdateResponse.global_step`/`claimed`.
-- 2: `ApplyGradientsRequest.client_id`/`request_number`: a retried update is applied once. A client does
+- 2: `client_id`/`request_number` in ApplyGradients, AssignAdd (UpdateRequest), DensePush and GlobalStep
+  requests: a retried update is applied once. A client does
   not need it (a version-1 shard applies a retry again, as before), so the minimum stays 1.
 """
 from __future__ import annotations
