@@ -5,8 +5,9 @@ answers in three steps: its `embedding_ids` signature gives the distinct ids of 
 PS shards return their rows (`ps.client.PSClient`), and the requested signature runs with those rows as
 extra inputs. Clients see the same signatures either way: the row inputs are hidden from the metadata.
 Concurrent requests can run as one batch (`MergedPredicts`, opt-in) and share their lookups' RPCs (`SharedLookups`);
-the entry's two signatures are called flat (`FlatSignature`): binding their ~30 arguments and results by
-name on every call cost as much as the dense model's own work. The dense sync
+signatures are called flat (`FlatSignature`): binding arguments and results by name on every call cost as
+much as the entry's dense model's own work (its two signatures have ~30 arguments), and a visible share of
+a standalone export's call (benchmarks/serving_bench.py, CPU per call). The dense sync
 (serving/dense_sync_receiver.py) swaps new variables into those flat calls' captures (`check_dense`,
 `assign_dense`), matched by the training names the export recorded.
 
@@ -117,6 +118,9 @@ class Servable:
             self._flat = {name: FlatSignature(self.module.signatures[name])
                           for name in ["embedding_ids", *self.entry["serving_signatures"]]}
             self.dense_layout = self.entry.get("dense")
+        else:
+            self._flat = {name: flat for name in self.public
+                          if (flat := FlatSignature(self.module.signatures[name])).takes(self.public[name])}
 
     # -- dense sync -------------------------------------------------------------------------------
     def check_dense(self, values: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
@@ -210,7 +214,9 @@ class Servable:
         try:
             if self.entry is not None:
                 out = self._flat[signature](self._entry_inputs(self.entry, tensors))
-            else:
+            elif signature in self._flat:
+                out = self._flat[signature](tensors)
+            else:  # input names the flat function does not know (`FlatSignature.takes`)
                 out = self.module.signatures[signature](**tensors)
         except _BAD_DATA as exc:
             raise PSInvalidArgument(f"signature {signature!r}: {exc.message}") from None
@@ -239,6 +245,11 @@ class FlatSignature:
         them keeps those variables alive while a call uses their handles."""
         self.inputs = [p.name for p in fn.function_type.parameters.values()]
         self.outputs = sorted(fn.structured_outputs)
+
+    def takes(self, sig: meta_graph_pb2.SignatureDef) -> bool:
+        """Whether the flat function's parameters and outputs are the SignatureDef's inputs and outputs (names
+        can differ, e.g. when an input key is not a Python identifier: then the structured call binds them)."""
+        return sorted(self.inputs) == sorted(sig.inputs) and self.outputs == sorted(sig.outputs)
 
     def __call__(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         captures, _owners = self._bound  # one read; `_owners` keeps swapped-in variables alive during the call

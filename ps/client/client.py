@@ -1,8 +1,9 @@
 """`PSClient`: the only way workers (and any other Python process) talk to the PS shards.
 
 Shard i is `addresses[i]`; ids go to shard `floormod(id, n)`, dense variables to `md5(name) mod n`.
-Each call dedupes ids per table, sends one RPC per shard for all tables at once (as gRPC futures, so
-shards work in parallel without Python threads), and puts the rows back in the caller's order.
+Each call dedupes ids per table, sends one RPC per shard for all tables at once (in parallel: the calling
+thread and a few persistent threads make blocking calls, see `_call_shards`), and puts the rows back in the
+caller's order.
 Bad input raises `ValueError` before anything is sent. Transient failures (UNAVAILABLE, and deadline
 overruns of idempotent calls) are retried with exponential backoff; a shard that stays down raises
 `PSUnavailable` naming the shard and its address. A status the shard answers with becomes the class of
@@ -20,6 +21,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,9 @@ class PSClient:
         self.security = TransportSecurity.from_environ() if security is None else security
         self._channels = [self.security.channel(a, options) for a in self.addresses]
         self._stubs = [self._stub(c) for c in self._channels]
+        self._shard_calls = ThreadPoolExecutor(max_workers=4 * max(1, self.num_shards - 1),
+                                               thread_name_prefix="ps-client-shard")
+        """Calls to shards other than a request's first (`_call_shards`); room for a few concurrent callers."""
         self._tables: dict[str, TableMeta] = {}
         self._dense_shapes: dict[str, tuple[int, ...]] = {}
         # names every non-idempotent update, so a shard applies a retried one once (see _numbered)
@@ -141,6 +146,7 @@ class PSClient:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
+        self._shard_calls.shutdown(wait=False)
         for channel in self._channels:
             channel.close()
 
@@ -208,19 +214,23 @@ class PSClient:
                 attempt += 1
 
     def _call_shards(self, method: str, requests: Mapping[int, Any]) -> dict[int, Any]:
-        """One call per shard, all in flight at once; returns responses by shard."""
-        if len(requests) == 1:
-            (shard, request), = requests.items()
-            return {shard: self._call_with_retries(shard, method, request)}
-        futures = {shard: getattr(self._stubs[shard], method).future(request, timeout=self._timeout(method))
-                   for shard, request in requests.items()}
+        """One call per shard, all in flight at once; returns responses by shard. The first shard's call is
+        made by the calling thread, the others by `_shard_calls`' threads, each a blocking call (with its
+        retries): a gRPC future would start a thread to poll its channel whenever none of the channel's
+        calls is in flight, i.e. on nearly every call of a client that waits for its replies."""
+        if not requests:
+            return {}
+        (first, first_request), *rest = requests.items()
+        futures = {shard: self._shard_calls.submit(self._call_with_retries, shard, method, request)
+                   for shard, request in rest}
         out, failure = {}, None
+        try:
+            out[first] = self._call_with_retries(first, method, first_request)
+        except PSError as exc:
+            failure = exc
         for shard, fut in futures.items():
             try:
-                try:
-                    out[shard] = fut.result()
-                except grpc.RpcError as exc:
-                    out[shard] = self._call_with_retries(shard, method, requests[shard], exc)
+                out[shard] = fut.result()
             except PSError as exc:
                 failure = failure or exc
         if failure is not None:
