@@ -32,6 +32,7 @@ from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBacken
 from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
 from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, flat_reader, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
+from worker.runtime.flat_calls import call_flat
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
@@ -128,15 +129,6 @@ def _step_outputs(out, mode: str) -> dict[str, Any]:
     if mode != ModeKeys.PREDICT:
         result["loss"] = tf.cast(out.loss, tf.float32)
     return result
-
-
-def _call_flat(fn: Any, tensors: list) -> Any:
-    """`fn(*tensors)` for a concrete function of a flat signature, without binding the arguments to its
-    signature again on every call (that binding cost more than a small model's step on the CPU)."""
-    call = getattr(fn, "_call_flat", None)
-    if call is None or getattr(fn, "captured_inputs", None) is None:
-        return fn(*tensors)
-    return call(tensors, fn.captured_inputs)
 
 
 class Estimator:
@@ -372,19 +364,29 @@ class Estimator:
             t = now()
             rows, batch.dense = backend.lookup_step(batch.table_ids)  # remote: rows and dense values, one call
             compiled.prep.assemble(batch, rows)
+            self._stage(compiled, batch)
             times.add("lookup", t)
             return batch
 
         return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed)
 
-    def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
-        if batch.dense is not None and self._dense is not None:
-            self._dense.assign(batch.dense)
+    def _stage(self, compiled: _Compiled, batch: PreparedBatch) -> None:
+        """The step's input tensors and dense values as tensors, built where the batch is looked up: on the
+        prefetch thread with PS shards, so the training thread only assigns and calls."""
         rows, batch.layout, index = compiled.prep.step_inputs(batch)
         flat = batch.features
         if isinstance(flat, dict):
             flat = tf.nest.flatten(flat, expand_composites=True)
-        return _call_flat(compiled.fn, [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))])
+        batch.args = [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))]
+        if batch.dense is not None and self._dense is not None:
+            batch.dense_args = self._dense.tensors(batch.dense)
+
+    def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
+        if batch.args is None:
+            self._stage(compiled, batch)
+        if batch.dense_args is not None and self._dense is not None:
+            self._dense.assign_tensors(batch.dense_args)
+        return call_flat(compiled.fn, batch.args)
 
     def train(self, max_steps: int | None) -> dict[str, Any]:
         """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
