@@ -90,6 +90,7 @@ class _Compiled:
     classification: list[bool]
     optimizer: Any
     slots: dict[str, FeatureSlot]  # the tables this mode pushes to: their segments' learning rates
+    dense_inputs: bool = False     # `fn` takes the dense values after the step's inputs and assigns them first
 
 
 UNBOUNDED = 2**62
@@ -280,9 +281,15 @@ class Estimator:
         variables = self._reuse.trainable
         optimizer = compiled.optimizer
         local = not self.config.distributed and bool(variables)
+        # with PS shards the step's dense values (read with its rows) are assigned in the same call: a second
+        # call of a traced function per step costs a hand-off to TensorFlow's threads and back
+        compiled.dense_inputs = self.config.distributed and bool(variables)
+        n = len(signature)
 
         def train_step(*flat):
-            result = dict(step(*flat))
+            for var, value in zip(variables, flat[n:]):  # stateful ops run in program order: before the step
+                var.assign(value)
+            result = dict(step(*flat[:n]))
             grads = result.pop("dense_grads")
             if local:
                 optimizer.apply_gradients(zip(grads, variables))
@@ -290,6 +297,8 @@ class Estimator:
                 result["dense_grads"] = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
             return result
 
+        if compiled.dense_inputs:
+            signature = [*signature, *(tf.TensorSpec(v.shape, v.dtype) for v in variables)]
         return tf.function(train_step, input_signature=signature, autograph=False).get_concrete_function()
 
     def _create_tables(self) -> None:
@@ -370,7 +379,7 @@ class Estimator:
 
         return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed)
 
-    def _stage(self, compiled: _Compiled, batch: PreparedBatch) -> None:
+    def _stage(self, compiled: _Compiled, batch: PreparedBatch) -> list:
         """The step's input tensors and dense values as tensors, built where the batch is looked up: on the
         prefetch thread with PS shards, so the training thread only assigns and calls."""
         rows, batch.layout, index = compiled.prep.step_inputs(batch)
@@ -380,13 +389,17 @@ class Estimator:
         batch.args = [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))]
         if batch.dense is not None and self._dense is not None:
             batch.dense_args = self._dense.tensors(batch.dense)
+        return batch.args
 
     def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
-        if batch.args is None:
-            self._stage(compiled, batch)
+        args = batch.args if batch.args is not None else self._stage(compiled, batch)
+        if compiled.dense_inputs:
+            if batch.dense_args is None:
+                raise ValueError("a training step with PS shards got no dense values from its lookup")
+            return call_flat(compiled.fn, [*args, *batch.dense_args])
         if batch.dense_args is not None and self._dense is not None:
             self._dense.assign_tensors(batch.dense_args)
-        return call_flat(compiled.fn, batch.args)
+        return call_flat(compiled.fn, args)
 
     def train(self, max_steps: int | None) -> dict[str, Any]:
         """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
