@@ -75,15 +75,6 @@ def test_a_step_push_with_dense_gradients_and_a_claim_round_trips_through_protob
     assert [(n, bytes(v)) for n, v in view.dense] == [(n, g.tobytes()) for n, g in dense]
     assert view.scalars[APPLY_CLAIM_LIMIT] == 2**62 and len(view.tables) == 2
     assert decode_updates(data, "UpdateRequest").dense == []  # not a field of Assign's request
-    # a later step's reads riding on the push: byte for byte what protobuf writes, even when empty
-    reads = ps_pb2.LookupRequest(tables=[ps_pb2.TableIds(table="t", ids=b"\x01" * 16)], dense=["b"], dtype=1)
-    for lookup in (reads, ps_pb2.LookupRequest()):
-        data = encode_updates(_updates(), {APPLY_GLOBAL_STEP: 9, APPLY_CLAIM_LIMIT: 2**62}, dense,
-                              lookup.SerializeToString())
-        msg = ps_pb2.ApplyGradientsRequest.FromString(data)
-        assert msg.HasField("lookup") and msg.lookup == lookup and data == msg.SerializeToString()
-        assert ps_pb2.LookupRequest.FromString(decode_updates(data, "ApplyGradientsRequest").lookup) == lookup
-    assert decode_updates(encode_updates(_updates(), {}), "ApplyGradientsRequest").lookup is None
 
 
 def test_update_decoding_reads_protobuf_output_and_skips_unknown_fields():

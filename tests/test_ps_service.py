@@ -255,31 +255,6 @@ def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_grante
         np.testing.assert_allclose(pulled[n], values[n])
 
 
-def test_push_step_carries_a_later_steps_reads_answered_after_the_push(cluster):
-    """`push_step(..., lookup=plan)`: each shard answers its part of the reads after applying its push, the
-    same rows and dense values a Lookup sent right after the push returns; a refused claim still answers."""
-    client = cluster["client"]
-    client.create_tables({"ride_rows": ITEM})
-    names = [f"ride/v{i}" for i in range(4)]
-    client.create_dense({n: {"shape": [2], "optimizer": {"type": "sgd", "learning_rate": 0.5},
-                             "initial_value": np.full(2, i, np.float32)} for i, n in enumerate(names)})
-    ids = np.arange(-5, 7, dtype=np.int64)  # rows on both shards
-    grads = np.random.default_rng(9).normal(size=(ids.size, 4)).astype(np.float32)
-    dense = {n: np.ones(2, np.float32) for n in names}
-    start = client.global_step()
-    for sole, limit, claimed in ((True, start + 1, True), (False, start + 2, True), (False, start + 2, False)):
-        plan = client.plan_lookup({"ride_rows": ids[::-1]}, names, dedupe=False)
-        assert client.push_step({"ride_rows": (ids, grads)}, dense, global_step=start, claim_limit=limit,
-                                sole_claimer=sole, lookup=plan) == (limit, claimed)
-        rows, values = client.lookup_step({"ride_rows": ids[::-1]}, names, dedupe=False)
-        np.testing.assert_array_equal(plan.rows["ride_rows"], rows["ride_rows"])
-        assert sorted(plan.dense) == sorted(names)
-        for n in names:
-            np.testing.assert_array_equal(plan.dense[n], values[n])
-    # two granted steps of sgd 0.05 on ones, in reverse order as asked
-    np.testing.assert_allclose(rows["ride_rows"], (1.0 - 2 * 0.05 * grads)[::-1], rtol=1e-6)
-
-
 def test_global_step_is_shared_and_atomic(cluster):
     client = cluster["client"]
     start = client.global_step()
@@ -331,8 +306,8 @@ def _update(table, ids, values, dtype="<f4"):
                               values=np.asarray(values, dtype).tobytes())
 
 
-def _apply(*updates, lookup=None):
-    return ps_pb2.ApplyGradientsRequest(tables=list(updates), lookup=lookup).SerializeToString()
+def _apply(*updates):
+    return ps_pb2.ApplyGradientsRequest(tables=list(updates)).SerializeToString()
 
 
 GOOD = _update("item", [2, 4], np.ones((2, 4)))  # shard 0 owns even ids
@@ -354,12 +329,6 @@ BAD_REQUESTS = [
     ("ApplyGradients", _apply(GOOD)[:-7], grpc.StatusCode.INVALID_ARGUMENT, "malformed ApplyGradientsRequest"),
     ("ApplyGradients", _apply(GOOD, _update("item", [3], np.ones((1, 4)))), grpc.StatusCode.FAILED_PRECONDITION,
      "do not belong to shard 0"),
-    # reads riding on a push are checked with it: a bad one applies nothing
-    ("ApplyGradients", _apply(GOOD, lookup=ps_pb2.LookupRequest(tables=[ps_pb2.TableIds(
-        table="item", ids=np.array([3], "<i8").tobytes())])), grpc.StatusCode.FAILED_PRECONDITION,
-     "do not belong to shard 0"),
-    ("ApplyGradients", _apply(GOOD, lookup=ps_pb2.LookupRequest(dense=["no/such"])), grpc.StatusCode.NOT_FOUND,
-     "unknown dense variable 'no/such'"),
     ("ApplyGradients", _apply(_update("item", np.arange(0, 2 * 200_000, 2), np.ones((200_000, 4)))),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
     ("Restore", ps_pb2.RestoreRequest(checkpoint_path="/nonexistent/ckpt-1").SerializeToString(),

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from worker.runtime.batch_prefetch import Prefetcher
-from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 
 
@@ -36,48 +35,6 @@ def test_lookup_never_runs_more_than_staleness_steps_ahead_of_pushes(staleness):
     assert max(seen_gap) <= staleness
     if staleness:
         assert max(seen_gap) == staleness  # and the overlap is actually used
-
-
-@pytest.mark.parametrize("staleness", [0, 1, 2])
-def test_reads_riding_on_pushes_are_answered_after_exactly_the_push_their_bound_waits_for(staleness):
-    """With `complete`, the push that completes a batch's staleness bound takes the batch (`take`) and
-    answers its reads after it is applied (`deliver`); a push that does not answer them (None) leaves the
-    lookup to the prefetch thread. Every batch arrives once, in order, within the bound."""
-    pushed = 0
-    lock = threading.Lock()
-    source = iter(range(40))
-
-    def lookup(i):
-        with lock:
-            return i, "own", pushed
-
-    pf = Prefetcher(lambda: next(source), lookup, staleness, complete=lambda i, reads: (i, "ride", reads))
-
-    def push(step):
-        nonlocal pushed
-        taken = pf.take()
-        time.sleep(0.002)
-        with lock:
-            pushed += 1
-            answer = pushed if step % 3 else None  # every third push does not answer the reads it took
-        if taken is not None:
-            pf.deliver(taken[0], answer)
-        return step + 1
-
-    pusher = GradientPusher(push, pf.done, asynchronous=True, max_inflight=staleness + 1, start_step=0)
-    got = []
-    while (item := pf.get()) is not None:
-        got.append(item)
-        time.sleep(0.001)  # the step's compute
-        pusher.submit(len(got) - 1)
-    pusher.drain()
-    pusher.close()
-    pf.close()
-    assert [i for i, _kind, _p in got] == list(range(40))
-    assert all(p >= i - staleness for i, _kind, p in got)  # the bound: pushes 0 .. i - 1 - staleness applied
-    rode = [(i, p) for i, kind, p in got if kind == "ride"]
-    assert rode and all(p == i - staleness for i, p in rode)  # answered right after the push that bounds them
-    assert any(kind == "own" and i > staleness for i, kind, _p in got)  # pushes answering None
 
 
 def test_a_lookup_on_get_runs_on_the_consumers_thread_after_every_earlier_push_while_reads_run_ahead():

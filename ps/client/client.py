@@ -92,18 +92,6 @@ def _as_rows(values: Any, n: int, dim: int, where: str) -> np.ndarray:
     return arr
 
 
-@dataclass
-class LookupPlan:
-    """A step's reads, routed and checked (`PSClient.plan_lookup`): per table its routing, per shard its request."""
-
-    tables: dict[str, tuple[TableMeta, Routed]]
-    requests: dict[int, ps_pb2.LookupRequest]
-    dense_by_shard: dict[int, list[str]]
-    wire: np.dtype
-    rows: dict[str, np.ndarray] | None = None   # the answer, once a push carried it (`PSClient.push_step`)
-    dense: dict[str, np.ndarray] | None = None
-
-
 class PSClient:
     def __init__(self, addresses: Iterable[str], config: ClientConfig | None = None,
                  security: TransportSecurity | None = None, **overrides: Any) -> None:
@@ -271,13 +259,6 @@ class PSClient:
                     dedupe: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """A training step's reads: `lookup_many`'s rows and the current values of the dense variables
         `dense_names` (read-only arrays), still one RPC per shard."""
-        plan = self.plan_lookup(ids_by_table, dense_names, dedupe)
-        return self._lookup_result(plan, self._call_shards("Lookup", plan.requests) if plan.requests else {})
-
-    def plan_lookup(self, ids_by_table: Mapping[str, Any], dense_names: Iterable[str],
-                    dedupe: bool = True) -> LookupPlan:
-        """`lookup_step`'s requests, checked and routed, not sent: `push_step(..., lookup=plan)` sends them
-        with a push."""
         dense_by_shard: dict[int, list[str]] = {}
         for name in dense_names:
             dense_by_shard.setdefault(dense_owner(name, self.num_shards), []).append(name)
@@ -301,11 +282,8 @@ class PSClient:
             if req.tables or req.dense:
                 self._check_size("lookup reply", s, reply_bytes)
                 requests[s] = req
-        return LookupPlan(plans, requests, dense_by_shard, wire)
-
-    def _lookup_result(self, plan: LookupPlan, responses: Mapping[int, Any]) -> tuple[dict[str, np.ndarray],
-                                                                                    dict[str, np.ndarray]]:
-        return self._rows_of(plan.tables, responses, plan.wire), self._dense_of(responses, plan.dense_by_shard)
+        responses = self._call_shards("Lookup", requests) if requests else {}
+        return self._rows_of(plans, responses, wire), self._dense_of(responses, dense_by_shard)
 
     def _rows_of(self, plans: Mapping[str, tuple[TableMeta, Routed]], responses: Mapping[int, Any],
                  wire: np.dtype) -> dict[str, np.ndarray]:
@@ -412,8 +390,7 @@ class PSClient:
 
     def push_step(self, grads_by_table: Mapping[str, tuple[Any, Any]], dense_grads: Mapping[str, Any],
                   global_step: int, claim_limit: int, learning_rates: Mapping[str, Any] | None = None,
-                  dedupe: bool = True, sole_claimer: bool = False,
-                  lookup: LookupPlan | None = None) -> tuple[int, bool]:
+                  dedupe: bool = True, sole_claimer: bool = False) -> tuple[int, bool]:
         """A training step's updates as one ApplyGradients per shard, the step claimed on the way: add 1 to
         the global step unless that would pass `claim_limit` and, only if it did, apply the rows and dense
         gradients. (global step after the claim, whether the step was claimed and applied.)
@@ -422,47 +399,28 @@ class PSClient:
         the claim is granted, so a refused step changes nothing anywhere. `sole_claimer`: the caller is the
         only one claiming steps and never claims past `claim_limit` (a job's only worker), so the claim
         cannot be refused and every shard's part goes out at once; should shard 0 refuse it all the same,
-        `PSError` says so. Everything is validated before anything is sent.
-
-        `lookup` (a `plan_lookup`): a later step's reads, each shard's riding on its ApplyGradients and
-        answered after that shard applied it; the answer lands in `lookup.rows`/`lookup.dense`. A shard
-        that was not sent a push (a refused claim) or did not answer the reads gets a plain Lookup."""
+        `PSError` says so. Everything is validated before anything is sent."""
         if int(claim_limit) <= 0:
             raise ValueError(f"push_step: claim_limit must be >= 1, got {claim_limit}")
         items = self._update_items("ApplyGradients", grads_by_table, dedupe, learning_rates)
         dense = self._dense_grads("push_step", dense_grads)
-        reads = {s: r.SerializeToString() for s, r in lookup.requests.items()} if lookup is not None else {}
         scalars = {APPLY_GLOBAL_STEP: int(global_step)}
-        first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()),
-                               reads.get(0))
-        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()), reads.get(s))
-                for s in range(1, self.num_shards) if s in items or s in dense or s in reads}
+        first = encode_updates(items.get(0, []), {**scalars, APPLY_CLAIM_LIMIT: int(claim_limit)}, dense.get(0, ()))
+        rest = {s: encode_updates(items.get(s, []), scalars, dense.get(s, ()))
+                for s in range(1, self.num_shards) if s in items or s in dense}
         if sole_claimer and rest:
-            replies = self._call_shards("ApplyGradients", {0: first, **rest})
-            if not replies[0].claimed:
-                raise PSError(f"shard 0 refused the claim of a step at global step {replies[0].global_step} (limit "
+            reply = self._call_shards("ApplyGradients", {0: first, **rest})[0]
+            if not reply.claimed:
+                raise PSError(f"shard 0 refused the claim of a step at global step {reply.global_step} (limit "
                               f"{claim_limit}) from a sole claimer: something else advanced the global step, and "
                               f"shards {sorted(rest)} applied that step's updates", 0, self.addresses[0])
-        else:
-            replies = {0: self._call_with_retries(0, "ApplyGradients", first)}
-            if replies[0].claimed and rest:
-                replies.update(self._call_shards("ApplyGradients", rest))
-        if lookup is not None:
-            self._answer(lookup, replies)
-        return int(replies[0].global_step), bool(replies[0].claimed)
-
-    def _answer(self, plan: LookupPlan, replies: Mapping[int, Any]) -> None:
-        """`plan`'s rows and dense values from the reads the pushes answered, plain Lookups for the rest."""
-        responses, unanswered = {}, {}
-        for s, request in plan.requests.items():
-            raw = replies[s].lookup if s in replies else b""
-            if raw:  # a shard's reads are never empty: an empty answer is no answer (a PS that ignored them)
-                responses[s] = decode_lookup_response(raw)
-            else:
-                unanswered[s] = request
-        if unanswered:
-            responses.update(self._call_shards("Lookup", unanswered))
-        plan.rows, plan.dense = self._lookup_result(plan, responses)
+            return int(reply.global_step), True
+        reply = self._call_with_retries(0, "ApplyGradients", first)
+        if not reply.claimed:
+            return int(reply.global_step), False
+        if rest:
+            self._call_shards("ApplyGradients", rest)
+        return int(reply.global_step), True
 
     def _assign(self, method: str, table: str, ids: Any, values: Any, update_time: int) -> None:
         requests = self._updates(method, {table: (ids, values)}, False, {UPDATE_UPDATE_TIME: int(update_time)})

@@ -177,20 +177,12 @@ class ParameterServerServicer:
         return work
 
     def lookup(self, request: ps_pb2.LookupRequest) -> bytes:
-        return self._read(*self._checked_lookup(request))
-
-    def _checked_lookup(self, request: ps_pb2.LookupRequest) -> tuple[list, type, int, list[str]]:
-        """A Lookup's tables, ids, dtype and dense names, all checked; `_read` answers it."""
         if request.dtype not in _NP_DTYPES:
             raise ValueError(f"unknown lookup dtype {request.dtype}")
-        dense = list(request.dense)
-        for name in dense:
-            self.state.dense_var(name)  # an unknown name fails here, before a push it rides on is applied
-        return self._owned_ids("Lookup", request.tables), _NP_DTYPES[request.dtype], int(request.dtype), dense
-
-    def _read(self, work: list, np_dtype: type, dtype: int, dense_names: list[str]) -> bytes:
-        dense = self.state.dense_pull(dense_names) if dense_names else []
-        rows = [(name, table.lookup(ids, dtype=np_dtype), dtype, table.dim) for name, table, ids in work]
+        work = self._owned_ids("Lookup", request.tables)
+        np_dtype = _NP_DTYPES[request.dtype]
+        dense = self.state.dense_pull(list(request.dense)) if request.dense else []
+        rows = [(name, table.lookup(ids, dtype=np_dtype), int(request.dtype), table.dim) for name, table, ids in work]
         metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
         return encode_lookup_response(rows, dense)  # a serialized LookupResponse; the rows are copied once
 
@@ -224,21 +216,17 @@ class ParameterServerServicer:
         apply nothing if it is refused. Every part is checked before the claim."""
         work = self._checked_updates("ApplyGradients", request)
         dense = self.state.check_dense(_dense_grads("ApplyGradients", request.dense)) if request.dense else []
-        reads = None
-        if request.lookup is not None:
-            reads = self._checked_lookup(_proto_parser(ps_pb2.LookupRequest)(request.lookup))
         limit = request.scalars.get(APPLY_CLAIM_LIMIT, 0)
         out = ps_pb2.UpdateResponse()
         if limit > 0:
             out.global_step, out.claimed = self.state.increment_global_step(1, limit)
-        if limit <= 0 or out.claimed:
-            for name, checked in work:
-                checked.table.apply_checked(checked)
-                out.rows[name] = checked.ids.size
-            if dense:
-                self.state.apply_dense(dense, request.scalars.get(APPLY_GLOBAL_STEP, 0), None)
-        if reads is not None:
-            out.lookup = self._read(*reads)
+            if not out.claimed:
+                return out
+        for name, checked in work:
+            checked.table.apply_checked(checked)
+            out.rows[name] = checked.ids.size
+        if dense:
+            self.state.apply_dense(dense, request.scalars.get(APPLY_GLOBAL_STEP, 0), None)
         return out
 
     def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:

@@ -187,7 +187,7 @@ def _dense_value(value: memoryview) -> DenseValueView:
 # -- ApplyGradientsRequest / UpdateRequest: repeated TableUpdate tables = 1 -------------------------
 #    TableUpdate {table = 1; ids = 2; values = 3; repeated float learning_rates = 4 (packed)}
 #    ApplyGradientsRequest {global_step = 2; update_time = 3; repeated DenseGrad dense = 4 {name = 1;
-#    values = 2}; claim_limit = 5; LookupRequest lookup = 6}; UpdateRequest {update_time = 2}
+#    values = 2}; claim_limit = 5}; UpdateRequest {update_time = 2}
 @dataclass
 class TableUpdateView:
     table: str = ""
@@ -202,7 +202,6 @@ APPLY_UPDATE_TIME = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["upda
 UPDATE_UPDATE_TIME = ps_pb2.UpdateRequest.DESCRIPTOR.fields_by_name["update_time"].number
 APPLY_CLAIM_LIMIT = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["claim_limit"].number
 _APPLY_DENSE = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["dense"].number
-_APPLY_LOOKUP = ps_pb2.ApplyGradientsRequest.DESCRIPTOR.fields_by_name["lookup"].number
 
 
 @dataclass
@@ -210,14 +209,12 @@ class UpdatesView:
     tables: list[TableUpdateView]
     scalars: dict[int, int]  # field number -> int64 value
     dense: list[tuple[str, memoryview]] = field(default_factory=list)  # ApplyGradients: (name, float32 bytes)
-    lookup: bytes | None = None  # ApplyGradients: the serialized LookupRequest riding on it, if any
 
 
 def encode_updates(tables: list[tuple[str, np.ndarray, np.ndarray, list[float] | None]],
-                   scalars: dict[int, int], dense: Sequence[tuple[str, np.ndarray]] = (),
-                   lookup: bytes | None = None) -> bytes:
+                   scalars: dict[int, int], dense: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
     """[(table, int64 ids, float32 values, learning rates)] + {field: int64} (+ an ApplyGradientsRequest's
-    [(dense variable, float32 gradient)] and serialized LookupRequest) -> serialized request."""
+    [(dense variable, float32 gradient)]) -> serialized request."""
     chunks: list = []
     for name, ids, values, lrs in tables:
         sub = [*_bytes_field(1, name.encode("utf-8")), *_bytes_field(2, _raw(ids, np.dtype("<i8"))),
@@ -231,10 +228,7 @@ def encode_updates(tables: list[tuple[str, np.ndarray, np.ndarray, list[float] |
             dense = ()
         if value:
             chunks += [_tag(number, _VARINT), _varint(int(value))]
-    chunks += _dense_fields(dense)
-    if lookup is not None:  # present even when empty (a lookup of nothing still asks for a reply)
-        chunks += _len_field(_APPLY_LOOKUP, [lookup], len(lookup))
-    return b"".join(chunks)
+    return b"".join(chunks + _dense_fields(dense))
 
 
 def _dense_fields(dense: Sequence[tuple[str, np.ndarray]]) -> list:
@@ -283,8 +277,6 @@ def decode_updates(data: bytes, what: str) -> UpdatesView:
                 view.tables.append(_table_update(value))
             elif number == _APPLY_DENSE and wire_type == _LEN and what == "ApplyGradientsRequest":
                 view.dense.append(_dense_grad(value))
-            elif number == _APPLY_LOOKUP and wire_type == _LEN and what == "ApplyGradientsRequest":
-                view.lookup = bytes(value) if view.lookup is None else view.lookup + bytes(value)  # merged, as protobuf
             elif wire_type == _VARINT:
                 view.scalars[number] = _signed64(value)
     except (ValueError, UnicodeDecodeError) as exc:

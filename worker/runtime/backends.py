@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -24,13 +24,9 @@ from ps.persist.coordinator import CheckpointCoordinator
 from ps.store.shard_state import ShardState
 from worker.runtime.dense_state import DenseVariables, export_dense, import_dense, keras_optimizer_config
 
-if TYPE_CHECKING:
-    from ps.client.client import LookupPlan
-
 log = logging.getLogger(__name__)
 
 _CHIEF = "worker:0"
-_LOCAL_READS = "reads ride on pushes to PS shards only (locally the lookup runs in the training loop)"
 
 SparseUpdates = Mapping[str, tuple[np.ndarray, np.ndarray]]
 """{table: (ids, row gradients)}: distinct ids, except for tables that count occurrences (admission)."""
@@ -76,20 +72,11 @@ class ParameterBackend(Protocol):
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
                   learning_rates: Mapping[str, list[float]], limit: int,
-                  sole_claimer: bool = False, reads: Any | None = None) -> tuple[int, bool]:
+                  sole_claimer: bool = False) -> tuple[int, bool]:
         """A training step's updates: claim the step (as `claim_global_step(limit)`) and, only if that was
         granted, apply its row gradients and dense gradients (None: none leave the graph). Returns the claim.
         `sole_claimer`: the caller is the job's only worker and never claims past `limit` (the claim cannot
-        be refused, so every shard's part may go out at once). `reads` (a `plan_reads`, remote only): a
-        later step's `lookup_step`, carried by this push and answered after it (`reads_of`)."""
-        ...
-
-    def plan_reads(self, ids: Mapping[str, np.ndarray]) -> Any:
-        """`lookup_step(ids)` prepared for `push_step(..., reads=)` (remote only)."""
-        ...
-
-    def reads_of(self, plan: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-        """What `lookup_step` would have returned, from a plan a `push_step` carried."""
+        be refused, so every shard's part may go out at once)."""
         ...
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
@@ -188,21 +175,13 @@ class LocalBackend:
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
                   learning_rates: Mapping[str, list[float]], limit: int,
-                  sole_claimer: bool = False, reads: Any | None = None) -> tuple[int, bool]:
-        if reads is not None:
-            raise ValueError(_LOCAL_READS)
+                  sole_claimer: bool = False) -> tuple[int, bool]:
         claimed, granted = self.claim_global_step(limit)
         if granted:
             self.apply_gradients(updates, global_step, learning_rates)
             if dense_grads is not None:
                 self.push_dense(dense_grads, global_step)
         return claimed, granted
-
-    def plan_reads(self, ids: Mapping[str, np.ndarray]) -> Any:
-        raise ValueError(_LOCAL_READS)
-
-    def reads_of(self, plan: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-        raise ValueError(_LOCAL_READS)
 
     # checkpoints: the coordinated layout, written by the in-process shard
     def _checkpoints(self, model_dir: str) -> CheckpointCoordinator:
@@ -278,7 +257,7 @@ class RemoteBackend:
 
     def lookup_step(self, ids: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
         """The rows and the dense values in one Lookup per shard."""
-        names = self._dense_names()
+        names = self._dense.names if self._dense is not None and self._dense.variables else []
         if not ids and not names:
             return {}, None
         rows, dense = self.client.lookup_step(ids, names, dedupe=False)  # the worker deduplicated the ids
@@ -319,25 +298,13 @@ class RemoteBackend:
 
     def push_step(self, updates: SparseUpdates, dense_grads: list[np.ndarray] | None, global_step: int,
                   learning_rates: Mapping[str, list[float]], limit: int,
-                  sole_claimer: bool = False, reads: Any | None = None) -> tuple[int, bool]:
-        """One ApplyGradients per shard carrying its rows and dense gradients, the claim riding on shard 0's
-        (and `reads`, a later step's Lookup of that shard)."""
+                  sole_claimer: bool = False) -> tuple[int, bool]:
+        """One ApplyGradients per shard carrying its rows and dense gradients, the claim riding on shard 0's."""
         dense = {}
         if dense_grads is not None and self._dense is not None:
             dense = dict(zip(self._dense.names, dense_grads))
         return self.client.push_step(updates, dense, global_step, limit, learning_rates=learning_rates, dedupe=False,
-                                     sole_claimer=sole_claimer, lookup=reads)
-
-    def plan_reads(self, ids: Mapping[str, np.ndarray]) -> LookupPlan:
-        return self.client.plan_lookup(ids, self._dense_names(), dedupe=False)  # the worker deduplicated the ids
-
-    def reads_of(self, plan: LookupPlan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-        if plan.rows is None:
-            raise ValueError("these reads were not answered: no push_step carried them")
-        return plan.rows, plan.dense if self._dense_names() else None
-
-    def _dense_names(self) -> list[str]:
-        return self._dense.names if self._dense is not None and self._dense.variables else []
+                                     sole_claimer=sole_claimer)
 
     def save(self, model_dir: str, step: int, stream_offsets: StreamOffsets | None = None) -> str:
         return self.client.save(model_dir, step, stream_offsets)

@@ -353,7 +353,7 @@ class Estimator:
 
     # --- running -----------------------------------------------------------------------------------
     def _prefetcher(self, compiled: _Compiled, dataset: tf.data.Dataset, staleness: int,
-                    times: StepTimes | None = None, training: bool = False) -> Prefetcher:
+                    times: StepTimes | None = None) -> Prefetcher:
         stream = stream_source.STREAM_BATCH_KEY in dataset.element_spec
         next_batch = flat_reader(dataset, stream_source.STREAM_BATCH_KEY)
         backend = self.backend
@@ -369,24 +369,15 @@ class Estimator:
             times.add("dedupe", t)
             return batch
 
-        def complete(batch: PreparedBatch, reads: tuple[dict[str, np.ndarray], Any],
-                     t: float | None = None) -> PreparedBatch:
-            t = now() if t is None else t
-            rows, batch.dense = reads
+        def lookup(batch: PreparedBatch) -> PreparedBatch:
+            t = now()
+            rows, batch.dense = backend.lookup_step(batch.table_ids)  # remote: rows and dense values, one call
             compiled.prep.assemble(batch, rows)
             self._stage(compiled, batch)
             times.add("lookup", t)
             return batch
 
-        def lookup(batch: PreparedBatch) -> PreparedBatch:
-            t = now()
-            return complete(batch, backend.lookup_step(batch.table_ids), t)  # remote: rows and dense values, one call
-
-        # training on PS shards: a batch's reads ride on the push its lookup waits for (`_push` takes them).
-        # Not for a stream: the batch after the current one is read first, and a quiet stream would hold it.
-        ride = training and self.config.distributed and not stream
-        return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed,
-                          complete=complete if ride else None)
+        return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed)
 
     def _stage(self, compiled: _Compiled, batch: PreparedBatch) -> list:
         """The step's input tensors and dense values as tensors, built where the batch is looked up: on the
@@ -440,9 +431,8 @@ class Estimator:
         cfg = self.config
         run = _TrainRun(step=step, last_save_step=step, last_save_time=time.monotonic(),
                         bar=self._progress(max_steps, step) if cfg.progress else None)
-        prefetcher = self._prefetcher(compiled, dataset, cfg.staleness, run.times, training=True)
-        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at, max_steps, run.times,
-                                                                  prefetcher),
+        prefetcher = self._prefetcher(compiled, dataset, cfg.staleness, run.times)
+        pusher = GradientPusher(lambda batch, out, at: self._push(compiled, batch, out, at, max_steps, run.times),
                                 prefetcher.done, asynchronous=cfg.distributed, max_inflight=cfg.staleness + 1,
                                 start_step=step)
         self._refused = [0, 0]  # steps (and their examples) computed after the job's last step was claimed
@@ -583,7 +573,7 @@ class Estimator:
         return step
 
     def _push(self, compiled: _Compiled, batch: PreparedBatch, out: dict[str, Any], step: int, max_steps: int,
-              times: StepTimes, prefetcher: Prefetcher | None = None) -> int:
+              times: StepTimes) -> int:
         """Claim a global step, then send the step's dense and sparse gradients (concurrently when remote).
 
         The claim comes first and never passes `max_steps`, so the job ends exactly at its final global
@@ -591,24 +581,14 @@ class Estimator:
         table segment's learning rate at `step` comes from its feature slot (the slice's learning-rate
         function, or its optimizer's rate)."""
         t = now()
-        # the batch whose lookup waits for this push: its reads ride on it (answered once it is applied)
-        taken = prefetcher.take() if prefetcher is not None else None
-        reads = None
-        try:
-            grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
-            updates = compiled.prep.table_gradients(batch, grads)
-            lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
-            dense = self._dense_gradients(out["dense_grads"]) if "dense_grads" in out else None
-            plan = self.backend.plan_reads(taken[1].table_ids) if taken is not None else None
-            # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused.
-            # A job's only worker never claims past max_steps (its loop stops there), so nothing else can
-            # refuse it.
-            claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps,
-                                                      sole_claimer=self.config.num_workers == 1, reads=plan)
-            reads = self.backend.reads_of(plan) if plan is not None else None
-        finally:
-            if taken is not None:
-                prefetcher.deliver(taken[0], reads)  # type: ignore[union-attr]  # None: it looks the batch up itself
+        grads = compiled.prep.unpack_gradients(batch.layout, out["emb_grads"].numpy())
+        updates = compiled.prep.table_gradients(batch, grads)
+        lrs = {table: compiled.slots[table].learning_rates(step) for table in updates}
+        dense = self._dense_gradients(out["dense_grads"]) if "dense_grads" in out else None
+        # one call per shard: the claim rides on shard 0's update, and nothing is applied if it is refused. A
+        # job's only worker never claims past max_steps (its loop stops there), so nothing else can refuse it.
+        claimed, granted = self.backend.push_step(updates, dense, step, lrs, max_steps,
+                                                  sole_claimer=self.config.num_workers == 1)
         times.add("gradient_push", t)
         if not granted:
             self._refused[0] += 1
