@@ -131,6 +131,8 @@ class PreparedBatch:
     dense: dict[str, np.ndarray] | None = None
     layout: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))  # what step_inputs packed
     stream_seq: int | None = None  # a stream input's batch number (worker/modeling/stream_source.py)
+    args: list | None = None        # the traced step's input tensors (Estimator._stage)
+    dense_args: list | None = None  # `dense` as the tensors DenseVariables.assign_tensors takes
 
 
 class BatchPreparer:

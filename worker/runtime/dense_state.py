@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from ps.errors import CheckpointError
 from ps.store.shard_state import ShardState
+from worker.runtime.flat_calls import call_flat
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,26 @@ class DenseVariables:
         self._assign_fn: Any = None
 
     def assign(self, values: dict[str, np.ndarray]) -> None:
-        """Every variable's value at once (with PS shards, every step): one call of a traced function with a
-        fixed signature, which skips the per-call argument binding of a polymorphic one."""
+        """Every variable's value at once (`tensors`, then `assign_tensors`)."""
+        self.assign_tensors(self.tensors(values))
+
+    def tensors(self, values: dict[str, np.ndarray]) -> list[tf.Tensor]:
+        """`values` ({name: array}, every variable's) as `assign_tensors`' arguments, checked against the
+        variables' shapes. With PS shards this runs on the prefetch thread, off the training thread."""
         missing = [n for n in self.names if n not in values]
         if missing:
             raise ValueError(f"dense values lack {missing}")
+        out = []
+        for name, var in zip(self.names, self.variables):
+            value = tf.convert_to_tensor(values[name], dtype=var.dtype)
+            if value.shape != var.shape:
+                raise ValueError(f"dense value {name!r} has shape {value.shape}, the variable {var.shape}")
+            out.append(value)
+        return out
+
+    def assign_tensors(self, tensors: list[tf.Tensor]) -> None:
+        """Assign `tensors` (from `tensors`) to the variables: one call of a traced function on its flat
+        signature (with PS shards, every step), without the per-call argument binding of a general call."""
         if not self.variables:
             return
         if self._assign_fn is None:
@@ -58,7 +74,7 @@ class DenseVariables:
             signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
             traced = tf.function(assign_all, input_signature=signature, autograph=False)
             self._assign_fn = traced.get_concrete_function()
-        self._assign_fn(*[values[n] for n in self.names])
+        call_flat(self._assign_fn, tensors)
 
 
 def keras_optimizer_config(optimizer: Any) -> dict[str, Any]:

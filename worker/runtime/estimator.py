@@ -32,6 +32,7 @@ from worker.runtime.backends import LocalBackend, ParameterBackend, RemoteBacken
 from worker.runtime.batch_prefetch import NoBatchYet, Prefetcher
 from worker.runtime.batch_prep import BatchPreparer, PreparedBatch, flat_reader, unpack_step_inputs
 from worker.runtime.dense_state import DenseVariables
+from worker.runtime.flat_calls import call_flat
 from worker.runtime.gradient_pusher import GradientPusher
 from worker.runtime.prediction_writer import PredictionWriter
 from worker.runtime.run_config import RunConfig
@@ -89,6 +90,7 @@ class _Compiled:
     classification: list[bool]
     optimizer: Any
     slots: dict[str, FeatureSlot]  # the tables this mode pushes to: their segments' learning rates
+    dense_inputs: bool = False     # `fn` takes the dense values after the step's inputs and assigns them first
 
 
 UNBOUNDED = 2**62
@@ -128,15 +130,6 @@ def _step_outputs(out, mode: str) -> dict[str, Any]:
     if mode != ModeKeys.PREDICT:
         result["loss"] = tf.cast(out.loss, tf.float32)
     return result
-
-
-def _call_flat(fn: Any, tensors: list) -> Any:
-    """`fn(*tensors)` for a concrete function of a flat signature, without binding the arguments to its
-    signature again on every call (that binding cost more than a small model's step on the CPU)."""
-    call = getattr(fn, "_call_flat", None)
-    if call is None or getattr(fn, "captured_inputs", None) is None:
-        return fn(*tensors)
-    return call(tensors, fn.captured_inputs)
 
 
 class Estimator:
@@ -288,9 +281,15 @@ class Estimator:
         variables = self._reuse.trainable
         optimizer = compiled.optimizer
         local = not self.config.distributed and bool(variables)
+        # with PS shards the step's dense values (read with its rows) are assigned in the same call: a second
+        # call of a traced function per step costs a hand-off to TensorFlow's threads and back
+        compiled.dense_inputs = self.config.distributed and bool(variables)
+        n = len(signature)
 
         def train_step(*flat):
-            result = dict(step(*flat))
+            for var, value in zip(variables, flat[n:]):  # stateful ops run in program order: before the step
+                var.assign(value)
+            result = dict(step(*flat[:n]))
             grads = result.pop("dense_grads")
             if local:
                 optimizer.apply_gradients(zip(grads, variables))
@@ -298,6 +297,8 @@ class Estimator:
                 result["dense_grads"] = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
             return result
 
+        if compiled.dense_inputs:
+            signature = [*signature, *(tf.TensorSpec(v.shape, v.dtype) for v in variables)]
         return tf.function(train_step, input_signature=signature, autograph=False).get_concrete_function()
 
     def _create_tables(self) -> None:
@@ -372,19 +373,33 @@ class Estimator:
             t = now()
             rows, batch.dense = backend.lookup_step(batch.table_ids)  # remote: rows and dense values, one call
             compiled.prep.assemble(batch, rows)
+            self._stage(compiled, batch)
             times.add("lookup", t)
             return batch
 
         return Prefetcher(read, lookup, staleness, lookup_on_get=not self.config.distributed)
 
-    def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
-        if batch.dense is not None and self._dense is not None:
-            self._dense.assign(batch.dense)
+    def _stage(self, compiled: _Compiled, batch: PreparedBatch) -> list:
+        """The step's input tensors and dense values as tensors, built where the batch is looked up: on the
+        prefetch thread with PS shards, so the training thread only assigns and calls."""
         rows, batch.layout, index = compiled.prep.step_inputs(batch)
         flat = batch.features
         if isinstance(flat, dict):
             flat = tf.nest.flatten(flat, expand_composites=True)
-        return _call_flat(compiled.fn, [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))])
+        batch.args = [*flat, *map(tf.convert_to_tensor, (rows, batch.layout, index))]
+        if batch.dense is not None and self._dense is not None:
+            batch.dense_args = self._dense.tensors(batch.dense)
+        return batch.args
+
+    def _run_step(self, compiled: _Compiled, batch: PreparedBatch) -> dict[str, Any]:
+        args = batch.args if batch.args is not None else self._stage(compiled, batch)
+        if compiled.dense_inputs:
+            if batch.dense_args is None:
+                raise ValueError("a training step with PS shards got no dense values from its lookup")
+            return call_flat(compiled.fn, [*args, *batch.dense_args])
+        if batch.dense_args is not None and self._dense is not None:
+            self._dense.assign_tensors(batch.dense_args)
+        return call_flat(compiled.fn, args)
 
     def train(self, max_steps: int | None) -> dict[str, Any]:
         """Train until the global step reaches `max_steps` or the input ends; `max_steps=None`: no step limit
