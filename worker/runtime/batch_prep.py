@@ -51,14 +51,7 @@ def _flat_layout(spec: dict) -> tuple[dict[str, int], tuple[int, int]]:
 def flat_input(dataset: tf.data.Dataset, extra_key: str | None = None) -> tf.data.Dataset:
     """`dataset`'s feature dicts as tuples of their components (`flat_positions`), `extra_key`'s value (when
     present) moved to the end: iterating it makes plain tensors only."""
-    has_extra = extra_key is not None and extra_key in dataset.element_spec
-
-    def flatten(features):
-        features = dict(features)
-        extra = [features.pop(extra_key)] if has_extra else []
-        return (*tf.nest.flatten(features, expand_composites=True), *extra)
-
-    return dataset.map(flatten)
+    return dataset.map(lambda features: tuple(_flat_element(features, extra_key)))
 
 
 def flat_reader(dataset: tf.data.Dataset, extra_key: str | None = None) -> Any:
@@ -115,6 +108,7 @@ def _get_next(get_next: Any, args: dict) -> list:
 
 
 def _flat_element(features: dict, extra_key: str | None) -> list:
+    """One element's components as `flat_input` yields them."""
     features = dict(features)
     extra = [features.pop(extra_key)] if extra_key is not None and extra_key in features else []
     return [*tf.nest.flatten(features, expand_composites=True), *extra]
