@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
-_PARENT_ENV = "MONOLITH_DIE_WITH_PARENT"  # the launcher's pid, for die_with_parent in the child
+PARENT_ENV = "MONOLITH_DIE_WITH_PARENT"  # the launcher's pid, for die_with_parent in the child
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -36,7 +36,7 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
 
 def die_with_parent() -> None:
     """In a child started by `spawn`: receive SIGTERM when the launcher dies (exit now if it already has)."""
-    parent = os.environ.pop(_PARENT_ENV, None)
+    parent = os.environ.pop(PARENT_ENV, None)
     if parent:
         _die_with_parent(int(parent))()
 
@@ -48,7 +48,7 @@ def spawn(
     argv = [sys.executable, *args] if args and args[0] == "-m" else list(args)
     if list(args[:2]) == ["-m", "launch.cli"]:  # the child calls die_with_parent itself: no code before exec
         child_env = dict(os.environ if env is None else env)
-        child_env[_PARENT_ENV] = str(os.getpid())
+        child_env[PARENT_ENV] = str(os.getpid())
         return subprocess.Popen(argv, env=child_env, start_new_session=new_session, **popen_kwargs)
     return subprocess.Popen(
         argv, env=env, preexec_fn=_die_with_parent(os.getpid()), start_new_session=new_session, **popen_kwargs

@@ -1,7 +1,11 @@
 """Child processes for multi-process tests: started with a deadline, always stopped.
 
 Every process a test starts goes through `ProcessGroup`, whose `close()` sends SIGTERM, waits, then
-SIGKILLs the whole process group, so no test leaves an orphan behind even when it fails.
+SIGKILLs the whole process group, so no test leaves an orphan behind even when it fails. If pytest itself
+dies (killed, or SIGTERM, which skips fixture teardown), the kernel sends each child SIGTERM: a one-line
+launcher asks for that with `launch.supervision.die_with_parent` and then execs the command (same pid; the
+request survives exec). The request follows the thread that started the child, so tests start processes
+from the main thread.
 """
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from launch.supervision import PARENT_ENV
+
 REPO = Path(__file__).resolve().parent.parent
+_LAUNCHER = ("import os, sys; from launch.supervision import die_with_parent; die_with_parent(); "
+             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 class ProcessGroup:
@@ -26,10 +34,11 @@ class ProcessGroup:
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONPATH", str(REPO))
         full_env.update(env or {})
+        full_env[PARENT_ENV] = str(os.getpid())
         log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [sys.executable, "-c", _LAUNCHER, *args],
                 cwd=REPO, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.procs.append((proc, log))
