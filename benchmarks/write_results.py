@@ -36,10 +36,12 @@ def _commit() -> str:
 
 
 def run_one(path: Path, args: list[str]) -> tuple[str, str, int]:
-    """(output, load before/after, exit code) of one benchmark; its output also streams to this terminal."""
+    """(output, load before/after, exit code) of one benchmark; its output also streams to this terminal.
+
+    Only stdout is kept: stderr carries library chatter (TensorFlow's start-up lines, Keras warnings with
+    this machine's paths), which goes to the terminal only."""
     before = _load()
-    proc = subprocess.Popen([sys.executable, str(path), *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, str(path), *args], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
