@@ -62,6 +62,11 @@ class ReadOnlyShard(PSFailedPrecondition):
     its update policy does not let through)."""
 
 
+class ForgottenRequest(PSFailedPrecondition):
+    """A retried update older than the replies the shard keeps for its client (ps/service/replied_requests.py):
+    it may have been applied already, so the shard refuses it rather than risk applying it twice."""
+
+
 class CheckpointError(PSFailedPrecondition, ValueError):
     """A checkpoint is missing, incomplete or not restorable (the message names the directory or file)."""
 

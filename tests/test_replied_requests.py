@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from ps.errors import ForgottenRequest
 from ps.service.replied_requests import RepliedRequests
 
 
@@ -63,7 +64,8 @@ def test_memory_is_bounded_per_client_and_in_clients():
     replied: RepliedRequests[int] = RepliedRequests(per_client=2, clients=2)
     for n in (1, 2, 3):
         replied.once(1, n, lambda n=n: n)
-    assert replied.once(1, 1, lambda: -1) == -1  # number 1 was forgotten: it runs again
+    with pytest.raises(ForgottenRequest, match="may have been applied already"):  # reply 1 was dropped
+        replied.once(1, 1, lambda: -1)
     assert replied.once(1, 3, lambda: -3) == 3
     replied.once(2, 1, lambda: 1)
     replied.once(3, 1, lambda: 1)  # client 1 was seen least recently: forgotten
