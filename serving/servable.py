@@ -105,6 +105,10 @@ class Servable:
             if ps_client is None:
                 raise PSFailedPrecondition(f"{self.path} is the entry of a distributed export: serve it with "
                                            "--ps-addresses (the serving PS shards)")
+            if "lookup" not in self.entry:
+                raise PSFailedPrecondition(f"{self.path} is the entry of a distributed export written by an older "
+                                           "monolith (one rows__<table> input per table): re-export the checkpoint "
+                                           "with this version (`monolith export --mode distributed`)")
             self._check_shards(self.entry, ps_client)
         self.ps_client = ps_client
         self.module = tf.saved_model.load(str(self.path))
@@ -213,7 +217,7 @@ class Servable:
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:
-                out = self._flat[signature](self._entry_inputs(self.entry, tensors))
+                out = self._flat[signature](self._entry_inputs(tensors))
             elif signature in self._flat:
                 out = self._flat[signature](tensors)
             else:  # input names the flat function does not know (`FlatSignature.takes`)
@@ -222,13 +226,17 @@ class Servable:
             raise PSInvalidArgument(f"signature {signature!r}: {exc.message}") from None
         return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
 
-    def _entry_inputs(self, entry: dict[str, Any], tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """`embedding_ids` (parsed features, distinct ids per table), the rows of those ids from the serving PS
-        shards: the inputs of the entry's dense signature."""
+    def _entry_inputs(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """`embedding_ids` (parsed features; every table's distinct ids in one tensor, with offsets), the rows of
+        those ids from the serving PS shards, flattened into one tensor: the inputs of the entry's dense
+        signature. One tensor each way, whatever the number of tables: each conversion between numpy and an
+        eager tensor holds the interpreter lock for a while under load."""
         inputs = self._flat["embedding_ids"](tensors)
-        tables = entry["tables"]
-        rows = self._lookups.lookup({t: inputs[meta["ids"]].numpy() for t, meta in tables.items()})
-        inputs.update({meta["rows"]: tf.constant(rows[t]) for t, meta in tables.items()})
+        keys, tables = self.entry["lookup"], self.entry["tables"]
+        ids, split = inputs[keys["ids"]].numpy(), inputs[keys["id_split"]].numpy()
+        rows = self._lookups.lookup({t: ids[split[i]:split[i + 1]] for i, t in enumerate(tables)})
+        flat = np.concatenate([rows[t].reshape(-1) for t in tables]) if tables else np.zeros(0, np.float32)
+        inputs[keys["rows"]] = tf.constant(flat)
         return inputs  # the dense signature takes the inputs it names, in its order
 
 

@@ -145,8 +145,11 @@ def test_distributed_export_reshards_rows(trained, distributed_export):
     assert sorted(seen) == sorted(all_ids.tolist())
     entry = tf.saved_model.load(out["entry"])
     ids = entry.signatures["embedding_ids"](examples=tf.constant(examples[:5]))
-    assert {k for k in ids if k.startswith("ids__")} == {"ids__f0", "ids__f1"}
-    assert {"feat__f2__values", "feat__f2__splits", "feat__label", "pos__f2"} <= set(ids)
+    assert {"id", "id_split", "feat__f2__values", "feat__f2__splits", "feat__label", "pos__f2"} <= set(ids)
+    # every table's distinct ids in one tensor, f0's then f1's (name order), with offsets, as raw_lookup takes them
+    flat, split = ids["id"].numpy(), ids["id_split"].numpy()
+    assert split.size == 3 and split[0] == 0 and split[-1] == flat.size
+    assert all(np.unique(flat[split[i]:split[i + 1]]).size == split[i + 1] - split[i] > 0 for i in range(2))
 
 
 def test_bad_checkpoints_get_clear_errors(trained, tmp_path):

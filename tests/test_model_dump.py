@@ -21,7 +21,6 @@ from ps.persist.checkpoint import latest_checkpoint
 from ps.store.shard_state import ShardState
 from services.export_layout import ASSETS_EXTRA, ENTRY_META, WARMUP_FILE, ps_sub_model
 from tests.test_worker_movielens import _write_raw
-from worker.export.exported_tables import signature_key
 from worker.export.saved_model_exporters import StandaloneExporter
 from worker.export.warmup import read_warmup_file
 from worker.model import Estimator, RunConfig
@@ -349,17 +348,21 @@ def _distributed_predictions(export: dict[str, Path], inputs: dict[str, tf.Tenso
     entry = tf.saved_model.load(str(export["entry"]))
     meta = json.loads((export["entry"] / ASSETS_EXTRA / ENTRY_META).read_text())
     parsed = entry.signatures["embedding_ids"](**inputs)
-    ids = {signature_key(t): parsed[m["ids"]] for t, m in meta["tables"].items()}
+    keys = meta["lookup"]
+    ids = {"id": parsed[keys["ids"]], "id_split": parsed[keys["id_split"]]}
     shards = [tf.saved_model.load(str(export[ps_sub_model(i)])) for i in range(meta["num_serving_shards"])]
-    looked_up = [shard.signatures["lookup"](**ids) for shard in shards]
-    owned = {k: np.stack([np.abs(rows[k].numpy()).sum(axis=1) > 0 for rows in looked_up]) for k in ids}
-    assert all((o.sum(axis=0) <= 1).all() for o in owned.values())  # an id's row is on one shard only
-    assert all(np.concatenate([o[i] for o in owned.values()]).any() for i in range(len(shards)))
+    dims = [meta["tables"][t]["dim"] for t in meta["tables"]]
+    sizes = np.diff(ids["id_split"].numpy())
+    looked_up = [shard.signatures["raw_lookup"](**ids)["flat_emb"].numpy() for shard in shards]
+    owned = np.stack([np.concatenate([np.abs(part.reshape(n, d)).sum(axis=1) > 0 for part, n, d in
+                                      zip(np.split(flat, np.cumsum(sizes * dims)[:-1]), sizes, dims)])
+                      for flat in looked_up])
+    assert (owned.sum(axis=0) <= 1).all()  # an id's row is on one shard only
+    assert owned.any(axis=1).all()
     serve = entry.signatures["serving_default"]
     wanted = serve.structured_input_signature[1]
     feed = {k: v for k, v in parsed.items() if k in wanted}
-    feed.update({m["rows"]: tf.add_n([rows[signature_key(t)] for rows in looked_up])
-                 for t, m in meta["tables"].items()})
+    feed[keys["rows"]] = tf.constant(np.sum(looked_up, axis=0))
     return {k: v.numpy() for k, v in serve(**feed).items()}
 
 

@@ -4,7 +4,9 @@ distributed (2 serving PS shards), served by `monolith serve` and queried with T
 servers keep answering; the Prometheus endpoint counts it all."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,7 +28,8 @@ from tensorflow_serving.apis import (
 
 from protos import ps_pb2, ps_pb2_grpc
 from ps.client.client import PSClient
-from ps.errors import PSInvalidArgument
+from ps.errors import PSFailedPrecondition, PSInvalidArgument
+from services.export_layout import ASSETS_EXTRA, ENTRY_META
 from serving.merged_predicts import MergedPredicts, PredictCall
 from serving.servable import Servable
 from serving.shared_lookups import SharedLookups
@@ -255,6 +258,19 @@ def test_serving_ps_is_read_only(cluster):
             getattr(stub, method)(request, timeout=30)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "read-only" in exc.value.details()
     assert stub.Health(ps_pb2.HealthRequest(), timeout=30).restored_from.endswith("ps_0/40")
+
+
+def test_an_entry_exported_with_a_rows_input_per_table_is_refused(cluster, distributed_export, tmp_path):
+    """Entries exported before the lookup was packed into one tensor (`id`, `id_split`, `flat_emb`) are refused
+    with a clear error at load, not served wrongly."""
+    old = tmp_path / "entry" / "1"
+    shutil.copytree(distributed_export["entry"], old)
+    meta_path = old / ASSETS_EXTRA / ENTRY_META
+    meta = json.loads(meta_path.read_text())
+    del meta["lookup"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(PSFailedPrecondition, match="older monolith .* re-export"):
+        Servable("default", 1, old, ps_client=PSClient(cluster.ps_addresses, timeout_s=30))
 
 
 def test_concurrent_lookups_share_rpcs_and_each_gets_its_own_rows(cluster):

@@ -32,7 +32,7 @@ from worker.export import export_context
 from worker.export.checkpoint_reader import CheckpointReader
 from worker.export.export_context import ExportContext, ExportMode
 from worker.export.exported_tables import ServingTable, ServingTables
-from worker.export.serving_graph import ServingGraph, ids_key, rows_key
+from worker.export.serving_graph import ID_SPLIT_KEY, IDS_KEY, ROWS_KEY, ServingGraph
 from worker.export.warmup import DEFAULT_MAX_RECORDS, gen_prediction_log, write_warmup_file
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,8 @@ class DistributedExporter(BaseExporter):
             signatures.update({name: graph.entry_function(name) for name in graph.signatures()})
             signatures.update(_context_signatures(ctx, ENTRY))
             meta = {"num_serving_shards": m,
-                    "tables": {t: {"dim": graph.table_dims[t], "ids": ids_key(t), "rows": rows_key(t)}
-                               for t in graph.discovery.tables},
+                    "tables": {t: {"dim": graph.table_dims[t]} for t in graph.discovery.tables},
+                    "lookup": {"ids": IDS_KEY, "id_split": ID_SPLIT_KEY, "rows": ROWS_KEY},
                     "serving_signatures": graph.signatures(), "inputs": sorted(graph.input_specs),
                     "dense": graph.dense_layout(),
                     "version": version, "global_step": checkpoint.global_step}

@@ -30,12 +30,10 @@ log = logging.getLogger(__name__)
 RowsOf = Callable[[str, str, tf.Tensor], tf.Tensor]   # (feature, table, distinct ids) -> [n, dim] float32
 
 
-def ids_key(table: str) -> str:
-    return f"ids__{signature_key(table)}"
-
-
-def rows_key(table: str) -> str:
-    return f"rows__{signature_key(table)}"
+IDS_KEY, ID_SPLIT_KEY, ROWS_KEY = "id", "id_split", "flat_emb"
+"""The entry's lookup tensors, named as the serving PS sub-models' `raw_lookup` names them: every table's
+distinct ids in one tensor (tables in name order), `num_tables + 1` offsets of each table's ids in it, and
+their rows flattened and concatenated in the same order."""
 
 
 def feature_key(feature: str, part: str = "") -> str:
@@ -233,12 +231,17 @@ class ServingGraph:
         return table_ids, positions
 
     def ids_function(self):
-        """Entry sub-model: serving inputs -> the distinct ids of every table (`ids__<table>`), and the parsed
-        features with each feature's positions in its table's ids, so the dense part does not parse again."""
+        """Entry sub-model: serving inputs -> the distinct ids of every table (`id`, tables in name order, with
+        `id_split` offsets), and the parsed features with each feature's positions in its table's ids, so the
+        dense part does not parse again. One ids tensor for all tables: the entry server takes it out of
+        TensorFlow once and routes it to the serving PS shards as one lookup."""
         def embedding_ids(inputs):
             features, ragged = self._sparse(inputs)
             table_ids, positions = self._table_ids(ragged)
-            out = {ids_key(t): tf.identity(ids) for t, ids in table_ids.items()}
+            tables = self.discovery.tables
+            sizes = [tf.size(table_ids[t], out_type=tf.int64) for t in tables]
+            out = {IDS_KEY: tf.concat([table_ids[t] for t in tables], 0) if tables else tf.zeros([0], tf.int64),
+                   ID_SPLIT_KEY: tf.math.cumsum(tf.stack([tf.constant(0, tf.int64), *sizes]))}
             out.update({positions_key(f): tf.identity(p) for f, p in positions.items()})
             for f in self.discovery.ragged:
                 out[feature_key(f, "values")] = tf.identity(ragged[f].values)
@@ -249,8 +252,8 @@ class ServingGraph:
         return tf.function(embedding_ids, input_signature=[self.input_specs], autograph=False)
 
     def entry_function(self, signature: str):
-        """Entry sub-model: `embedding_ids`' features and positions + `rows__<table>` (rows of `ids__<table>`,
-        in order) -> outputs."""
+        """Entry sub-model: `embedding_ids`' features, positions and `id_split` + `flat_emb` (the rows of `id`,
+        flattened and concatenated in order) -> outputs."""
         d = self.discovery
         spec = {}
         for f in d.ragged:
@@ -260,16 +263,21 @@ class ServingGraph:
             spec[feature_key(k)] = tf.TensorSpec(v.shape, v.dtype, name=feature_key(k))
         for f in d.feature_tables:
             spec[positions_key(f)] = tf.TensorSpec([None], tf.int32, name=positions_key(f))
-        for t in d.tables:
-            spec[rows_key(t)] = tf.TensorSpec([None, self.table_dims[t]], tf.float32, name=rows_key(t))
+        spec[ID_SPLIT_KEY] = tf.TensorSpec([len(d.tables) + 1], tf.int64, name=ID_SPLIT_KEY)
+        spec[ROWS_KEY] = tf.TensorSpec([None], tf.float32, name=ROWS_KEY)
+        dims = [self.table_dims[t] for t in d.tables]
 
         def serve(inputs):
+            split = inputs[ID_SPLIT_KEY]
+            sizes = (split[1:] - split[:-1]) * tf.constant(dims, tf.int64)
+            flat = tf.split(inputs[ROWS_KEY], sizes, num=len(dims)) if dims else []  # wrong sizes: InvalidArgument
+            table_rows = {t: tf.reshape(part, [-1, dim]) for t, part, dim in zip(d.tables, flat, dims)}
             ragged = {f: tf.RaggedTensor.from_row_splits(inputs[feature_key(f, "values")],
                                                          inputs[feature_key(f, "splits")], validate=False)
                       for f in d.ragged}
             features = {**{k: inputs[feature_key(k)] for k in d.dense_specs}, **ragged}
             out = self._run(features, ragged,
-                            lambda f, t, ids: tf.gather(inputs[rows_key(t)], inputs[positions_key(f)]), set())
+                            lambda f, t, ids: tf.gather(table_rows[t], inputs[positions_key(f)]), set())
             return self._outputs(out, signature)
 
         return tf.function(serve, input_signature=[spec], autograph=False)
