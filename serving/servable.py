@@ -217,7 +217,7 @@ class Servable:
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         try:
             if self.entry is not None:
-                out = self._flat[signature](self._entry_inputs(tensors))
+                out = self._flat[signature](self._entry_inputs(self.entry, tensors))
             elif signature in self._flat:
                 out = self._flat[signature](tensors)
             else:  # input names the flat function does not know (`FlatSignature.takes`)
@@ -226,13 +226,13 @@ class Servable:
             raise PSInvalidArgument(f"signature {signature!r}: {exc.message}") from None
         return {k: v.numpy() for k, v in out.items() if not wanted or k in wanted}
 
-    def _entry_inputs(self, tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _entry_inputs(self, entry: dict[str, Any], tensors: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """`embedding_ids` (parsed features; every table's distinct ids in one tensor, with offsets), the rows of
         those ids from the serving PS shards, flattened into one tensor: the inputs of the entry's dense
         signature. One tensor each way, whatever the number of tables: each conversion between numpy and an
         eager tensor holds the interpreter lock for a while under load."""
         inputs = self._flat["embedding_ids"](tensors)
-        keys, tables = self.entry["lookup"], self.entry["tables"]
+        keys, tables = entry["lookup"], entry["tables"]
         ids, split = inputs[keys["ids"]].numpy(), inputs[keys["id_split"]].numpy()
         rows = self._lookups.lookup({t: ids[split[i]:split[i + 1]] for i, t in enumerate(tables)})
         flat = np.concatenate([rows[t].reshape(-1) for t in tables]) if tables else np.zeros(0, np.float32)
