@@ -51,7 +51,6 @@ from ps.wire.fast_messages import (
 )
 from ps.wire.protocol_version import MIN_SHARD_VERSION
 from ps.wire.tensors import F16, F32, IDS, rows_from_bytes
-from services.grpc_tuning import tune_grpc
 from services.malloc_tuning import tune_malloc
 from services.transport_security import TransportSecurity
 
@@ -109,7 +108,6 @@ class PSClient:
             raise ValueError(f"addresses must be a non-empty list of host:port strings, got {addresses!r}")
         self.config = dataclasses.replace(config or ClientConfig(), **overrides)
         tune_malloc()
-        tune_grpc()
         passive_kernel_threads()
         self.num_shards = len(self.addresses)
         options = [

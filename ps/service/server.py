@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from ps.config import ServerConfig
-from services.grpc_tuning import tune_grpc
 from services.transport_security import TransportSecurity
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ def serve(
     """Bind `config.address` (port 0 = any), call `on_ready(port)`, serve until `stop` is set, drain in-flight
     calls for at most `config.grace_s`. `security` (default: none) adds TLS and the token check; `name` is
     the server's name in the refusal metrics."""
-    tune_grpc()
     model, threads, grace_s, address = config.server_model, config.threads, config.grace_s, config.address
     options = grpc_options(config.max_message_bytes)
     security = security or TransportSecurity()
