@@ -299,6 +299,42 @@ def test_ids_sharing_fingerprint_and_home_slot_stay_distinct():
     assert t.size == 3
 
 
+def test_an_index_beyond_cache_size_probes_alike():
+    """An index of more than _DEEP_SLOTS slots is probed with a deeper pipeline: rows, copied values, claims
+    and absent ids' probe ends agree with a brute-force answer (twins, extreme ids, absent ids, repeats)."""
+    from ps.kernels import hash_index as H
+
+    fp = 0x9E3779B9
+    twins = [_unmix64(fp << 32 | k << 28 | 5) for k in range(4)]
+    stored = np.unique(np.concatenate([[0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max], twins[:2],
+                                       np.random.default_rng(3).integers(-2**40, 2**40, 3000)]))
+    query = np.random.default_rng(4).choice(np.concatenate([stored, twins[2:], [7 * 2**50, -7 * 2**50]]), 20000)
+    want = {int(k): r for r, k in enumerate(stored)}
+    expected = np.array([want.get(int(k), -1) for k in query])
+    values = np.arange(len(stored), dtype=np.float32)[:, None] + [0, 0.5]
+    for slots in (1 << 14, 2 * H._DEEP_SLOTS):
+        index = np.zeros(slots, np.uint64)
+        H.insert(index, stored, 0)
+        rows = np.empty(len(query), np.int64)
+        H.probe(index, stored, query, rows)
+        np.testing.assert_array_equal(rows, expected)
+        out = np.full((len(query), 2), np.nan, np.float32)
+        H.lookup_rows(index, stored, values, query, out)
+        np.testing.assert_array_equal(out, np.where(expected[:, None] >= 0, values[expected], 0))
+        marks, saved, ends = np.zeros(len(stored), np.int64), np.empty(len(query), np.int64), np.empty(len(query),
+                                                                                                     np.int64)
+        repeated = np.zeros(len(query), np.bool_)
+        rows[:] = 0
+        repeats, absent = H.claim_rows(index, stored, marks, query, rows, saved, repeated, ends)
+        np.testing.assert_array_equal(rows, expected)
+        assert absent == (expected < 0).sum() and repeats == (expected >= 0).sum() - len(np.unique(rows[rows >= 0]))
+        assert (index[ends[expected < 0]] == 0).all()
+        first = {}
+        for p, r in enumerate(rows.tolist()):
+            first.setdefault(r, p)
+        assert all(marks[r] == -2 - p for r, p in first.items() if r >= 0)
+
+
 def test_rows_beyond_the_slot_format_are_refused_before_allocating():
     from ps.kernels.hash_index import MAX_ROWS
 

@@ -10,6 +10,11 @@ table stays collisionless. 8-byte slots halve the index (16 MiB for 1M ids), whi
 cache; the confirming read is prefetched. Rows live in separate dense arrays; the index only maps ids to
 row numbers, so growing the index never moves row data.
 
+A lookup so reads three random cache lines (slot, stored id, values row) where a plain gather reads one.
+16-byte slots holding the whole id and the row (no confirming read; at up to 3/4 load in the same bytes,
+or at the same load in twice the bytes) were measured slower than this layout on a 50M-row table, not
+faster; prefetching the slot further ahead on a large index helped more (docs/design-notes.md).
+
 An update (gradients, assign) finds each id's row in one probe over the ids as they arrive, repeats
 included: there is no separate dedupe pass. The probe claims every row it finds by writing the id's
 position into the row's update_time, which is dead during an update (the update stamps it at the end,
@@ -49,10 +54,16 @@ _AHEAD = 20
 """Probe loops prefetch the index slot of the key this many iterations ahead."""
 _ROW_LEAD = 20
 """Pipelined probes prefetch a candidate row this many ids ahead of verifying (and copying) it."""
+_DEEP_SLOTS = 1 << 22
+"""An index of more slots than this (32 MiB, beyond the last-level cache) is probed with a deeper pipeline:
+its slot lines come from memory, and 20 ids ahead was too short there; on a cache-resident index (1M ids)
+the deeper pipeline was slower."""
+_DEEP_AHEAD = 96
+_DEEP_ROW_LEAD = 32
 _PIPE_CHUNK = 8192
 """Ids per pipeline (one per parallel work item): long enough to amortise its ramp-up."""
-_RING = 64
-"""Candidate rows in flight per pipeline: a power of two above _ROW_LEAD."""
+_RING = 128
+"""Hashes and candidate rows in flight per pipeline: a power of two above either pipeline's distances."""
 _LOW32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 MAX_ROWS = (1 << 32) - 1
@@ -63,7 +74,12 @@ _ROWS, _COPY, _CLAIM = 0, 1, 2
 @njit(nogil=True, cache=True, inline="always")
 def _slot_of(key, mask):
     """(home slot, 32-bit fingerprint) of a key: the low and high bits of one mixed hash."""
-    x = mix64(key)
+    return _split(mix64(key), mask)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _split(x, mask):
+    """(home slot, 32-bit fingerprint) of a mixed hash x."""
     return x & mask, x >> _S32
 
 
@@ -72,8 +88,14 @@ def _find(index, row_ids, key, verify):
     """Row of key, or -2 - s when absent, s the empty slot that ended its probe (where it would be inserted).
     A fingerprint match is confirmed against the stored id when `verify`; without, the first match's row is
     returned unconfirmed (for a caller that confirms it later)."""
+    return _find_hashed(index, row_ids, key, mix64(key), verify)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _find_hashed(index, row_ids, key, x, verify):
+    """_find of a key whose mixed hash x the caller already has."""
     mask = np.uint64(index.shape[0] - 1)
-    h, fp = _slot_of(key, mask)
+    h, fp = _split(x, mask)
     while True:
         s = index[h]
         if s == 0:
@@ -116,18 +138,23 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, e
     absent); _CLAIM as _ROWS, and claims the row, or for an absent id notes where its probe ended (see
     claim_rows).
 
-    A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids before its probe reads
-    the fingerprint-matching candidate row, whose stored id (and, with _COPY, its values; with _CLAIM,
-    its mark) is prefetched _ROW_LEAD ids before it is verified (and copied). So the dependent random
-    misses of many ids are in flight at once, and each row is copied soon after its prefetch, while
-    still in L1/L2. Candidates wait in a small ring, not a full-length array. A fingerprint false match
-    (about 1 in 4 billion) falls back to a full probe.
+    A software pipeline per chunk of ids: id i's slot is prefetched _AHEAD ids (_DEEP_AHEAD for a large
+    index) before its probe reads the fingerprint-matching candidate row, whose stored id (and, with _COPY,
+    its values; with _CLAIM, its mark) is prefetched _ROW_LEAD (_DEEP_ROW_LEAD) ids before it is verified
+    (and copied). So the dependent
+    random misses of many ids are in flight at once, and each row is copied soon after its prefetch,
+    while still in L1/L2. Hashes and candidates wait in small rings (an id is hashed once), not
+    full-length arrays. A fingerprint false match (about 1 in 4 billion) falls back to a full probe.
     """
     n = ids.shape[0]
     mask = np.uint64(index.shape[0] - 1)
     zero = np.float32(0.0)
-    lead = _AHEAD + _ROW_LEAD
+    deep = index.shape[0] > _DEEP_SLOTS
+    ahead = _DEEP_AHEAD if deep else _AHEAD
+    row_lead = _DEEP_ROW_LEAD if deep else _ROW_LEAD
+    lead = ahead + row_lead
     for c in prange((n + _PIPE_CHUNK - 1) // _PIPE_CHUNK):
+        hashes = np.empty(_RING, np.uint64)
         ring = np.empty(_RING, np.int64)
         found_claimed = 0
         absent = 0
@@ -135,10 +162,12 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, e
         end = min(n, start + _PIPE_CHUNK)
         for i in range(start, end + lead):
             if i < end:
-                prefetch(index, np.int64(mix64(ids[i]) & mask))
-            p = i - _AHEAD
+                x = mix64(ids[i])
+                hashes[i & (_RING - 1)] = x
+                prefetch(index, np.int64(x & mask))
+            p = i - ahead
             if start <= p < end:
-                r = _find(index, row_ids, ids[p], False)
+                r = _find_hashed(index, row_ids, ids[p], hashes[p & (_RING - 1)], False)
                 ring[p & (_RING - 1)] = r
                 if r >= 0:
                     prefetch(row_ids, r)
@@ -146,14 +175,18 @@ def probe_rows(index, row_ids, ids, rows, values, out, marks, saved, repeated, e
                         prefetch_row(values, r)
                     elif mode == _CLAIM:
                         prefetch(marks, r)
-            g = p - _ROW_LEAD
+            g = p - row_lead
             if start <= g < end:
                 r = ring[g & (_RING - 1)]
                 if r >= 0 and row_ids[r] != ids[g]:
                     r = _find(index, row_ids, ids[g], True)
                 if mode == _COPY:
-                    for j in range(values.shape[1]):
-                        out[g, j] = values[r, j] if r >= 0 else zero
+                    if r >= 0:
+                        for j in range(values.shape[1]):
+                            out[g, j] = values[r, j]
+                    else:
+                        for j in range(values.shape[1]):
+                            out[g, j] = zero
                     continue
                 rows[g] = max(r, -1)
                 if mode == _CLAIM:
