@@ -3,7 +3,9 @@
 Prints, measured in this run:
 - growing-table insert: ids the table has never seen, applied as gradients in batches of 65,536 (the
   streaming case: each creates its row, initialised, then takes one Adagrad step), from an empty table
-  to --rows; also how much of that time went into faulting in fresh memory, and at what rate;
+  to --rows; also how much of that time went into faulting in fresh memory, and at what rate, next to
+  the rate at which the machine faulted in the gather's array before (no store code: the ceiling that
+  fresh memory alone puts on insertion; on a VM whose host backs guest memory lazily it is low);
 - resident bytes per row (the process's RSS growth while the table was built) against the raw bytes of
   a row (id, update time, 16 values, 16 accumulators: what a checkpoint stores per row);
 - lookup of uniformly random stored ids against a random-row gather (numba prange) over a separate
@@ -79,7 +81,9 @@ def main(argv=None) -> int:
     del warm
     rng = np.random.default_rng(1)
     limit_memory = GrowableArray((DIM,), np.float32, n)  # aligned rows on huge pages, like the table's
+    t0 = time.perf_counter()
     limit_memory.populate(n)
+    machine_rate = limit_memory.populated_bytes / (time.perf_counter() - t0)  # bytes/s, no store code involved
     limit_values = limit_memory.array
     for start in range(0, n, 1 << 22):
         limit_values[start:start + (1 << 22)] = rng.random((min(n - start, 1 << 22), DIM), np.float32)
@@ -105,6 +109,9 @@ def main(argv=None) -> int:
     print(f"  of which faulting in fresh memory: {fault_s:.1f} s for {fault_bytes / 2**30:.2f} GiB "
           f"({fault_bytes / max(fault_s, 1e-9) / 1e9:.2f} GB/s); the rest runs at "
           f"{n / max(insert_s - fault_s, 1e-9) / 1e6:.2f} M ids/s")
+    print(f"  this machine faulted in the gather's {limit_memory.populated_bytes / 2**30:.2f} GiB (no store code) at "
+          f"{machine_rate / 1e9:.2f} GB/s: at that rate, {resident / n:.0f} resident bytes per row cap any "
+          f"growing insert at {machine_rate / (resident / n) / 1e6:.2f} M ids/s")
     print(f"resident bytes per row: {resident / n:.1f} vs {raw} raw (id, time, values, accumulator): "
           f"{resident / n / raw:.2f}x (target <= 1.3x)")
 
