@@ -40,18 +40,33 @@ _PARALLEL_MIN_WORK = 1 << 15
 """Below this many floats per call, waking the kernel thread pool costs more than it saves."""
 
 
-@contextlib.contextmanager
-def _threads_for(work: int):
-    """Run small calls' kernels on the calling thread only (numba's thread count is per calling thread)."""
-    if work >= _PARALLEL_MIN_WORK:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+class _OneKernelThread:
+    """Small calls' kernels on the calling thread only (numba's thread count is per calling thread), the
+    count restored afterwards. numba's public get/set_num_threads take a process lock and run a jitted check
+    on every call, which cost more than a small request's kernels on a PS handler thread; once the threads
+    are launched, their ctypes entry points do the same thing directly."""
+
+    __slots__ = ("previous",)
+    get_count = set_count = None
+
+    def __enter__(self) -> None:
+        if _OneKernelThread.set_count is None:
+            numba.get_num_threads()  # launches numba's threads, which binds the entry points below
+            from numba.np.ufunc import parallel
+            _OneKernelThread.get_count, _OneKernelThread.set_count = parallel._get_num_threads, parallel._set_num_threads
+        self.previous = _OneKernelThread.get_count()
+        _OneKernelThread.set_count(1)
+
+    def __exit__(self, *exc) -> None:
+        _OneKernelThread.set_count(self.previous)
+
+
+_ALL_KERNEL_THREADS = contextlib.nullcontext()
+
+
+def _threads_for(work: int) -> contextlib.AbstractContextManager:
+    """Below _PARALLEL_MIN_WORK floats, the kernels run on the calling thread alone."""
+    return _ALL_KERNEL_THREADS if work >= _PARALLEL_MIN_WORK else _OneKernelThread()
 
 
 def _pow2_at_least(n: int) -> int:
