@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -40,25 +41,33 @@ _PARALLEL_MIN_WORK = 1 << 15
 """Below this many floats per call, waking the kernel thread pool costs more than it saves."""
 
 
+_thread_count_calls: tuple[Callable[[], int], Callable[[int], None]] | None = None
+
+
+def _thread_count_entry_points() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """numba's get/set of the calling thread's kernel thread count, without the public functions' process
+    lock and jitted argument check on every call (they cost more than a small request's kernels)."""
+    global _thread_count_calls
+    if _thread_count_calls is None:
+        numba.get_num_threads()  # launches numba's threads, which binds the entry points below
+        from numba.np.ufunc import parallel
+        _thread_count_calls = (parallel._get_num_threads, parallel._set_num_threads)  # type: ignore[attr-defined]
+    return _thread_count_calls
+
+
 class _OneKernelThread:
     """Small calls' kernels on the calling thread only (numba's thread count is per calling thread), the
-    count restored afterwards. numba's public get/set_num_threads take a process lock and run a jitted check
-    on every call, which cost more than a small request's kernels on a PS handler thread; once the threads
-    are launched, their ctypes entry points do the same thing directly."""
+    count restored afterwards."""
 
     __slots__ = ("previous",)
-    get_count = set_count = None
 
     def __enter__(self) -> None:
-        if _OneKernelThread.set_count is None:
-            numba.get_num_threads()  # launches numba's threads, which binds the entry points below
-            from numba.np.ufunc import parallel
-            _OneKernelThread.get_count, _OneKernelThread.set_count = parallel._get_num_threads, parallel._set_num_threads
-        self.previous = _OneKernelThread.get_count()
-        _OneKernelThread.set_count(1)
+        get_count, set_count = _thread_count_entry_points()
+        self.previous = get_count()
+        set_count(1)
 
     def __exit__(self, *exc) -> None:
-        _OneKernelThread.set_count(self.previous)
+        _thread_count_entry_points()[1](self.previous)
 
 
 _ALL_KERNEL_THREADS = contextlib.nullcontext()
