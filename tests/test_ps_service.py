@@ -262,6 +262,11 @@ def test_push_step_claims_on_shard_0_and_applies_rows_and_dense_only_when_grante
     bad.dense.add(name=names[0], values=b"12345")
     assert rpc_error(cluster["shards"][0].address, "ApplyGradients",
                      bad.SerializeToString()).code() is grpc.StatusCode.INVALID_ARGUMENT
+    shard0_dense = next(n for n in names if dense_owner(n, 2) == 0)
+    bad = ps_pb2.ApplyGradientsRequest(claim_limit=start + 5)  # a NaN gradient is refused before the claim
+    bad.dense.add(name=shard0_dense, values=np.array([np.nan, 0, 0], np.float32).tobytes())
+    err = rpc_error(cluster["shards"][0].address, "ApplyGradients", bad.SerializeToString())
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and shard0_dense in err.details() and "NaN" in err.details()
     with pytest.raises(ValueError, match="NaN"):
         client.push_step({}, {names[0]: np.array([np.nan, 0, 0])}, start, claim_limit=start + 5)
     assert client.global_step() == start + 1

@@ -105,6 +105,8 @@ class ParameterServerServicer:
         self._count_lock = threading.Lock()
         self._shard = str(state.shard_index)
         self._replied: RepliedRequests = RepliedRequests()  # replies of non-idempotent updates
+        self._ids_received = {m: metrics.IDS.labels(self._shard, m) for m in ("Lookup", "ApplyGradients", "Assign",
+                                                                               "AssignAdd")}
 
     # -- plumbing -------------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -139,6 +141,7 @@ class ParameterServerServicer:
     def _wrap(self, method: str, parse: Callable, fn: Callable):
         shard = self._shard
         latency = metrics.LATENCY.labels(shard, method)
+        succeeded = metrics.REQUESTS.labels(shard, method, grpc.StatusCode.OK.name)  # bound once: most calls
 
         def call(raw: bytes, context: grpc.ServicerContext):
             start = time.perf_counter()
@@ -158,7 +161,7 @@ class ParameterServerServicer:
                 context.abort(code, f"shard {shard}: {method}: {exc}")
             finally:
                 latency.observe(time.perf_counter() - start)
-                metrics.REQUESTS.labels(shard, method, code.name).inc()
+                (succeeded if code is grpc.StatusCode.OK else metrics.REQUESTS.labels(shard, method, code.name)).inc()
 
         return call
 
@@ -188,7 +191,7 @@ class ParameterServerServicer:
         np_dtype = _NP_DTYPES[request.dtype]
         dense = self.state.dense_pull(list(request.dense)) if request.dense else []
         rows = [(name, table.lookup(ids, dtype=np_dtype), int(request.dtype), table.dim) for name, table, ids in work]
-        metrics.IDS.labels(self._shard, "Lookup").inc(sum(ids.size for _n, _t, ids in work))
+        self._ids_received["Lookup"].inc(sum(ids.size for _n, _t, ids in work))
         return encode_lookup_response(rows, dense)  # a serialized LookupResponse; the rows are copied once
 
     def _checked_updates(self, method: str, request: UpdatesView) -> list[tuple[str, CheckedUpdate]]:
@@ -213,7 +216,7 @@ class ParameterServerServicer:
             except (ValueError, TypeError) as exc:
                 raise type(exc)(f"{where}: {exc}") from None
             work.append((item.table, checked))
-        metrics.IDS.labels(self._shard, method).inc(sum(c.ids.size for _n, c in work))
+        self._ids_received[method].inc(sum(c.ids.size for _n, c in work))
         return work
 
     def apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
@@ -232,7 +235,8 @@ class ParameterServerServicer:
 
     def _apply_gradients(self, request: UpdatesView) -> ps_pb2.UpdateResponse:
         work = self._checked_updates("ApplyGradients", request)
-        dense = self.state.check_dense(_dense_grads("ApplyGradients", request.dense)) if request.dense else []
+        dense = self.state.check_dense(_dense_grads("ApplyGradients", request.dense),
+                                       request.scalars.get(APPLY_GLOBAL_STEP, 0)) if request.dense else []
         limit = request.scalars.get(APPLY_CLAIM_LIMIT, 0)
         out = ps_pb2.UpdateResponse()
         if limit > 0:
@@ -243,7 +247,7 @@ class ParameterServerServicer:
             checked.table.apply_checked(checked)
             out.rows[name] = checked.ids.size
         if dense:
-            self.state.apply_dense(dense, request.scalars.get(APPLY_GLOBAL_STEP, 0), None)
+            self.state.apply_dense(dense)
         return out
 
     def assign(self, request: UpdatesView) -> ps_pb2.UpdateResponse:

@@ -25,7 +25,7 @@ from ps.errors import CheckpointError, PSAlreadyExists, PSNotFound, PSResourceEx
 from ps.persist import atomic_files
 from ps.persist import checkpoint as ckpt
 from ps.sharding import dense_owner, id_owner
-from ps.store.table import EmbeddingTable
+from ps.store.table import CheckedUpdate, EmbeddingTable
 
 log = logging.getLogger(__name__)
 
@@ -179,26 +179,30 @@ class ShardState:
         return out
 
     def dense_push(self, grads: dict[str, np.ndarray], global_step: int, learning_rate: float | None) -> None:
-        self.apply_dense(self.check_dense(grads), global_step, learning_rate)
+        self.apply_dense(self.check_dense(grads, global_step, learning_rate))
 
-    def check_dense(self, grads: dict[str, np.ndarray]) -> list[tuple[DenseVariable, np.ndarray]]:
-        """Each gradient's variable and shape-checked, finite gradient row; raises before anything is applied."""
+    def check_dense(self, grads: dict[str, np.ndarray], global_step: int = 0,
+                    learning_rate: float | None = None) -> list[CheckedUpdate]:
+        """Every check of every gradient (shape, finite values, the optimizers' step arguments), nothing applied:
+        raises before anything changes. Each gradient is checked once, by its one-row table."""
+        lrs = None if learning_rate is None else [float(learning_rate)]
         checked = []
         for name, grad in grads.items():
             var = self.dense_var(name)
             if grad.size != var.table.dim:
                 raise ValueError(f"dense variable {name!r}: gradient has {grad.size} values, "
                                  f"shape {list(var.shape)} needs {var.table.dim}")
-            if not np.isfinite(grad).all():
-                raise ValueError(f"dense variable {name!r}: gradient contains NaN or Inf")
-            checked.append((var, grad.reshape(1, -1)))
+            try:
+                checked.append(var.table.check_gradients(_DENSE_ID, grad.reshape(1, -1), global_step,
+                                                         learning_rates=lrs))
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"dense variable {name!r}: {exc}") from None
         return checked
 
-    def apply_dense(self, checked: list[tuple[DenseVariable, np.ndarray]], global_step: int,
-                    learning_rate: float | None) -> None:
-        lrs = None if learning_rate is None else [float(learning_rate)]
-        for var, grad in checked:
-            var.table.apply_gradients(_DENSE_ID, grad, global_step=global_step, learning_rates=lrs)
+    def apply_dense(self, checked: list[CheckedUpdate]) -> None:
+        """Apply what `check_dense` accepted."""
+        for update in checked:
+            update.table.apply_checked(update)
 
     # -- global step and barriers (held by shard 0) --------------------------------------------
     def _check_shard_0(self, what: str) -> None:

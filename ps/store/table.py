@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -40,18 +41,41 @@ _PARALLEL_MIN_WORK = 1 << 15
 """Below this many floats per call, waking the kernel thread pool costs more than it saves."""
 
 
-@contextlib.contextmanager
-def _threads_for(work: int):
-    """Run small calls' kernels on the calling thread only (numba's thread count is per calling thread)."""
-    if work >= _PARALLEL_MIN_WORK:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+_thread_count_calls: tuple[Callable[[], int], Callable[[int], None]] | None = None
+
+
+def _thread_count_entry_points() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """numba's get/set of the calling thread's kernel thread count, without the public functions' process
+    lock and jitted argument check on every call (they cost more than a small request's kernels)."""
+    global _thread_count_calls
+    if _thread_count_calls is None:
+        numba.get_num_threads()  # launches numba's threads, which binds the entry points below
+        from numba.np.ufunc import parallel
+        _thread_count_calls = (parallel._get_num_threads, parallel._set_num_threads)  # type: ignore[attr-defined]
+    return _thread_count_calls
+
+
+class _OneKernelThread:
+    """Small calls' kernels on the calling thread only (numba's thread count is per calling thread), the
+    count restored afterwards."""
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        get_count, set_count = _thread_count_entry_points()
+        self.previous = get_count()
+        set_count(1)
+
+    def __exit__(self, *exc) -> None:
+        _thread_count_entry_points()[1](self.previous)
+
+
+_ALL_KERNEL_THREADS = contextlib.nullcontext()
+
+
+def _threads_for(work: int) -> contextlib.AbstractContextManager:
+    """Below _PARALLEL_MIN_WORK floats, the kernels run on the calling thread alone."""
+    return _ALL_KERNEL_THREADS if work >= _PARALLEL_MIN_WORK else _OneKernelThread()
 
 
 def _pow2_at_least(n: int) -> int:
