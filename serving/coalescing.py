@@ -8,6 +8,11 @@ keeps every core busy when one batch's work cannot use them all.
 
 A caller that runs a batch leads it: it runs everything queued (its own call included), hands each
 waiting caller its result or error, then wakes the oldest call queued since, which leads the next batch.
+
+Callers can also `announce` a call they are about to make (and `withdraw` it if they fail first): a
+leader then waits for the announced calls to queue, up to `announced_wait_s`, before it takes the batch.
+Under concurrent load that makes batches of everyone already on the way instead of whoever happened to
+have queued; a call nobody else announced goes at once.
 """
 from __future__ import annotations
 
@@ -36,18 +41,40 @@ class Coalescer(Generic[P, R]):
     If `run_batch` itself raises, every call of the batch gets that error.
     """
 
-    def __init__(self, run_batch: Callable[[list[P]], list[R | BaseException]], max_in_flight: int = 1) -> None:
+    def __init__(self, run_batch: Callable[[list[P]], list[R | BaseException]], max_in_flight: int = 1,
+                 announced_wait_s: float = 0.0) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._run_batch = run_batch
         self._max_in_flight = max_in_flight
+        self._announced_wait_s = announced_wait_s
         self._lock = threading.Lock()
+        self._all_queued = threading.Condition(self._lock)
+        """Notified when the last announced call queues or is withdrawn."""
         self._queue: list[_Call[P, R]] = []
         self._leading = 0
+        self._announced = 0
 
-    def call(self, payload: P) -> R:
+    def announce(self) -> None:
+        """A `call(..., announced=True)` from this caller will follow (or a `withdraw`)."""
+        with self._lock:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """The call this caller announced will not come."""
+        with self._lock:
+            self._arrived()
+
+    def _arrived(self) -> None:
+        self._announced -= 1
+        if self._announced == 0:
+            self._all_queued.notify_all()
+
+    def call(self, payload: P, announced: bool = False) -> R:
         mine: _Call[P, R] = _Call(payload)
         with self._lock:
+            if announced:
+                self._arrived()
             lead = self._leading < self._max_in_flight
             if lead:
                 self._leading += 1
@@ -64,6 +91,8 @@ class Coalescer(Generic[P, R]):
 
     def _lead(self, mine: _Call[P, R]) -> None:
         with self._lock:
+            if self._announced and self._announced_wait_s > 0:
+                self._all_queued.wait_for(lambda: self._announced <= 0, self._announced_wait_s)
             batch, self._queue = [mine, *self._queue], []
         try:
             results = self._run_batch([c.payload for c in batch])

@@ -231,10 +231,16 @@ class Servable:
         those ids from the serving PS shards, flattened into one tensor: the inputs of the entry's dense
         signature. One tensor each way, whatever the number of tables: each conversion between numpy and an
         eager tensor holds the interpreter lock for a while under load."""
-        inputs = self._flat["embedding_ids"](tensors)
         keys, tables = entry["lookup"], entry["tables"]
-        ids, split = inputs[keys["ids"]].numpy(), inputs[keys["id_split"]].numpy()
-        rows = self._lookups.lookup({t: ids[split[i]:split[i + 1]] for i, t in enumerate(tables)})
+        self._lookups.announce()  # a lookup of concurrent requests about to go waits for this one's ids
+        try:
+            inputs = self._flat["embedding_ids"](tensors)
+            ids, split = inputs[keys["ids"]].numpy(), inputs[keys["id_split"]].numpy()
+            ids_by_table = {t: ids[split[i]:split[i + 1]] for i, t in enumerate(tables)}
+        except BaseException:
+            self._lookups.withdraw()
+            raise
+        rows = self._lookups.lookup(ids_by_table, announced=True)
         flat = np.concatenate([rows[t].reshape(-1) for t in tables]) if tables else np.zeros(0, np.float32)
         inputs[keys["rows"]] = tf.constant(flat)
         return inputs  # the dense signature takes the inputs it names, in its order

@@ -65,3 +65,43 @@ def test_errors_reach_the_calls_they_belong_to():
         Coalescer(lambda payloads: []).call("x")
     with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
         Coalescer(run_batch, max_in_flight=0)
+
+
+def test_a_batch_waits_for_announced_calls_but_not_for_withdrawn_ones():
+    batches = []
+
+    def run_batch(payloads):
+        batches.append(sorted(payloads))
+        return payloads
+
+    coalescer = Coalescer(run_batch, announced_wait_s=30)
+    assert coalescer.call("alone") == "alone"  # nothing announced: no wait
+    coalescer.announce()
+    coalescer.announce()
+    got: dict = {}
+    threads = _start_announced(coalescer, ["a"], got)
+    time.sleep(0.05)
+    assert batches == [["alone"]]  # "a" waits for the other announced call
+    threads += _start_announced(coalescer, ["b"], got)
+    for t in threads:
+        t.join(30)
+    assert batches[1:] == [["a", "b"]] and got == {"a": "a", "b": "b"}
+
+    coalescer.announce()
+    coalescer.announce()
+    threads = _start_announced(coalescer, ["c"], got)
+    time.sleep(0.05)
+    coalescer.withdraw()  # the other caller failed before its call
+    for t in threads:
+        t.join(30)
+    assert batches[2:] == [["c"]] and coalescer._announced == 0
+
+
+def _start_announced(coalescer, payloads, got):
+    def call(p):
+        got[p] = coalescer.call(p, announced=True)
+
+    threads = [threading.Thread(target=call, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    return threads
