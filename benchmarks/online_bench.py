@@ -479,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     a2, b2 = float(np.mean([s["a"] for s in second])), float(np.mean([s["b"] for s in second]))
     wins = sum(s["a"] > s["b"] for s in second)
     plot(slices, Path(args.plot))
-    print(f"(AUC: numpy closed form, Mann-Whitney rank sum; plot: {args.plot})")
+    png = Path(args.plot).resolve()
+    shown = png.relative_to(REPO) if png.is_relative_to(REPO) else png  # no machine paths in RESULTS.md
+    print(f"(AUC: numpy closed form, Mann-Whitney rank sum; plot: {shown})")
     print(f"\n{'sync interval':<14} {'probes':>7} {'p50 s':>7} {'p99 s':>7}")
     for label, delays in (("1 s", fresh1), ("10 s", fresh10)):
         p50, p99 = percentiles(delays)
