@@ -30,6 +30,22 @@ def test_free_port_is_bindable():
         s.bind(("127.0.0.1", p))
 
 
+def test_free_port_is_outside_the_range_the_os_gives_client_connections(monkeypatch):
+    """A port from the ephemeral range can be taken as a connection's source port before the server binds it."""
+    import socket
+
+    from services import ports
+
+    low = ports._ephemeral_low()
+    assert all(ports._LOWEST <= free_port() < low for _ in range(20))
+    with socket.socket() as taken:  # a listening port is never handed out
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1] - ports._LOWEST, 7])
+        monkeypatch.setattr(ports.secrets, "randbelow", lambda _n: next(picks))
+        assert free_port() == ports._LOWEST + 7
+
+
 def _option_help(capsys, monkeypatch, command: str, option: str) -> str:
     """The help text of `option` in `monolith <command> --help` (one line each: no wrapping)."""
     monkeypatch.setenv("COLUMNS", "2000")
